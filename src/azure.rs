@@ -1,0 +1,267 @@
+//! Azure Key Vault through the real SDK: [`AzureStore`] is a [`SecretStore`] on
+//! `azure_security_keyvault_secrets::SecretClient`.
+//!
+//! The SDK retries by default (8 tries over up to a minute, and an uncapped `Retry-After`):
+//! that would hide failures from the breakers and delay failover, so [`AzureStore`] turns it off
+//! (`RetryOptions::none()`) and the client does retries, hedging and 429 handling itself. Each
+//! attempt is bounded by the transport's timeout (a `reqwest` client built here, or passed in).
+//! Every SDK error is mapped into the project's classification ([`StoreErrorKind`]).
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), keyvault_failover::Error> {
+//! use keyvault_failover::{azure, Access, Config};
+//! let config = Config::builder()
+//!     .region("weu", "https://app-weu.vault.azure.net", Access::ReadWrite)
+//!     .region("neu", "https://app-neu.vault.azure.net", Access::ReadOnly)
+//!     .build()?;
+//! let credential = azure::credential(keyvault_failover::CredentialKind::DeveloperTools)?;
+//! let client = azure::connect(config, credential, None)?;
+//! let secret = client.get_secret("db-password").await?;
+//! # Ok(()) }
+//! ```
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use azure_core::credentials::TokenCredential;
+use azure_core::error::ErrorKind;
+use azure_core::http::{ClientOptions, RetryOptions, Transport};
+use azure_security_keyvault_secrets::models::SetSecretParameters;
+use azure_security_keyvault_secrets::{ResourceExt, SecretClient, SecretClientOptions};
+use futures::TryStreamExt;
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::config::{Config, CredentialKind};
+use crate::error::{Error, StoreError, StoreErrorKind};
+use crate::name::SecretName;
+use crate::secret::{SecretProperties, StoredSecret};
+use crate::store::SecretStore;
+use crate::FailoverClient;
+
+/// An `azure_identity` credential of `kind`.
+pub fn credential(kind: CredentialKind) -> Result<Arc<dyn TokenCredential>, Error> {
+    let e =
+        |e: azure_core::Error| Error::config(format!("cannot create the {kind:?} credential: {e}"));
+    Ok(match kind {
+        CredentialKind::DeveloperTools => {
+            azure_identity::DeveloperToolsCredential::new(None).map_err(e)?
+        }
+        CredentialKind::ManagedIdentity => {
+            azure_identity::ManagedIdentityCredential::new(None).map_err(e)?
+        }
+    })
+}
+
+/// A `reqwest` client with `timeout` per attempt (connect included): the SDK has no per-try
+/// timeout of its own (its default transport waits up to 20 s to connect and 60 s to read).
+pub fn http_client(timeout: Duration) -> Result<reqwest::Client, Error> {
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout)
+        .build()
+        .map_err(|e| Error::config(format!("cannot build the HTTP client: {e}")))
+}
+
+/// One vault through the real SDK.
+pub struct AzureStore {
+    client: SecretClient,
+    url: String,
+}
+
+impl std::fmt::Debug for AzureStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AzureStore")
+            .field("url", &self.url)
+            .finish()
+    }
+}
+
+impl AzureStore {
+    /// A store for the vault at `url`, authenticating with `credential`, sending through `http`.
+    /// The SDK's own retries are off.
+    pub fn new(
+        url: &str,
+        credential: Arc<dyn TokenCredential>,
+        http: reqwest::Client,
+    ) -> Result<Self, Error> {
+        let options = SecretClientOptions {
+            client_options: ClientOptions {
+                retry: RetryOptions::none(),
+                transport: Some(Transport::new(Arc::new(http))),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let client = SecretClient::new(url, credential, Some(options))
+            .map_err(|e| Error::config(format!("vault {url}: {e}")))?;
+        Ok(AzureStore {
+            client,
+            url: url.to_string(),
+        })
+    }
+}
+
+/// Builds a [`FailoverClient`] with an [`AzureStore`] per configured region. `http` defaults
+/// to [`http_client`] with the configured attempt timeout.
+pub fn connect(
+    config: Config,
+    credential: Arc<dyn TokenCredential>,
+    http: Option<reqwest::Client>,
+) -> Result<FailoverClient, Error> {
+    let http = match http {
+        Some(h) => h,
+        None => http_client(config.timeouts.attempt)?,
+    };
+    let mut b = FailoverClient::builder(config.clone());
+    for r in config.regions() {
+        let store = AzureStore::new(r.url(), credential.clone(), http.clone())?;
+        b = b.store(r.name(), Arc::new(store));
+    }
+    b.build()
+}
+
+/// Builds a [`FailoverClient`] authenticating with the credential the configuration names.
+pub fn connect_with_config(config: Config) -> Result<FailoverClient, Error> {
+    let cred = credential(config.credential())?;
+    connect(config, cred, None)
+}
+
+/// Maps an SDK error into the project's classification. The message is the SDK's outer
+/// message plus its causes, never a response body.
+pub fn classify(e: &azure_core::Error) -> StoreError {
+    let mut message = e.to_string();
+    let mut source = std::error::Error::source(e);
+    let mut timed_out = false;
+    while let Some(s) = source {
+        if let Some(r) = s.downcast_ref::<reqwest::Error>() {
+            timed_out |= r.is_timeout();
+        }
+        message.push_str(": ");
+        message.push_str(&s.to_string());
+        source = s.source();
+    }
+    let kind = match e.kind() {
+        ErrorKind::HttpResponse {
+            status,
+            error_code,
+            raw_response,
+        } => {
+            let status = u16::from(*status);
+            if let Some(code) = error_code {
+                message = format!("{code}: {message}");
+            }
+            match status {
+                429 => StoreErrorKind::Throttled {
+                    retry_after: raw_response
+                        .as_ref()
+                        .and_then(|r| {
+                            r.headers()
+                                .get_optional_str(&azure_core::http::headers::RETRY_AFTER)
+                        })
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                        .map(Duration::from_secs),
+                },
+                401 | 403 => StoreErrorKind::Auth { status },
+                404 => StoreErrorKind::NotFound,
+                408 | 500..=599 => StoreErrorKind::Server { status },
+                _ => StoreErrorKind::Rejected { status },
+            }
+        }
+        ErrorKind::Connection => StoreErrorKind::Connect,
+        ErrorKind::Io if timed_out => StoreErrorKind::Timeout,
+        ErrorKind::Io => StoreErrorKind::Reset,
+        ErrorKind::DataConversion => StoreErrorKind::Malformed,
+        ErrorKind::Credential => StoreErrorKind::Auth { status: 401 },
+        _ => StoreErrorKind::Malformed,
+    };
+    StoreError::new(kind, message)
+}
+
+fn malformed(what: &str) -> StoreError {
+    StoreError::new(StoreErrorKind::Malformed, what.to_string())
+}
+
+#[async_trait]
+impl SecretStore for AzureStore {
+    async fn get(
+        &self,
+        name: &SecretName,
+        version: Option<&str>,
+    ) -> Result<StoredSecret, StoreError> {
+        let options = version.map(|v| {
+            azure_security_keyvault_secrets::models::SecretClientGetSecretOptions {
+                secret_version: Some(v.to_string()),
+                ..Default::default()
+            }
+        });
+        let secret = self
+            .client
+            .get_secret(name.as_str(), options)
+            .await
+            .map_err(|e| classify(&e))?
+            .into_model()
+            .map_err(|e| classify(&e))?;
+        let id = secret
+            .resource_id()
+            .map_err(|_| malformed("answer without a secret id"))?;
+        let version = id
+            .version
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| malformed("answer without a version id"))?;
+        let value = secret
+            .value
+            .ok_or_else(|| malformed("answer without a value"))?;
+        Ok(StoredSecret::new(SecretString::from(value), version))
+    }
+
+    async fn set(&self, name: &SecretName, value: &SecretString) -> Result<String, StoreError> {
+        let params = SetSecretParameters {
+            value: Some(value.expose_secret().to_string()),
+            ..Default::default()
+        };
+        let body = params
+            .try_into()
+            .map_err(|_| malformed("cannot encode the request"))?;
+        let secret = self
+            .client
+            .set_secret(name.as_str(), body, None)
+            .await
+            .map_err(|e| classify(&e))?
+            .into_model()
+            .map_err(|e| classify(&e))?;
+        secret
+            .resource_id()
+            .ok()
+            .and_then(|id| id.version)
+            .ok_or_else(|| malformed("answer without a version id"))
+    }
+
+    async fn delete(&self, name: &SecretName) -> Result<(), StoreError> {
+        self.client
+            .delete_secret(name.as_str(), None)
+            .await
+            .map_err(|e| classify(&e))?;
+        Ok(())
+    }
+
+    async fn list(&self) -> Result<Vec<SecretProperties>, StoreError> {
+        let mut pager = self
+            .client
+            .list_secret_properties(None)
+            .map_err(|e| classify(&e))?;
+        let mut out = Vec::new();
+        while let Some(p) = pager.try_next().await.map_err(|e| classify(&e))? {
+            let id = p
+                .resource_id()
+                .map_err(|_| malformed("listed secret without an id"))?;
+            let enabled = p
+                .attributes
+                .as_ref()
+                .and_then(|a| a.enabled)
+                .unwrap_or(true);
+            out.push(SecretProperties::new(id.name, id.version, enabled));
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,270 @@
+//! Background work: a health prober per vault, the refresher, and drift detection.
+//!
+//! Every task holds only a `Weak` reference to the client and a shutdown receiver: when the last
+//! [`FailoverClient`](crate::FailoverClient) clone is dropped, the tasks stop. All timing goes
+//! through `tokio::time`, so the tasks run unchanged under paused time and in the simulator.
+//!
+//! * **Prober** — every `probe.interval` (±jitter) while a vault is healthy and trusted, every
+//!   `probe.unhealthy_interval` otherwise, it reads the canary secret (or lists one page of
+//!   properties). Results feed the breaker (a probe is the half-open trial) and the latency
+//!   record; `probe.failures_to_trip` failed probes in a row open the breaker even with no caller
+//!   traffic, and `probe.failback_successes` good ones in a row make a vault trusted again.
+//! * **Refresher** — each cached secret is refreshed at a point drawn in [T/2, T] of the refresh
+//!   interval T; a failed refresh backs off and keeps the last-known-good value. Refreshes leave
+//!   a reserve of each vault's request budget to callers' reads.
+//! * **Drift** — after a refresh, the other healthy vaults are asked for the same secret and
+//!   their contents compared through a keyed hash; differences land in `health()` and as events.
+
+use std::hash::{BuildHasher, Hasher};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use futures::StreamExt;
+use secrecy::ExposeSecret;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::breaker::{BreakerState, Outcome};
+use crate::client::{FetchError, Inner};
+use crate::error::{Error, StoreErrorKind};
+use crate::events::Event;
+use crate::name::SecretName;
+use crate::secret::Entry;
+
+/// Starts the prober of each vault and the refresher.
+pub(crate) fn start(inner: &Arc<Inner>) {
+    let shutdown = inner._shutdown.subscribe();
+    if inner.config.probe.enabled {
+        for idx in 0..inner.vaults.len() {
+            let seed = inner.config.breaker.seed ^ (0x9e37_79b9 * (idx as u64 + 1));
+            tokio::spawn(prober(Arc::downgrade(inner), idx, seed, shutdown.clone()));
+        }
+    }
+    if inner.config.refresh.enabled {
+        tokio::spawn(refresher(Arc::downgrade(inner), shutdown));
+    }
+}
+
+/// Sleeps `d`, or returns `false` at once when the client is gone.
+async fn pause(d: Duration, shutdown: &mut watch::Receiver<()>) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => true,
+        _ = shutdown.changed() => false,
+    }
+}
+
+async fn prober(weak: Weak<Inner>, idx: usize, seed: u64, mut shutdown: watch::Receiver<()>) {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    loop {
+        let wait = {
+            let Some(inner) = weak.upgrade() else { return };
+            let p = &inner.config.probe;
+            let v = &inner.vaults[idx];
+            let healthy = v.breaker.state() == BreakerState::Closed
+                && v.probe_failures() == 0
+                && !(inner.router.is_waiting_for_failback(idx)
+                    && v.probe_streak() < p.failback_successes);
+            let base = if healthy {
+                p.interval
+            } else {
+                p.unhealthy_interval
+            };
+            base.mul_f64(1.0 + p.jitter * (2.0 * rng.f64() - 1.0))
+        };
+        if !pause(wait, &mut shutdown).await {
+            return;
+        }
+        let Some(inner) = weak.upgrade() else { return };
+        inner.probe(idx).await;
+    }
+}
+
+async fn refresher(weak: Weak<Inner>, mut shutdown: watch::Receiver<()>) {
+    loop {
+        let (due, next) = {
+            let Some(inner) = weak.upgrade() else { return };
+            let now = Instant::now();
+            let mut due = Vec::new();
+            let mut next: Option<Instant> = None;
+            for (key, entry) in inner.cached_latest() {
+                let at = entry.refresh_at();
+                if at <= now {
+                    due.push(key);
+                } else {
+                    next = Some(next.map_or(at, |n| n.min(at)));
+                }
+            }
+            (due, next)
+        };
+        if !due.is_empty() {
+            let Some(inner) = weak.upgrade() else { return };
+            let concurrency = inner.config.refresh.concurrency as usize;
+            futures::stream::iter(due)
+                .for_each_concurrent(concurrency, |key| {
+                    let inner = inner.clone();
+                    async move {
+                        let _ = inner.refresh_key(&key).await;
+                    }
+                })
+                .await;
+            continue;
+        }
+        let wake = {
+            let Some(inner) = weak.upgrade() else { return };
+            let horizon = inner.config.cache.refresh_interval;
+            let until = next.unwrap_or_else(|| Instant::now() + horizon);
+            tokio::select! {
+                _ = tokio::time::sleep_until(until) => true,
+                _ = inner.refresh_wake.notified() => true,
+                _ = shutdown.changed() => false,
+            }
+        };
+        if !wake {
+            return;
+        }
+    }
+}
+
+impl Inner {
+    /// One probe of vault `idx`: canary read or a listing, under the probe timeout.
+    pub(crate) async fn probe(&self, idx: usize) {
+        let v = &self.vaults[idx];
+        *v.last_probe.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+        let Some(permit) = v.breaker.try_acquire() else {
+            return; // open: the breaker decides when a trial is due
+        };
+        if !v.gate.try_take() {
+            return; // throttled or over budget: throttling is not an outage
+        }
+        let p = &self.config.probe;
+        let store = v.store.clone();
+        let t0 = Instant::now();
+        let res = tokio::time::timeout(p.timeout, async {
+            match &p.canary {
+                Some(c) => match SecretName::new(c) {
+                    Ok(name) => store.get(&name, None).await.map(|_| ()),
+                    Err(_) => Ok(()), // validated at build; unreachable
+                },
+                None => store.list().await.map(|_| ()),
+            }
+        })
+        .await;
+        let outcome = match res {
+            Ok(Ok(())) => Outcome::Success,
+            // The vault answered: alive, whatever it thinks of the canary.
+            Ok(Err(e)) if *e.kind() == StoreErrorKind::NotFound => Outcome::Success,
+            Ok(Err(e)) => {
+                if let StoreErrorKind::Throttled { retry_after } = e.kind() {
+                    self.throttled(
+                        idx,
+                        retry_after.unwrap_or(self.config.throttle.default_retry_after),
+                    );
+                }
+                e.kind().verdict().into()
+            }
+            Err(_) => Outcome::Failure,
+        };
+        if outcome != Outcome::NotRecorded {
+            v.record_latency(t0.elapsed());
+        }
+        tracing::debug!(region = %v.name, ?outcome, "probe");
+        match outcome {
+            Outcome::Success => v.probe_succeeded(),
+            Outcome::Failure => {
+                if v.probe_failed() >= p.failures_to_trip {
+                    v.breaker.trip();
+                }
+            }
+            Outcome::NotRecorded => {}
+        }
+        self.settle(idx, permit, outcome);
+    }
+
+    /// Fetches the latest version of the secret cached under `key`, replacing the cached value.
+    /// On failure the last-known-good value stays and its next refresh backs off.
+    pub(crate) async fn refresh_key(&self, key: &str) -> Result<Arc<Entry>, Error> {
+        let name = SecretName::new(key)?;
+        let before = self.cache.get(key);
+        let fetched = self
+            .cache
+            .single_flight(key, || self.fetch(&name, None, key, true))
+            .await;
+        match fetched {
+            Ok(entry) => {
+                if let Some(old) = before {
+                    if old.value.expose_secret() != entry.value.expose_secret() {
+                        tracing::info!(secret = %name, region = %entry.region, "secret rotated");
+                    }
+                }
+                if self.config.refresh.drift_check {
+                    self.check_drift(&name, &entry).await;
+                }
+                Ok(entry)
+            }
+            Err(FetchError { error, .. }) => {
+                if let Some(old) = self.cache.get(key) {
+                    let base = self.config.retry.backoff_max;
+                    let cap = self.config.cache.refresh_interval / 2;
+                    old.back_off(base, cap);
+                    tracing::info!(secret = %name, error = %error, "background refresh failed; keeping last-known-good");
+                    self.events.emit(Event::RefreshFailed {
+                        secret: name.key().clone(),
+                    });
+                }
+                Err(error)
+            }
+        }
+    }
+
+    fn digest(&self, value: &str) -> u64 {
+        let mut h = self.drift_key.build_hasher();
+        h.write(value.as_bytes());
+        h.finish()
+    }
+
+    /// Compares `entry`'s content with the other healthy vaults' copies.
+    async fn check_drift(&self, name: &SecretName, entry: &Entry) {
+        let reference = self.digest(entry.value.expose_secret());
+        let mut differing: Vec<String> = Vec::new();
+        for (idx, v) in self.vaults.iter().enumerate() {
+            if v.name == entry.region || v.breaker.state() != BreakerState::Closed {
+                continue;
+            }
+            if !v.gate.try_take_above(self.config.refresh.reserve_for_reads) {
+                continue;
+            }
+            let Some(permit) = v.breaker.try_acquire() else {
+                continue;
+            };
+            let res =
+                tokio::time::timeout(self.config.timeouts.attempt, v.store.get(name, None)).await;
+            let res = res.unwrap_or_else(|_| {
+                Err(crate::error::StoreError::new(
+                    StoreErrorKind::Timeout,
+                    "drift check timed out",
+                ))
+            });
+            self.settle(idx, permit, crate::read::outcome_of(&res));
+            let differs = match res {
+                Ok(s) => self.digest(s.value().expose_secret()) != reference,
+                Err(e) if *e.kind() == StoreErrorKind::NotFound => true,
+                Err(_) => continue,
+            };
+            if differs {
+                differing.push(v.name.to_string());
+            }
+        }
+        let mut drift = self.drift.lock().unwrap_or_else(|p| p.into_inner());
+        let key = name.key().to_string();
+        if differing.is_empty() {
+            drift.remove(&key);
+        } else if drift.get(&key) != Some(&differing) {
+            tracing::warn!(secret = %name, regions = ?differing, "vaults hold different content");
+            self.events.emit(Event::Drift {
+                secret: name.key().clone(),
+                regions: differing.iter().map(|r| Arc::from(r.as_str())).collect(),
+            });
+            drift.insert(key, differing);
+        }
+    }
+}

@@ -1,0 +1,672 @@
+//! [`FailoverClient`]: reads that survive regional outages, writes that never go astray.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::hash::RandomState;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use futures::StreamExt;
+use secrecy::{ExposeSecret, SecretString};
+use tokio::sync::{broadcast, watch, Notify};
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use crate::breaker::{Breaker, BreakerState};
+use crate::budget::{RetryBudget, VaultGate};
+use crate::cache::{self, Cache};
+use crate::config::{Access, Config};
+use crate::error::{Attempt, AttemptFailure, Error, Kind, StoreError, StoreErrorKind};
+use crate::events::{Event, Events};
+use crate::name::{SecretName, MAX_NAME_LEN};
+use crate::router::{Failback, Mode, Router};
+use crate::secret::{Entry, Freshness, Secret, SecretProperties, Written, MAX_VALUE_LEN};
+use crate::store::SecretStore;
+use crate::vault::{LatencySummary, Vault};
+
+/// How a failed fetch may be answered from the last-known-good cache.
+#[derive(Clone)]
+pub(crate) struct FetchError {
+    pub(crate) error: Error,
+    /// No region gave an answer that rules a stale value out (auth failure, authoritative 404).
+    pub(crate) maskable: bool,
+}
+
+pub(crate) type Fetched = Result<Arc<Entry>, FetchError>;
+
+pub(crate) struct Inner {
+    pub(crate) config: Config,
+    pub(crate) vaults: Vec<Vault>,
+    pub(crate) router: Router,
+    pub(crate) cache: Cache<Fetched>,
+    pub(crate) budget: RetryBudget,
+    pub(crate) rng: Mutex<fastrand::Rng>,
+    pub(crate) events: Events,
+    /// Secret name → regions whose content differs from the answering region's.
+    pub(crate) drift: Mutex<BTreeMap<String, Vec<String>>>,
+    /// Key of the hash that compares contents across vaults; never leaves the process.
+    pub(crate) drift_key: RandomState,
+    /// Wakes the refresher when a new secret enters the cache.
+    pub(crate) refresh_wake: Notify,
+    /// Dropped with the client: background tasks see the channel close and stop.
+    pub(crate) _shutdown: watch::Sender<()>,
+}
+
+/// A Key Vault secrets client over an ordered set of regional vaults.
+///
+/// Cheap to clone (one `Arc`); clones share routes, breakers, the cache and the background
+/// tasks, which stop when the last clone is dropped.
+///
+/// * Reads go to the active vault, then the next vaults in priority order whose breakers
+///   permit, within one deadline and a per-attempt timeout; a read the active vault has not
+///   answered within the hedge delay is also sent to the next healthy vault. Every value read is
+///   kept; while a vault confirmed it within the refresh interval it is served from memory (the
+///   background refresher keeps it so); when no vault can answer it is served as
+///   [stale](Freshness::Stale) up to the staleness cap.
+/// * Writes go only to the writable primary, and only while it is the active, healthy vault;
+///   otherwise they fail at once with [`Error::is_read_only`], nothing sent, nothing queued.
+/// * A prober per vault feeds its breaker; traffic fails back to a higher-priority vault only
+///   after it passed several probes in a row and the route has stood for a dwell time.
+///
+/// ```
+/// # keyvault_failover::sim::run_virtual(async {
+/// use keyvault_failover::{store::{Fault, MemoryStore}, Access, Config, FailoverClient};
+/// use std::sync::Arc;
+///
+/// let (weu, neu) = (Arc::new(MemoryStore::new("weu")), Arc::new(MemoryStore::new("neu")));
+/// weu.insert("db", "s3cret");
+/// neu.insert("db", "s3cret");
+/// let config = Config::builder()
+///     .region("weu", "https://app-weu.vault.azure.net", Access::ReadWrite)
+///     .region("neu", "https://app-neu.vault.azure.net", Access::ReadOnly)
+///     .build()?;
+/// let client = FailoverClient::builder(config)
+///     .store("weu", weu.clone())
+///     .store("neu", neu.clone())
+///     .build()?;
+///
+/// weu.set_fault(Some(Fault::Refuse)); // West Europe goes down
+/// let s = client.get_secret("db").await?;
+/// assert_eq!((s.expose(), s.region()), ("s3cret", "neu"));
+/// # Ok::<(), keyvault_failover::Error>(())
+/// # }).unwrap().unwrap();
+/// ```
+#[derive(Clone)]
+pub struct FailoverClient {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl fmt::Debug for FailoverClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let route = self.inner.router.load();
+        f.debug_struct("FailoverClient")
+            .field(
+                "regions",
+                &self
+                    .inner
+                    .vaults
+                    .iter()
+                    .map(|v| &*v.name)
+                    .collect::<Vec<_>>(),
+            )
+            .field("mode", &route.mode)
+            .field("cached", &self.inner.cache.len())
+            .finish()
+    }
+}
+
+/// Builds a [`FailoverClient`]: a [`Config`] and one [`SecretStore`] per region.
+#[must_use]
+pub struct FailoverClientBuilder {
+    config: Config,
+    stores: Vec<(String, Arc<dyn SecretStore>)>,
+}
+
+impl FailoverClientBuilder {
+    /// The store serving region `region` (a name from the configuration).
+    pub fn store(mut self, region: &str, store: Arc<dyn SecretStore>) -> Self {
+        self.stores.push((region.to_string(), store));
+        self
+    }
+
+    /// Checks that every region has exactly one store and builds the client.
+    ///
+    /// With probing or background refresh enabled (the defaults) this starts background
+    /// tasks, so it must be called within a tokio runtime; otherwise it returns a
+    /// configuration error saying so.
+    pub fn build(self) -> Result<FailoverClient, Error> {
+        for (name, _) in &self.stores {
+            if !self.config.regions().iter().any(|r| r.name() == name) {
+                return Err(Error::config(format!(
+                    "a store was given for region {name:?}, which is not configured"
+                )));
+            }
+        }
+        let c = &self.config;
+        let background = c.probe.enabled || c.refresh.enabled;
+        if background && tokio::runtime::Handle::try_current().is_err() {
+            return Err(Error::config(
+                "probing and background refresh need a tokio runtime: build the client inside \
+                 one, or disable both",
+            ));
+        }
+        let events = Events::new();
+        let mut vaults = Vec::new();
+        for (i, r) in c.regions().iter().enumerate() {
+            let mut given = self.stores.iter().filter(|(n, _)| n == r.name());
+            let store = match (given.next(), given.next()) {
+                (Some((_, s)), None) => s.clone(),
+                (None, _) => {
+                    return Err(Error::config(format!("region {:?} has no store", r.name())))
+                }
+                (Some(_), Some(_)) => {
+                    return Err(Error::config(format!(
+                        "region {:?} was given two stores",
+                        r.name()
+                    )))
+                }
+            };
+            let name: Arc<str> = r.name().into();
+            let breaker = Breaker::new(
+                name.clone(),
+                c.breaker.failure_threshold,
+                c.breaker.open_base,
+                c.breaker.open_max,
+                c.breaker.seed.wrapping_add(i as u64),
+                events.clone(),
+            );
+            let gate = VaultGate::new(
+                c.throttle.get_limit,
+                c.throttle.window,
+                c.throttle.budget_fraction,
+            );
+            vaults.push(Vault::new(name, r.access(), store, breaker, gate));
+        }
+        let failback = Failback {
+            successes: c.probe.failback_successes,
+            dwell: c.probe.failback_dwell,
+        };
+        let router = Router::new(&vaults, failback, events.clone());
+        let budget = RetryBudget::new(
+            c.retry.budget_ratio,
+            c.retry.budget_min_per_sec,
+            Duration::from_secs(10),
+        );
+        let rng = Mutex::new(fastrand::Rng::with_seed(c.breaker.seed ^ 0x5eed));
+        let (shutdown, _) = watch::channel(());
+        let client = FailoverClient {
+            inner: Arc::new(Inner {
+                config: self.config,
+                vaults,
+                router,
+                cache: Cache::new(),
+                budget,
+                rng,
+                events,
+                drift: Mutex::new(BTreeMap::new()),
+                drift_key: RandomState::new(),
+                refresh_wake: Notify::new(),
+                _shutdown: shutdown,
+            }),
+        };
+        if background {
+            crate::background::start(&client.inner);
+        }
+        Ok(client)
+    }
+}
+
+/// A point-in-time view of the client's health.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Health {
+    active: Option<String>,
+    mode: Mode,
+    route_changes: u64,
+    cached_secrets: usize,
+    regions: Vec<RegionHealth>,
+    drift: BTreeMap<String, Vec<String>>,
+}
+
+impl Health {
+    /// The active region, if any vault is healthy.
+    pub fn active(&self) -> Option<&str> {
+        self.active.as_deref()
+    }
+    /// What the client can do now.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+    /// Route changes since the client was built.
+    pub fn route_changes(&self) -> u64 {
+        self.route_changes
+    }
+    /// Secrets (and versions) held as last-known-good.
+    pub fn cached_secrets(&self) -> usize {
+        self.cached_secrets
+    }
+    /// Each region, in priority order.
+    pub fn regions(&self) -> &[RegionHealth] {
+        &self.regions
+    }
+    /// Secrets whose content differs between vaults, with the regions that differ from the
+    /// region that answered the last refresh.
+    pub fn drift(&self) -> &BTreeMap<String, Vec<String>> {
+        &self.drift
+    }
+}
+
+/// One region in a [`Health`] snapshot.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RegionHealth {
+    name: String,
+    access: Access,
+    breaker: BreakerState,
+    #[serde(with = "humantime_serde")]
+    throttled_for: Option<Duration>,
+    probe_streak: u32,
+    latency: LatencySummary,
+}
+
+impl RegionHealth {
+    /// The region's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    /// Read-write or read-only.
+    pub fn access(&self) -> Access {
+        self.access
+    }
+    /// Its breaker's state.
+    pub fn breaker(&self) -> BreakerState {
+        self.breaker
+    }
+    /// How much longer the vault asked us to back off (429 `Retry-After`), if at all.
+    pub fn throttled_for(&self) -> Option<Duration> {
+        self.throttled_for
+    }
+    /// Consecutive successful probes since its last failure.
+    pub fn probe_streak(&self) -> u32 {
+        self.probe_streak
+    }
+    /// Latency of this client's attempts against it.
+    pub fn latency(&self) -> LatencySummary {
+        self.latency
+    }
+}
+
+/// Checks a name without allocating and folds its case into `buf`.
+fn fold_name<'b>(name: &str, buf: &'b mut [u8; MAX_NAME_LEN]) -> Option<&'b str> {
+    let b = name.as_bytes();
+    if b.is_empty() || b.len() > MAX_NAME_LEN {
+        return None;
+    }
+    for (o, c) in buf.iter_mut().zip(b) {
+        if !(c.is_ascii_alphanumeric() || *c == b'-') {
+            return None;
+        }
+        *o = c.to_ascii_lowercase();
+    }
+    std::str::from_utf8(&buf[..b.len()]).ok()
+}
+
+impl FailoverClient {
+    /// A builder for a client over `config`'s regions.
+    pub fn builder(config: Config) -> FailoverClientBuilder {
+        FailoverClientBuilder {
+            config,
+            stores: Vec::new(),
+        }
+    }
+
+    /// Reads the latest version of `name`.
+    ///
+    /// A value a vault confirmed within the refresh interval is answered from memory. Otherwise
+    /// the vaults are asked in route order; if none can answer, the last-known-good value is
+    /// returned as stale while it is younger than the staleness cap. A 401/403, or a 404 from the
+    /// primary, is returned as an error even when a stale value is held.
+    pub async fn get_secret(&self, name: &str) -> Result<Secret, Error> {
+        let mut buf = [0u8; MAX_NAME_LEN];
+        if let Some(key) = fold_name(name, &mut buf) {
+            if let Some(entry) = self.inner.cache.get(key) {
+                if entry.fetched_at.elapsed() <= self.inner.config.cache.refresh_interval {
+                    self.inner.nudge_failback();
+                    return Ok(Secret::new(entry, Freshness::Fresh));
+                }
+            }
+        }
+        self.read(SecretName::new(name)?, None).await
+    }
+
+    /// Reads one version of `name`. Version ids are per vault: a version written in one region
+    /// is unknown to the others, so a 404 from a secondary falls back to the last-known-good.
+    pub async fn get_secret_version(&self, name: &str, version: &str) -> Result<Secret, Error> {
+        let name = SecretName::new(name)?;
+        if version.is_empty()
+            || !version
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
+            return Err(Error::new(
+                Kind::InvalidName,
+                format!("version id {version:?} must be letters, digits and dashes"),
+            ));
+        }
+        if let Some(entry) = self.inner.cache.get(&cache::key(name.key(), Some(version))) {
+            if entry.fetched_at.elapsed() <= self.inner.config.cache.refresh_interval {
+                return Ok(Secret::new(entry, Freshness::Fresh));
+            }
+        }
+        self.read(name, Some(version)).await
+    }
+
+    async fn read(&self, name: SecretName, version: Option<&str>) -> Result<Secret, Error> {
+        let key = cache::key(name.key(), version);
+        let span =
+            tracing::info_span!("kv.get", secret = %name, version = version.unwrap_or("latest"));
+        let fetched = self
+            .inner
+            .cache
+            .single_flight(&key, || self.inner.fetch(&name, version, &key, false))
+            .instrument(span)
+            .await;
+        self.inner.nudge_failback();
+        match fetched {
+            Ok(entry) => Ok(Secret::new(entry, Freshness::Fresh)),
+            Err(FetchError {
+                error,
+                maskable: true,
+            }) => self.inner.stale(&name, &key, error),
+            Err(e) => Err(e.error),
+        }
+    }
+
+    /// Asks the vaults for `name` now, whatever the cache holds, and replaces the cached value.
+    /// For callers who know a rotation just happened. On failure the last-known-good value is
+    /// kept and the error returned.
+    pub async fn refresh_now(&self, name: &str) -> Result<Secret, Error> {
+        let name = SecretName::new(name)?;
+        self.inner
+            .refresh_key(name.key())
+            .await
+            .map(|e| Secret::new(e, Freshness::Fresh))
+    }
+
+    /// Refreshes every cached secret now, a bounded number at a time. Returns how many were
+    /// refreshed and the errors of the others.
+    pub async fn refresh_all(&self) -> (usize, Vec<(String, Error)>) {
+        let keys = self.inner.cache.latest_keys();
+        let concurrency = self.inner.config.refresh.concurrency as usize;
+        let results: Vec<(String, Result<Arc<Entry>, Error>)> = futures::stream::iter(keys)
+            .map(|k| async move {
+                let r = self.inner.refresh_key(&k).await;
+                (k.to_string(), r)
+            })
+            .buffer_unordered(concurrency)
+            .collect()
+            .await;
+        let mut errors: Vec<(String, Error)> = results
+            .into_iter()
+            .filter_map(|(k, r)| r.err().map(|e| (k, e)))
+            .collect();
+        errors.sort_by(|a, b| a.0.cmp(&b.0));
+        (self.inner.cache.latest_keys().len() - errors.len(), errors)
+    }
+
+    /// Loads `names` into the cache at start-up, `refresh.concurrency` at a time. Returns the
+    /// names that could not be loaded with their errors.
+    pub async fn preload<I, S>(&self, names: I) -> Vec<(String, Error)>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let concurrency = self.inner.config.refresh.concurrency as usize;
+        let names: Vec<String> = names.into_iter().map(|n| n.as_ref().to_string()).collect();
+        let mut errors: Vec<(String, Error)> = futures::stream::iter(names)
+            .map(|n| async move {
+                let r = self.get_secret(&n).await;
+                (n, r)
+            })
+            .buffer_unordered(concurrency)
+            .filter_map(|(n, r)| async move { r.err().map(|e| (n, e)) })
+            .collect()
+            .await;
+        errors.sort_by(|a, b| a.0.cmp(&b.0));
+        errors
+    }
+
+    /// The writable vault, if it is the active, healthy one; else a read-only error.
+    fn writable(&self, op: &str, name: &SecretName) -> Result<usize, Error> {
+        let inner = &*self.inner;
+        let route = inner.router.load();
+        match (route.mode, route.active) {
+            (Mode::ReadWrite, Some(i)) => Ok(i),
+            _ => {
+                self.inner.nudge_failback();
+                let primary = inner
+                    .vaults
+                    .iter()
+                    .find(|v| v.access == Access::ReadWrite)
+                    .map_or("none configured".to_string(), |v| {
+                        format!("{} (breaker {:?})", v.name, v.breaker.state())
+                    });
+                let active = route.active.map_or("none", |i| &*inner.vaults[i].name);
+                tracing::warn!(op, secret = %name, active, "write refused: client is read-only");
+                Err(Error::new(
+                    Kind::ReadOnly,
+                    format!(
+                        "cannot {op} secret `{name}`: the client is read-only (mode {:?}, active \
+                         region {active}; writable region {primary}). Nothing was sent.",
+                        route.mode
+                    ),
+                ))
+            }
+        }
+    }
+
+    async fn write<T>(
+        &self,
+        op: &str,
+        name: &SecretName,
+        call: impl FnOnce(Arc<dyn SecretStore>) -> BoxFuture<'static, Result<T, StoreError>>,
+    ) -> Result<(usize, T), Error> {
+        let inner = &*self.inner;
+        let idx = self.writable(op, name)?;
+        let v = &inner.vaults[idx];
+        let Some(permit) = v.breaker.try_acquire() else {
+            return Err(Error::new(
+                Kind::ReadOnly,
+                format!(
+                    "cannot {op} secret `{name}`: region {}'s breaker is not closed. Nothing was sent.",
+                    v.name
+                ),
+            ));
+        };
+        let t0 = Instant::now();
+        let limit = inner.config.timeouts.attempt;
+        let span = tracing::info_span!("kv.write", op, secret = %name, region = %v.name);
+        let res = tokio::time::timeout(limit, call(v.store.clone()))
+            .instrument(span)
+            .await
+            .unwrap_or_else(|_| {
+                Err(StoreError::new(
+                    StoreErrorKind::Timeout,
+                    format!("no answer within {}ms", limit.as_millis()),
+                ))
+            });
+        v.record_latency(t0.elapsed());
+        inner.settle(idx, permit, crate::read::outcome_of(&res));
+        res.map(|t| (idx, t)).map_err(|e| {
+            tracing::info!(region = %v.name, op, secret = %name, error = %e, "write failed");
+            let kind = match e.kind() {
+                StoreErrorKind::Auth { .. } => Kind::Auth,
+                StoreErrorKind::NotFound => Kind::NotFound,
+                StoreErrorKind::Rejected { .. } => Kind::Rejected,
+                _ => Kind::Unavailable,
+            };
+            Error::with_attempts(
+                kind,
+                format!("cannot {op} secret `{name}`"),
+                vec![Attempt::new(
+                    v.name.clone(),
+                    AttemptFailure::Store(e.clone()),
+                )],
+                Some(e),
+            )
+        })
+    }
+
+    /// Writes a new version of `name` to the writable primary. Not retried (each write makes
+    /// a new version). Refused at once, with nothing sent, when the primary is not the active,
+    /// healthy vault.
+    pub async fn set_secret(&self, name: &str, value: SecretString) -> Result<Written, Error> {
+        let name = SecretName::new(name)?;
+        if value.expose_secret().len() > MAX_VALUE_LEN {
+            return Err(Error::new(
+                Kind::InvalidValue,
+                format!(
+                    "value of secret `{name}` is {} bytes; Key Vault allows at most {MAX_VALUE_LEN}",
+                    value.expose_secret().len()
+                ),
+            ));
+        }
+        let value = Arc::new(value);
+        let sent = value.clone();
+        let n = name.clone();
+        let (idx, version) = self
+            .write("set", &name, move |s| {
+                Box::pin(async move { s.set(&n, &sent).await })
+            })
+            .await?;
+        let region = self.inner.vaults[idx].name.clone();
+        let value = Arc::try_unwrap(value).unwrap_or_else(|a| (*a).clone());
+        let entry = self
+            .inner
+            .entry(value, version.as_str().into(), region.clone());
+        self.inner.cache_insert(name.key(), entry);
+        Ok(Written::new(region, version))
+    }
+
+    /// Deletes `name` from the writable primary and forgets its cached values. Same rules as
+    /// [`FailoverClient::set_secret`].
+    pub async fn delete_secret(&self, name: &str) -> Result<(), Error> {
+        let name = SecretName::new(name)?;
+        let n = name.clone();
+        self.write("delete", &name, move |s| {
+            Box::pin(async move { s.delete(&n).await })
+        })
+        .await?;
+        self.inner.cache.remove_all(name.key());
+        Ok(())
+    }
+
+    /// Lists secret properties (no values) from the first vault in route order that answers.
+    pub async fn list_secret_properties(&self) -> Result<Vec<SecretProperties>, Error> {
+        self.inner
+            .try_regions("list", false, |s| Box::pin(async move { s.list().await }))
+            .await
+            .map(|(_, l)| l)
+            .map_err(|e| e.error)
+    }
+
+    /// Events (route changes, breaker transitions, throttling, drift, stale serves) from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.inner.events.subscribe()
+    }
+
+    /// A snapshot of routes, breakers, throttling, latencies and drift.
+    pub fn health(&self) -> Health {
+        let inner = &*self.inner;
+        let route = inner.router.load();
+        let now = Instant::now();
+        Health {
+            active: route.active.map(|i| inner.vaults[i].name.to_string()),
+            mode: route.mode,
+            route_changes: inner.router.changes(),
+            cached_secrets: inner.cache.len(),
+            regions: inner
+                .vaults
+                .iter()
+                .map(|v| RegionHealth {
+                    name: v.name.to_string(),
+                    access: v.access,
+                    breaker: v.breaker.state(),
+                    throttled_for: v.gate.throttled_until().map(|t| t - now),
+                    probe_streak: v.probe_streak(),
+                    latency: v.latency(),
+                })
+                .collect(),
+            drift: inner
+                .drift
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        }
+    }
+}
+
+impl Inner {
+    /// A cache entry confirmed now, with its first background refresh drawn in [T/2, T].
+    pub(crate) fn entry(
+        &self,
+        value: SecretString,
+        version: Arc<str>,
+        region: Arc<str>,
+    ) -> Arc<Entry> {
+        let t = self.config.cache.refresh_interval.as_millis() as u64;
+        let at = {
+            let mut rng = self.rng.lock().unwrap_or_else(|p| p.into_inner());
+            rng.u64(t / 2..=t.max(1))
+        };
+        Arc::new(Entry::new(value, version, region, Instant::now(), at))
+    }
+
+    /// Inserts into the cache and wakes the refresher for a new key.
+    pub(crate) fn cache_insert(&self, key: &str, entry: Arc<Entry>) {
+        if self.cache.insert(key, entry) {
+            self.refresh_wake.notify_one();
+        }
+    }
+
+    /// Answers a failed fetch from last-known-good, if it is within the cap.
+    fn stale(&self, name: &SecretName, key: &str, error: Error) -> Result<Secret, Error> {
+        let cap = self.config.staleness_cap(name.key());
+        match self.cache.get(key) {
+            Some(entry) if entry.fetched_at.elapsed() <= cap => {
+                let age = entry.fetched_at.elapsed();
+                tracing::warn!(
+                    secret = %name,
+                    age_ms = age.as_millis() as u64,
+                    region = %entry.region,
+                    "serving last-known-good value"
+                );
+                self.events.emit(Event::StaleServed {
+                    secret: name.key().clone(),
+                    age,
+                });
+                Ok(Secret::new(entry, Freshness::Stale { age }))
+            }
+            Some(entry) => Err(Error::with_attempts(
+                Kind::Unavailable,
+                format!(
+                    "no region could serve secret `{name}` and its last-known-good value is \
+                     {} old, past the staleness cap of {}",
+                    humantime::format_duration(round_ms(entry.fetched_at.elapsed())),
+                    humantime::format_duration(cap)
+                ),
+                error.attempts().to_vec(),
+                None,
+            )),
+            None => Err(error),
+        }
+    }
+
+    /// The current secrets with their refresh schedule (for the refresher).
+    pub(crate) fn cached_latest(&self) -> Vec<(Box<str>, Arc<Entry>)> {
+        self.cache.latest()
+    }
+}
+
+fn round_ms(d: Duration) -> Duration {
+    Duration::from_millis(d.as_millis() as u64)
+}

@@ -1,0 +1,821 @@
+//! Configuration: the ordered regions and every tunable, with documented defaults.
+//!
+//! Build it in code with [`Config::builder`] or read it from TOML with [`Config::from_toml`].
+//! Both end in the same validation, which returns a clear [`Error`] (`is_config()`) rather
+//! than letting a bad setting surface later as an outage.
+//!
+//! ```
+//! use keyvault_failover::Config;
+//! let config = Config::from_toml(r#"
+//!     [[regions]]
+//!     name = "weu"
+//!     url = "https://app-weu.vault.azure.net"
+//!     access = "read-write"
+//!
+//!     [[regions]]
+//!     name = "neu"
+//!     url = "https://app-neu.vault.azure.net"
+//!     access = "read-only"
+//!
+//!     [timeouts]
+//!     attempt = "1500ms"
+//!
+//!     [cache]
+//!     refresh_interval = "5m"
+//!     staleness_cap = "12h"
+//!     staleness_overrides = { db-password = "1h" }
+//! "#).unwrap();
+//! assert_eq!(config.regions().len(), 2);
+//! assert!(Config::from_toml("regions = []").unwrap_err().is_config());
+//! ```
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+use crate::name::SecretName;
+
+/// Whether a region's vault takes writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Access {
+    /// The writable primary.
+    ReadWrite,
+    /// A replica: reads only. Writes are never sent to it.
+    ReadOnly,
+}
+
+/// One regional vault.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Region {
+    name: String,
+    url: String,
+    access: Access,
+}
+
+impl Region {
+    /// The region's short name (`weu`, `neu`, ...).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    /// The vault URL (`https://<vault>.vault.azure.net`).
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+    /// Read-write or read-only.
+    pub fn access(&self) -> Access {
+        self.access
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct Timeouts {
+    #[serde(with = "humantime_serde")]
+    pub(crate) attempt: Duration,
+    #[serde(with = "humantime_serde")]
+    pub(crate) deadline: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            attempt: Duration::from_secs(2),
+            deadline: Duration::from_secs(6),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct BreakerConfig {
+    pub(crate) failure_threshold: u32,
+    #[serde(with = "humantime_serde")]
+    pub(crate) open_base: Duration,
+    #[serde(with = "humantime_serde")]
+    pub(crate) open_max: Duration,
+    pub(crate) seed: u64,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        BreakerConfig {
+            failure_threshold: 5,
+            open_base: Duration::from_secs(5),
+            open_max: Duration::from_secs(60),
+            seed: 0x6b76_6661_696c,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct RetryConfig {
+    pub(crate) max_attempts: u32,
+    #[serde(with = "humantime_serde")]
+    pub(crate) backoff_base: Duration,
+    #[serde(with = "humantime_serde")]
+    pub(crate) backoff_max: Duration,
+    pub(crate) budget_ratio: f64,
+    pub(crate) budget_min_per_sec: u32,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            max_attempts: 4,
+            backoff_base: Duration::from_millis(50),
+            backoff_max: Duration::from_secs(1),
+            budget_ratio: 0.2,
+            budget_min_per_sec: 10,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct CacheConfig {
+    #[serde(with = "humantime_serde")]
+    pub(crate) refresh_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub(crate) staleness_cap: Duration,
+    #[serde(with = "overrides")]
+    pub(crate) staleness_overrides: BTreeMap<String, Duration>,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            refresh_interval: Duration::from_secs(5 * 60),
+            staleness_cap: Duration::from_secs(24 * 3600),
+            staleness_overrides: BTreeMap::new(),
+        }
+    }
+}
+
+mod overrides {
+    use super::*;
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(
+        m: &BTreeMap<String, Duration>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        let m: BTreeMap<&String, String> = m
+            .iter()
+            .map(|(k, v)| (k, humantime::format_duration(*v).to_string()))
+            .collect();
+        m.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<String, Duration>, D::Error> {
+        let raw = BTreeMap::<String, String>::deserialize(d)?;
+        raw.into_iter()
+            .map(|(k, v)| {
+                humantime::parse_duration(&v)
+                    .map(|d| (k.to_ascii_lowercase(), d))
+                    .map_err(serde::de::Error::custom)
+            })
+            .collect()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct ThrottleConfig {
+    pub(crate) get_limit: u32,
+    #[serde(with = "humantime_serde")]
+    pub(crate) window: Duration,
+    pub(crate) budget_fraction: f64,
+    #[serde(with = "humantime_serde")]
+    pub(crate) default_retry_after: Duration,
+}
+
+impl Default for ThrottleConfig {
+    fn default() -> Self {
+        ThrottleConfig {
+            get_limit: 4000,
+            window: Duration::from_secs(10),
+            budget_fraction: 0.8,
+            default_retry_after: Duration::from_secs(1),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct ProbeConfig {
+    pub(crate) enabled: bool,
+    #[serde(with = "humantime_serde")]
+    pub(crate) interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub(crate) unhealthy_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub(crate) timeout: Duration,
+    pub(crate) jitter: f64,
+    pub(crate) canary: Option<String>,
+    pub(crate) failures_to_trip: u32,
+    pub(crate) failback_successes: u32,
+    #[serde(with = "humantime_serde")]
+    pub(crate) failback_dwell: Duration,
+}
+
+impl Default for ProbeConfig {
+    fn default() -> Self {
+        ProbeConfig {
+            enabled: true,
+            interval: Duration::from_secs(10),
+            unhealthy_interval: Duration::from_secs(2),
+            timeout: Duration::from_secs(2),
+            jitter: 0.2,
+            canary: None,
+            failures_to_trip: 3,
+            failback_successes: 3,
+            failback_dwell: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct HedgeConfig {
+    pub(crate) enabled: bool,
+    #[serde(with = "humantime_serde")]
+    pub(crate) default_delay: Duration,
+    #[serde(with = "humantime_serde")]
+    pub(crate) floor: Duration,
+    #[serde(with = "humantime_serde")]
+    pub(crate) ceiling: Duration,
+    pub(crate) percentile: f64,
+    pub(crate) min_samples: u64,
+}
+
+impl Default for HedgeConfig {
+    fn default() -> Self {
+        HedgeConfig {
+            enabled: true,
+            default_delay: Duration::from_millis(150),
+            floor: Duration::from_millis(20),
+            ceiling: Duration::from_secs(1),
+            percentile: 0.95,
+            min_samples: 20,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct RefreshConfig {
+    pub(crate) enabled: bool,
+    pub(crate) concurrency: u32,
+    pub(crate) reserve_for_reads: f64,
+    pub(crate) drift_check: bool,
+}
+
+impl Default for RefreshConfig {
+    fn default() -> Self {
+        RefreshConfig {
+            enabled: true,
+            concurrency: 8,
+            reserve_for_reads: 0.25,
+            drift_check: true,
+        }
+    }
+}
+
+/// Which `azure_identity` credential [`azure::connect_with_config`](crate::azure::connect_with_config)
+/// uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum CredentialKind {
+    /// Azure CLI / Azure Developer CLI sign-in (developer machines). The default.
+    #[default]
+    DeveloperTools,
+    /// The managed identity of the App Service, VM or container the service runs in.
+    ManagedIdentity,
+}
+
+/// A validated client configuration. Build with [`Config::builder`] or [`Config::from_toml`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    regions: Vec<Region>,
+    #[serde(default)]
+    allow_multiple_writable: bool,
+    #[serde(default)]
+    credential: CredentialKind,
+    #[serde(default)]
+    pub(crate) timeouts: Timeouts,
+    #[serde(default)]
+    pub(crate) breaker: BreakerConfig,
+    #[serde(default)]
+    pub(crate) retry: RetryConfig,
+    #[serde(default)]
+    pub(crate) cache: CacheConfig,
+    #[serde(default)]
+    pub(crate) throttle: ThrottleConfig,
+    #[serde(default)]
+    pub(crate) probe: ProbeConfig,
+    #[serde(default)]
+    pub(crate) hedge: HedgeConfig,
+    #[serde(default)]
+    pub(crate) refresh: RefreshConfig,
+}
+
+impl Config {
+    /// A builder with every default.
+    pub fn builder() -> ConfigBuilder {
+        ConfigBuilder {
+            config: Config {
+                regions: Vec::new(),
+                allow_multiple_writable: false,
+                credential: CredentialKind::default(),
+                timeouts: Timeouts::default(),
+                breaker: BreakerConfig::default(),
+                retry: RetryConfig::default(),
+                cache: CacheConfig::default(),
+                throttle: ThrottleConfig::default(),
+                probe: ProbeConfig::default(),
+                hedge: HedgeConfig::default(),
+                refresh: RefreshConfig::default(),
+            },
+        }
+    }
+
+    /// Reads and validates a TOML configuration.
+    pub fn from_toml(text: &str) -> Result<Config, Error> {
+        let config: Config = toml::from_str(text)
+            .map_err(|e| Error::config(format!("invalid configuration: {}", e.message())))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The configuration as TOML (round-trips through [`Config::from_toml`]).
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_default()
+    }
+
+    /// The credential to authenticate with in real use.
+    pub fn credential(&self) -> CredentialKind {
+        self.credential
+    }
+
+    /// The regions in priority order (primary first).
+    pub fn regions(&self) -> &[Region] {
+        &self.regions
+    }
+
+    /// The staleness cap for `name` (its override, or the client-wide cap).
+    pub(crate) fn staleness_cap(&self, key: &str) -> Duration {
+        self.cache
+            .staleness_overrides
+            .get(key)
+            .copied()
+            .unwrap_or(self.cache.staleness_cap)
+    }
+
+    fn validate(&self) -> Result<(), Error> {
+        let bad = |m: String| Err(Error::config(m));
+        if self.regions.is_empty() {
+            return bad("no regions configured: add at least one vault".into());
+        }
+        let mut names = HashSet::new();
+        let mut urls = HashSet::new();
+        for r in &self.regions {
+            if r.name.is_empty()
+                || !r
+                    .name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                return bad(format!(
+                    "region name {:?} must be non-empty letters, digits, '-' or '_'",
+                    r.name
+                ));
+            }
+            if !names.insert(r.name.to_ascii_lowercase()) {
+                return bad(format!("region name {:?} appears twice", r.name));
+            }
+            let url = url::Url::parse(&r.url)
+                .map_err(|e| Error::config(format!("region {}: url {:?}: {e}", r.name, r.url)))?;
+            if url.scheme() != "https" {
+                return bad(format!(
+                    "region {}: url {:?} must use https (Key Vault refuses tokens over http)",
+                    r.name, r.url
+                ));
+            }
+            let host = url.host_str().unwrap_or("").to_ascii_lowercase();
+            if host.is_empty() {
+                return bad(format!("region {}: url {:?} has no host", r.name, r.url));
+            }
+            if !urls.insert((host, url.port_or_known_default())) {
+                return bad(format!(
+                    "region {}: url {:?} is the same vault as another region",
+                    r.name, r.url
+                ));
+            }
+        }
+        let writable = self
+            .regions
+            .iter()
+            .filter(|r| r.access == Access::ReadWrite)
+            .count();
+        if writable > 1 && !self.allow_multiple_writable {
+            return bad(format!(
+                "{writable} regions are read-write; separate vaults do not replicate, so two \
+                 writers diverge. Mark replicas read-only, or set allow_multiple_writable"
+            ));
+        }
+        let t = &self.timeouts;
+        nonzero("timeouts.attempt", t.attempt)?;
+        nonzero("timeouts.deadline", t.deadline)?;
+        if t.deadline < t.attempt {
+            return bad(format!(
+                "timeouts.deadline ({:?}) is shorter than timeouts.attempt ({:?})",
+                t.deadline, t.attempt
+            ));
+        }
+        let b = &self.breaker;
+        if b.failure_threshold == 0 {
+            return bad("breaker.failure_threshold must be at least 1".into());
+        }
+        nonzero("breaker.open_base", b.open_base)?;
+        ordered(
+            "breaker.open_base",
+            b.open_base,
+            "breaker.open_max",
+            b.open_max,
+        )?;
+        let r = &self.retry;
+        if r.max_attempts == 0 {
+            return bad("retry.max_attempts must be at least 1".into());
+        }
+        nonzero("retry.backoff_base", r.backoff_base)?;
+        ordered(
+            "retry.backoff_base",
+            r.backoff_base,
+            "retry.backoff_max",
+            r.backoff_max,
+        )?;
+        if !(0.0..=10.0).contains(&r.budget_ratio) {
+            return bad(format!(
+                "retry.budget_ratio {} must be between 0 and 10",
+                r.budget_ratio
+            ));
+        }
+        let c = &self.cache;
+        nonzero("cache.refresh_interval", c.refresh_interval)?;
+        let caps = std::iter::once(("cache.staleness_cap".to_string(), c.staleness_cap)).chain(
+            c.staleness_overrides
+                .iter()
+                .map(|(k, v)| (format!("cache.staleness_overrides.{k}"), *v)),
+        );
+        for (what, cap) in caps {
+            if cap < c.refresh_interval {
+                return bad(format!(
+                    "{what} ({}) is below cache.refresh_interval ({}): every cached value would \
+                     expire before it is refreshed",
+                    humantime::format_duration(cap),
+                    humantime::format_duration(c.refresh_interval)
+                ));
+            }
+        }
+        for k in c.staleness_overrides.keys() {
+            SecretName::new(k)
+                .map_err(|e| Error::config(format!("cache.staleness_overrides: {k:?}: {e}")))?;
+        }
+        let th = &self.throttle;
+        if th.get_limit == 0 {
+            return bad("throttle.get_limit must be at least 1".into());
+        }
+        nonzero("throttle.window", th.window)?;
+        nonzero("throttle.default_retry_after", th.default_retry_after)?;
+        if !(th.budget_fraction > 0.0 && th.budget_fraction <= 1.0) {
+            return bad(format!(
+                "throttle.budget_fraction {} must be in (0, 1]",
+                th.budget_fraction
+            ));
+        }
+        let p = &self.probe;
+        nonzero("probe.interval", p.interval)?;
+        nonzero("probe.unhealthy_interval", p.unhealthy_interval)?;
+        nonzero("probe.timeout", p.timeout)?;
+        ordered(
+            "probe.unhealthy_interval",
+            p.unhealthy_interval,
+            "probe.interval",
+            p.interval,
+        )?;
+        if !(0.0..1.0).contains(&p.jitter) {
+            return bad(format!("probe.jitter {} must be in [0, 1)", p.jitter));
+        }
+        if p.failures_to_trip == 0 || p.failback_successes == 0 {
+            return bad(
+                "probe.failures_to_trip and probe.failback_successes must be at least 1".into(),
+            );
+        }
+        if let Some(c) = &p.canary {
+            SecretName::new(c).map_err(|e| Error::config(format!("probe.canary: {e}")))?;
+        }
+        let h = &self.hedge;
+        nonzero("hedge.floor", h.floor)?;
+        ordered("hedge.floor", h.floor, "hedge.ceiling", h.ceiling)?;
+        if !(h.floor..=h.ceiling).contains(&h.default_delay) {
+            return bad(
+                "hedge.default_delay must lie between hedge.floor and hedge.ceiling".into(),
+            );
+        }
+        if !(h.percentile > 0.0 && h.percentile < 1.0) {
+            return bad(format!(
+                "hedge.percentile {} must be in (0, 1)",
+                h.percentile
+            ));
+        }
+        let rf = &self.refresh;
+        if rf.concurrency == 0 {
+            return bad("refresh.concurrency must be at least 1".into());
+        }
+        if !(0.0..1.0).contains(&rf.reserve_for_reads) {
+            return bad(format!(
+                "refresh.reserve_for_reads {} must be in [0, 1)",
+                rf.reserve_for_reads
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn nonzero(what: &str, d: Duration) -> Result<(), Error> {
+    if d.is_zero() {
+        Err(Error::config(format!("{what} must be greater than zero")))
+    } else {
+        Ok(())
+    }
+}
+
+fn ordered(a: &str, da: Duration, b: &str, db: Duration) -> Result<(), Error> {
+    if da > db {
+        Err(Error::config(format!(
+            "{a} ({da:?}) is greater than {b} ({db:?})"
+        )))
+    } else {
+        Ok(())
+    }
+}
+
+/// Builds a [`Config`]; [`ConfigBuilder::build`] validates.
+///
+/// ```
+/// use keyvault_failover::{Access, Config};
+/// use std::time::Duration;
+/// let config = Config::builder()
+///     .region("weu", "https://app-weu.vault.azure.net", Access::ReadWrite)
+///     .region("neu", "https://app-neu.vault.azure.net", Access::ReadOnly)
+///     .attempt_timeout(Duration::from_millis(800))
+///     .build()
+///     .unwrap();
+/// assert_eq!(config.regions()[0].name(), "weu");
+/// ```
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct ConfigBuilder {
+    config: Config,
+}
+
+macro_rules! setter {
+    ($(#[$doc:meta])* $name:ident: $ty:ty => $($path:ident).+) => {
+        $(#[$doc])*
+        pub fn $name(mut self, v: $ty) -> Self {
+            self.config.$($path).+ = v;
+            self
+        }
+    };
+}
+
+impl ConfigBuilder {
+    /// Adds a region; the order of calls is the priority order (primary first).
+    pub fn region(mut self, name: &str, url: &str, access: Access) -> Self {
+        self.config.regions.push(Region {
+            name: name.to_string(),
+            url: url.to_string(),
+            access,
+        });
+        self
+    }
+
+    setter!(
+        /// Allow more than one read-write region. Default `false`: separate vaults do not
+        /// replicate, so two writers diverge.
+        allow_multiple_writable: bool => allow_multiple_writable);
+    setter!(
+        /// The `azure_identity` credential used in real use. Default developer tools.
+        credential: CredentialKind => credential);
+    setter!(
+        /// Timeout of one attempt against one vault. Default 2 s (Key Vault answers in tens of
+        /// milliseconds; 2 s leaves room for TLS and token set-up while keeping failover fast).
+        attempt_timeout: Duration => timeouts.attempt);
+    setter!(
+        /// Overall deadline of one call, all regions and retries included. Default 6 s.
+        deadline: Duration => timeouts.deadline);
+    setter!(
+        /// Consecutive failures that open a vault's breaker. Default 5.
+        failure_threshold: u32 => breaker.failure_threshold);
+    setter!(
+        /// First open interval of a breaker; it doubles (with jitter) on each failed probe.
+        /// Default 5 s.
+        breaker_open_base: Duration => breaker.open_base);
+    setter!(
+        /// Longest open interval. Default 60 s.
+        breaker_open_max: Duration => breaker.open_max);
+    setter!(
+        /// Seed of the breakers' backoff jitter (the simulator sets it). Default fixed.
+        seed: u64 => breaker.seed);
+    setter!(
+        /// Attempts per call across all regions. Default 4.
+        max_attempts: u32 => retry.max_attempts);
+    setter!(
+        /// Base of the full-jitter exponential backoff between retry rounds. Default 50 ms.
+        backoff_base: Duration => retry.backoff_base);
+    setter!(
+        /// Cap of the retry backoff. Default 1 s.
+        backoff_max: Duration => retry.backoff_max);
+    setter!(
+        /// Retries allowed per first attempt (tower's TpsBudget model). Default 0.2 (20 %).
+        retry_budget_ratio: f64 => retry.budget_ratio);
+    setter!(
+        /// Retries per second always allowed, whatever the ratio. Default 10.
+        retry_budget_min_per_sec: u32 => retry.budget_min_per_sec);
+    setter!(
+        /// How long a value read from a vault is served from cache without asking again.
+        /// Default 5 min (App Service references take 24 h).
+        refresh_interval: Duration => cache.refresh_interval);
+    setter!(
+        /// Oldest last-known-good value served when no vault can answer. Default 24 h.
+        staleness_cap: Duration => cache.staleness_cap);
+    setter!(
+        /// Secret GETs a vault allows per window. Default 4,000 (per 10 s, Key Vault's
+        /// published limit; older documents say 2,000).
+        vault_get_limit: u32 => throttle.get_limit);
+    setter!(
+        /// The window of the vault limit. Default 10 s.
+        vault_limit_window: Duration => throttle.window);
+    setter!(
+        /// Share of the vault limit this client allows itself. Default 0.8.
+        vault_budget_fraction: f64 => throttle.budget_fraction);
+    setter!(
+        /// How long a 429 without `Retry-After` keeps a vault throttled. Default 1 s.
+        default_retry_after: Duration => throttle.default_retry_after);
+
+    setter!(
+        /// Run a health prober per vault. Default `true`. Without it, a higher-priority vault
+        /// is tried again only by trial reads that callers' traffic triggers.
+        probing: bool => probe.enabled);
+    setter!(
+        /// Probe interval of a healthy vault (±jitter). Default 10 s (Azure Traffic Manager's
+        /// fast probing interval).
+        probe_interval: Duration => probe.interval);
+    setter!(
+        /// Probe interval while a vault is failing or not yet trusted again. Default 2 s.
+        probe_unhealthy_interval: Duration => probe.unhealthy_interval);
+    setter!(
+        /// Timeout of one probe. Default 2 s.
+        probe_timeout: Duration => probe.timeout);
+    setter!(
+        /// Consecutive failed probes that open a vault's breaker even with no caller traffic.
+        /// Default 3 (Traffic Manager's default tolerated failures).
+        probe_failures_to_trip: u32 => probe.failures_to_trip);
+    setter!(
+        /// Consecutive successful probes before traffic returns to a higher-priority vault.
+        /// Default 3.
+        failback_successes: u32 => probe.failback_successes);
+    setter!(
+        /// Least time on a route before failing back to a higher-priority vault. Default 60 s.
+        failback_dwell: Duration => probe.failback_dwell);
+    setter!(
+        /// Hedge reads: after the hedge delay, ask the next healthy vault too. Default `true`.
+        hedging: bool => hedge.enabled);
+    setter!(
+        /// Hedge delay until a vault has `min_samples` latencies. Default 150 ms.
+        hedge_default_delay: Duration => hedge.default_delay);
+    setter!(
+        /// Shortest hedge delay. Default 20 ms.
+        hedge_floor: Duration => hedge.floor);
+    setter!(
+        /// Longest hedge delay. Default 1 s.
+        hedge_ceiling: Duration => hedge.ceiling);
+    setter!(
+        /// Refresh cached secrets in the background. Default `true`.
+        background_refresh: bool => refresh.enabled);
+    setter!(
+        /// Compare the content of each refreshed secret across healthy vaults (keyed hash).
+        /// Default `true`.
+        drift_check: bool => refresh.drift_check);
+
+    /// The secret the prober reads; without one it lists one page of secret properties.
+    pub fn probe_canary(mut self, name: &str) -> Self {
+        self.config.probe.canary = Some(name.to_string());
+        self
+    }
+
+    /// A staleness cap for one secret, overriding the client-wide cap.
+    pub fn staleness_cap_for(mut self, name: &str, cap: Duration) -> Self {
+        self.config
+            .cache
+            .staleness_overrides
+            .insert(name.to_ascii_lowercase(), cap);
+        self
+    }
+
+    /// Validates and returns the configuration.
+    pub fn build(self) -> Result<Config, Error> {
+        self.config.validate()?;
+        Ok(self.config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn two() -> ConfigBuilder {
+        Config::builder()
+            .region("weu", "https://a-weu.vault.azure.net", Access::ReadWrite)
+            .region("neu", "https://a-neu.vault.azure.net", Access::ReadOnly)
+    }
+
+    fn err(b: ConfigBuilder) -> String {
+        let e = b.build().unwrap_err();
+        assert!(e.is_config());
+        e.to_string()
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        two().build().unwrap();
+    }
+
+    #[test]
+    fn each_bad_setting_is_named() {
+        assert!(err(Config::builder()).contains("no regions"));
+        assert!(
+            err(two().region("weu", "https://x.vault.azure.net", Access::ReadOnly))
+                .contains("twice")
+        );
+        assert!(
+            err(two().region("x", "https://A-WEU.vault.azure.net/", Access::ReadOnly))
+                .contains("same vault")
+        );
+        assert!(
+            err(two().region("x", "http://x.vault.azure.net", Access::ReadOnly)).contains("https")
+        );
+        assert!(err(two().region("x", "not a url", Access::ReadOnly)).contains("url"));
+        assert!(
+            err(two().region("x", "https://x.vault.azure.net", Access::ReadWrite))
+                .contains("read-write")
+        );
+        two()
+            .region("x", "https://x.vault.azure.net", Access::ReadWrite)
+            .allow_multiple_writable(true)
+            .build()
+            .unwrap();
+        assert!(err(two().attempt_timeout(Duration::ZERO)).contains("timeouts.attempt"));
+        assert!(err(two().deadline(Duration::from_millis(100))).contains("shorter"));
+        assert!(err(two().breaker_open_base(Duration::from_secs(120))).contains("open_max"));
+        assert!(err(two().backoff_base(Duration::from_secs(5))).contains("backoff_max"));
+        assert!(err(two().staleness_cap(Duration::from_secs(60))).contains("refresh_interval"));
+        assert!(err(two().staleness_cap_for("db", Duration::from_secs(1))).contains("db"));
+        assert!(err(two().staleness_cap_for("d b", Duration::from_secs(3600))).contains("d b"));
+        assert!(err(two().vault_budget_fraction(0.0)).contains("budget_fraction"));
+        assert!(err(two().failure_threshold(0)).contains("failure_threshold"));
+        assert!(err(two().max_attempts(0)).contains("max_attempts"));
+    }
+
+    #[test]
+    fn toml_round_trips_and_rejects_unknown_keys() {
+        let c = two()
+            .staleness_cap_for("db", Duration::from_secs(3600))
+            .build()
+            .unwrap();
+        let text = c.to_toml();
+        assert_eq!(Config::from_toml(&text).unwrap(), c);
+        let e = Config::from_toml(&format!("{text}\n[cache2]\nx = 1\n")).unwrap_err();
+        assert!(e.is_config() && e.to_string().contains("cache2"), "{e}");
+        let e = Config::from_toml("[[regions]]\nname = 'a'\nurl = 'https://a'\naccess = 'rw'\n")
+            .unwrap_err();
+        assert!(e.is_config(), "{e}");
+        let e = Config::from_toml("[timeouts]\nattempt = 'soon'").unwrap_err();
+        assert!(e.is_config(), "{e}");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_text_is_a_clear_error_or_a_valid_config(s in ".{0,200}") {
+            let _ = Config::from_toml(&s);
+        }
+    }
+}

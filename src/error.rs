@@ -1,0 +1,428 @@
+//! Errors.
+//!
+//! Two types live here:
+//!
+//! * [`StoreError`] is what a [`SecretStore`](crate::SecretStore) returns. It carries the
+//!   *classification* of one vault outcome ([`StoreErrorKind`]), which decides what the
+//!   breaker records, whether the client tries another region and whether a stale value may
+//!   be served. Backend authors construct it.
+//! * [`Error`] is what [`FailoverClient`](crate::FailoverClient) returns: one opaque type with
+//!   `is_*()` predicates (reqwest's model), so that adding a kind is not a breaking change.
+//!   When every region failed it lists each attempt ([`Error::attempts`]).
+//!
+//! No error ever holds a secret value: only names, regions, status codes and messages that
+//! the crate or a backend wrote.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How one vault call failed. Decides breaker, routing and retry behaviour (see DESIGN.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StoreErrorKind {
+    /// The connection was refused or could not be made.
+    Connect,
+    /// The connection was reset or closed mid-request.
+    Reset,
+    /// The attempt did not finish within its timeout.
+    Timeout,
+    /// The vault answered 5xx or 408.
+    Server {
+        /// HTTP status.
+        status: u16,
+    },
+    /// The vault answered 429. Not an outage: the vault is alive but over its limit.
+    Throttled {
+        /// The `Retry-After` the vault asked for, if any.
+        retry_after: Option<Duration>,
+    },
+    /// The vault answered 401 or 403: misconfiguration or revoked access.
+    Auth {
+        /// HTTP status (401 or 403).
+        status: u16,
+    },
+    /// The secret (or version) does not exist in this vault.
+    NotFound,
+    /// The vault refused the request as invalid (other 4xx, e.g. 400 or 409).
+    Rejected {
+        /// HTTP status.
+        status: u16,
+    },
+    /// The answer could not be decoded.
+    Malformed,
+}
+
+/// What a breaker should record for an outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// The vault is unhealthy: count towards opening the breaker.
+    Failure,
+    /// The vault answered; its health is not in question (429, 401/403, 404, 4xx).
+    NotRecorded,
+}
+
+impl StoreErrorKind {
+    pub(crate) fn verdict(&self) -> Verdict {
+        match self {
+            StoreErrorKind::Connect
+            | StoreErrorKind::Reset
+            | StoreErrorKind::Timeout
+            | StoreErrorKind::Server { .. }
+            | StoreErrorKind::Malformed => Verdict::Failure,
+            StoreErrorKind::Throttled { .. }
+            | StoreErrorKind::Auth { .. }
+            | StoreErrorKind::NotFound
+            | StoreErrorKind::Rejected { .. } => Verdict::NotRecorded,
+        }
+    }
+
+    /// The HTTP status this outcome carries, if any.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            StoreErrorKind::Server { status }
+            | StoreErrorKind::Auth { status }
+            | StoreErrorKind::Rejected { status } => Some(*status),
+            StoreErrorKind::Throttled { .. } => Some(429),
+            StoreErrorKind::NotFound => Some(404),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for StoreErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreErrorKind::Connect => f.write_str("connection failed"),
+            StoreErrorKind::Reset => f.write_str("connection reset"),
+            StoreErrorKind::Timeout => f.write_str("timed out"),
+            StoreErrorKind::Server { status } => write!(f, "server error {status}"),
+            StoreErrorKind::Throttled {
+                retry_after: Some(d),
+            } => write!(f, "throttled (429, retry after {}ms)", d.as_millis()),
+            StoreErrorKind::Throttled { retry_after: None } => f.write_str("throttled (429)"),
+            StoreErrorKind::Auth { status } => write!(f, "not authorized ({status})"),
+            StoreErrorKind::NotFound => f.write_str("not found (404)"),
+            StoreErrorKind::Rejected { status } => write!(f, "request rejected ({status})"),
+            StoreErrorKind::Malformed => f.write_str("malformed response"),
+        }
+    }
+}
+
+/// The error a [`SecretStore`](crate::SecretStore) returns for one call.
+///
+/// ```
+/// use keyvault_failover::{StoreError, StoreErrorKind};
+/// let e = StoreError::new(StoreErrorKind::Server { status: 503 }, "service unavailable");
+/// assert_eq!(e.kind().status(), Some(503));
+/// assert!(e.to_string().contains("503"));
+/// ```
+#[derive(Debug, Clone)]
+pub struct StoreError {
+    kind: StoreErrorKind,
+    message: Arc<str>,
+}
+
+impl StoreError {
+    /// A new error of `kind`. `message` must not contain a secret value.
+    pub fn new(kind: StoreErrorKind, message: impl Into<String>) -> Self {
+        StoreError {
+            kind,
+            message: message.into().into(),
+        }
+    }
+
+    /// The classification.
+    pub fn kind(&self) -> &StoreErrorKind {
+        &self.kind
+    }
+
+    /// The backend's message.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.message.is_empty() {
+            write!(f, "{}", self.kind)
+        } else {
+            write!(f, "{}: {}", self.kind, self.message)
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+/// Why a region did not answer one call of the client.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum AttemptFailure {
+    /// The region's breaker was open (or its half-open probe was taken): no request was sent.
+    BreakerOpen,
+    /// The region was throttled (429 Retry-After) or over the client-side budget: not sent.
+    Throttled,
+    /// The retry budget was spent: not sent.
+    BudgetExhausted,
+    /// The request was sent and failed.
+    Store(StoreError),
+}
+
+impl fmt::Display for AttemptFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AttemptFailure::BreakerOpen => f.write_str("circuit breaker open, not sent"),
+            AttemptFailure::Throttled => f.write_str("throttled, not sent"),
+            AttemptFailure::BudgetExhausted => f.write_str("retry budget exhausted, not sent"),
+            AttemptFailure::Store(e) => e.fmt(f),
+        }
+    }
+}
+
+/// One region's part in a failed call.
+#[derive(Debug, Clone)]
+pub struct Attempt {
+    region: Arc<str>,
+    failure: AttemptFailure,
+}
+
+impl Attempt {
+    pub(crate) fn new(region: Arc<str>, failure: AttemptFailure) -> Self {
+        Attempt { region, failure }
+    }
+
+    /// The region's name.
+    pub fn region(&self) -> &str {
+        &self.region
+    }
+
+    /// What went wrong there.
+    pub fn failure(&self) -> &AttemptFailure {
+        &self.failure
+    }
+}
+
+/// The error of every [`FailoverClient`](crate::FailoverClient) call.
+///
+/// Opaque: ask it with the `is_*()` predicates. Cheap to clone (one `Arc`), so that the
+/// many callers that share one single-flight vault read all receive the same error.
+#[derive(Clone)]
+pub struct Error {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    kind: Kind,
+    message: String,
+    attempts: Vec<Attempt>,
+    source: Option<StoreError>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Config,
+    InvalidName,
+    InvalidValue,
+    ReadOnly,
+    NotFound,
+    Auth,
+    Unavailable,
+    Rejected,
+}
+
+impl Error {
+    pub(crate) fn new(kind: Kind, message: impl Into<String>) -> Self {
+        Error {
+            inner: Arc::new(Inner {
+                kind,
+                message: message.into(),
+                attempts: Vec::new(),
+                source: None,
+            }),
+        }
+    }
+
+    pub(crate) fn with_attempts(
+        kind: Kind,
+        message: impl Into<String>,
+        attempts: Vec<Attempt>,
+        source: Option<StoreError>,
+    ) -> Self {
+        Error {
+            inner: Arc::new(Inner {
+                kind,
+                message: message.into(),
+                attempts,
+                source,
+            }),
+        }
+    }
+
+    pub(crate) fn config(message: impl Into<String>) -> Self {
+        Error::new(Kind::Config, message)
+    }
+
+    /// Invalid configuration (from the builder or a TOML file).
+    pub fn is_config(&self) -> bool {
+        self.inner.kind == Kind::Config
+    }
+
+    /// The secret name is not a valid Key Vault name (1–127 letters, digits, dashes).
+    pub fn is_invalid_name(&self) -> bool {
+        self.inner.kind == Kind::InvalidName
+    }
+
+    /// The secret value was refused before sending (over Key Vault's 25 KiB).
+    pub fn is_invalid_value(&self) -> bool {
+        self.inner.kind == Kind::InvalidValue
+    }
+
+    /// A write was refused because the client is not on a healthy writable region.
+    /// Nothing was sent and nothing was queued.
+    pub fn is_read_only(&self) -> bool {
+        self.inner.kind == Kind::ReadOnly
+    }
+
+    /// The secret does not exist (answered by the writable primary, or by a secondary
+    /// when no last-known-good value was held).
+    pub fn is_not_found(&self) -> bool {
+        self.inner.kind == Kind::NotFound
+    }
+
+    /// A vault answered 401 or 403. Never masked by a stale value.
+    pub fn is_auth(&self) -> bool {
+        self.inner.kind == Kind::Auth
+    }
+
+    /// No region could answer and no last-known-good value within the staleness cap was held.
+    pub fn is_unavailable(&self) -> bool {
+        self.inner.kind == Kind::Unavailable
+    }
+
+    /// The vault refused the request as invalid (4xx other than 401/403/404/429).
+    pub fn is_rejected(&self) -> bool {
+        self.inner.kind == Kind::Rejected
+    }
+
+    /// Every attempt that failed ended in a timeout.
+    pub fn is_timeout(&self) -> bool {
+        self.has_store_kind(|k| matches!(k, StoreErrorKind::Timeout))
+    }
+
+    /// At least one region was throttled during this call.
+    pub fn is_throttled(&self) -> bool {
+        self.inner.attempts.iter().any(|a| {
+            matches!(
+                a.failure,
+                AttemptFailure::Throttled
+                    | AttemptFailure::Store(StoreError {
+                        kind: StoreErrorKind::Throttled { .. },
+                        ..
+                    })
+            )
+        })
+    }
+
+    /// The HTTP status of the deciding vault answer, if there was one.
+    pub fn status(&self) -> Option<u16> {
+        self.inner.source.as_ref().and_then(|s| s.kind().status())
+    }
+
+    /// Each region's part in the call, in the order they were tried.
+    pub fn attempts(&self) -> &[Attempt] {
+        &self.inner.attempts
+    }
+
+    fn has_store_kind(&self, pred: impl Fn(&StoreErrorKind) -> bool) -> bool {
+        let sent: Vec<&StoreError> = self
+            .inner
+            .attempts
+            .iter()
+            .filter_map(|a| match &a.failure {
+                AttemptFailure::Store(e) => Some(e),
+                _ => None,
+            })
+            .collect();
+        !sent.is_empty() && sent.iter().all(|e| pred(e.kind()))
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("Error");
+        d.field("kind", &self.inner.kind)
+            .field("message", &self.inner.message);
+        if !self.inner.attempts.is_empty() {
+            d.field("attempts", &self.inner.attempts);
+        }
+        d.finish()
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.inner.message)?;
+        for (i, a) in self.inner.attempts.iter().enumerate() {
+            let sep = if i == 0 { ": " } else { "; " };
+            write!(f, "{sep}{}: {}", a.region, a.failure)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.inner
+            .source
+            .as_ref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_is_one_pointer() {
+        assert_eq!(std::mem::size_of::<Error>(), std::mem::size_of::<usize>());
+    }
+
+    #[test]
+    fn display_lists_every_region() {
+        let e = Error::with_attempts(
+            Kind::Unavailable,
+            "no region could serve secret `db`",
+            vec![
+                Attempt::new(
+                    "weu".into(),
+                    AttemptFailure::Store(StoreError::new(StoreErrorKind::Connect, "refused")),
+                ),
+                Attempt::new("neu".into(), AttemptFailure::BreakerOpen),
+            ],
+            None,
+        );
+        let s = e.to_string();
+        assert!(s.contains("weu: connection failed: refused"), "{s}");
+        assert!(s.contains("neu: circuit breaker open"), "{s}");
+        assert!(e.is_unavailable() && !e.is_timeout());
+    }
+
+    #[test]
+    fn verdicts_follow_the_design_table() {
+        use StoreErrorKind::*;
+        for k in [Connect, Reset, Timeout, Server { status: 503 }, Malformed] {
+            assert_eq!(k.verdict(), Verdict::Failure, "{k}");
+        }
+        for k in [
+            Throttled { retry_after: None },
+            Auth { status: 401 },
+            Auth { status: 403 },
+            NotFound,
+            Rejected { status: 400 },
+        ] {
+            assert_eq!(k.verdict(), Verdict::NotRecorded, "{k}");
+        }
+    }
+}

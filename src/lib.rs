@@ -1,0 +1,76 @@
+//! # keyvault-failover
+//!
+//! Keeps services reading their Azure Key Vault secrets through regional outages, throttling
+//! storms and secret rotations.
+//!
+//! A [`FailoverClient`] holds an ordered set of regional vaults (primary first), each behind
+//! its own circuit breaker. Reads go to the active vault and fail over in priority order;
+//! writes go only to the writable primary and are refused at once, nothing sent, while the
+//! client is on a read-only secondary. Every value read is kept as last-known-good and served,
+//! marked stale with its age, when no vault can answer, up to a staleness cap. A 429 is
+//! throttling, not an outage: the vault's `Retry-After` is honoured and reads spill to the next
+//! region without touching its breaker.
+//!
+//! ```
+//! # keyvault_failover::sim::run_virtual(async {
+//! use std::sync::Arc;
+//! use keyvault_failover::{store::MemoryStore, Access, Config, FailoverClient};
+//!
+//! let config = Config::builder()
+//!     .region("weu", "https://app-weu.vault.azure.net", Access::ReadWrite)
+//!     .region("neu", "https://app-neu.vault.azure.net", Access::ReadOnly)
+//!     .build()?;
+//! let (weu, neu) = (Arc::new(MemoryStore::new("weu")), Arc::new(MemoryStore::new("neu")));
+//! let client = FailoverClient::builder(config)
+//!     .store("weu", weu)
+//!     .store("neu", neu)
+//!     .build()?;
+//! client.set_secret("db-password", "hunter2".to_string().into()).await?;
+//! let secret = client.get_secret("db-password").await?;
+//! assert_eq!(secret.expose(), "hunter2");
+//! assert_eq!(client.health().active(), Some("weu"));
+//! # Ok::<(), keyvault_failover::Error>(())
+//! # }).unwrap().unwrap();
+//! ```
+//!
+//! The vaults are reached through the [`SecretStore`] trait. [`store::MemoryStore`] is an
+//! in-process vault with scriptable faults for tests and the [simulator](sim).
+//!
+//! Time is read only through `tokio::time`, so the same code runs in production, under tokio's
+//! paused clock in tests, and in the deterministic simulator ([`sim::run_virtual`]).
+#![deny(missing_docs)]
+
+mod background;
+mod breaker;
+mod budget;
+mod cache;
+mod client;
+mod clock;
+mod config;
+mod error;
+mod events;
+mod name;
+mod read;
+mod router;
+mod secret;
+mod vault;
+
+pub mod azure;
+pub mod emulator;
+pub mod sim;
+pub mod store;
+
+pub use breaker::BreakerState;
+pub use client::{FailoverClient, FailoverClientBuilder, Health, RegionHealth};
+pub use config::{Access, Config, ConfigBuilder, CredentialKind, Region};
+pub use error::{Attempt, AttemptFailure, Error, StoreError, StoreErrorKind};
+pub use events::Event;
+pub use name::SecretName;
+pub use router::Mode;
+pub use secret::{Freshness, Secret, SecretProperties, StoredSecret, Written};
+pub use store::SecretStore;
+pub use vault::LatencySummary;
+
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

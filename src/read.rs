@@ -1,0 +1,383 @@
+//! The read path behind a cache miss: vaults in route order, hedging, retries with backoff,
+//! all within one deadline, the attempt limit, the retry budget and each vault's request gate.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use futures::stream::{FuturesUnordered, StreamExt};
+use tokio::time::Instant;
+
+use crate::breaker::{BreakerState, Outcome, Permit};
+use crate::client::{FetchError, Fetched, Inner};
+use crate::error::{Attempt, AttemptFailure, Error, Kind, StoreError, StoreErrorKind};
+use crate::name::SecretName;
+use crate::store::SecretStore;
+
+/// What a call's result tells its vault's breaker.
+pub(crate) fn outcome_of<T>(res: &Result<T, StoreError>) -> Outcome {
+    match res {
+        Ok(_) => Outcome::Success,
+        Err(e) => e.kind().verdict().into(),
+    }
+}
+
+type AttemptFuture<'a, T> =
+    Pin<Box<dyn Future<Output = (usize, Result<T, StoreError>)> + Send + 'a>>;
+
+/// What choosing the next vault to send to came to.
+enum Next {
+    /// A permit for vault `idx`.
+    Send(usize, Permit),
+    /// No vault is left to try in this round.
+    Exhausted,
+    /// Stop the whole call (attempt limit, budget, deadline).
+    Stop,
+}
+
+/// State of one call across rounds.
+struct Call {
+    deadline: Instant,
+    attempts: Vec<Attempt>,
+    sent: u32,
+    secondary_not_found: bool,
+    earliest_unthrottle: Option<Instant>,
+}
+
+impl Inner {
+    /// Reads `name` from the vaults and caches it. `background`: a refresh, which leaves a
+    /// reserve of each vault's budget to callers' reads and does not hedge.
+    pub(crate) async fn fetch(
+        &self,
+        name: &SecretName,
+        version: Option<&str>,
+        key: &str,
+        background: bool,
+    ) -> Fetched {
+        let result = self
+            .try_regions(name.as_str(), background, |store| {
+                let (name, version) = (name.clone(), version.map(str::to_string));
+                Box::pin(async move { store.get(&name, version.as_deref()).await })
+            })
+            .await;
+        match result {
+            Ok((idx, stored)) => {
+                let (value, version) = stored.into_parts();
+                if version.is_empty() {
+                    // A vault that answers without a version id answered something else.
+                    return Err(FetchError {
+                        error: Error::new(
+                            Kind::Unavailable,
+                            format!(
+                                "region {} answered secret `{name}` without a version id",
+                                self.vaults[idx].name
+                            ),
+                        ),
+                        maskable: true,
+                    });
+                }
+                let entry = self.entry(value, version.into(), self.vaults[idx].name.clone());
+                self.cache_insert(key, entry.clone());
+                Ok(entry)
+            }
+            Err(e) => {
+                if e.error.is_not_found() && !e.maskable {
+                    self.cache.remove_all(name.key());
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Picks the next vault of `order` that may be sent to, recording why others were skipped.
+    fn next_vault(
+        &self,
+        order: &mut impl Iterator<Item = usize>,
+        call: &mut Call,
+        background: bool,
+    ) -> Next {
+        let cfg = &self.config;
+        for idx in order.by_ref() {
+            let v = &self.vaults[idx];
+            if call.sent >= cfg.retry.max_attempts || Instant::now() >= call.deadline {
+                return Next::Stop;
+            }
+            let Some(permit) = v.breaker.try_acquire() else {
+                call.attempts
+                    .push(Attempt::new(v.name.clone(), AttemptFailure::BreakerOpen));
+                continue;
+            };
+            let admitted = if background {
+                v.gate.try_take_above(cfg.refresh.reserve_for_reads)
+            } else {
+                v.gate.try_take()
+            };
+            if !admitted {
+                if let Some(t) = v.gate.throttled_until() {
+                    call.earliest_unthrottle =
+                        Some(call.earliest_unthrottle.map_or(t, |e| e.min(t)));
+                }
+                call.attempts
+                    .push(Attempt::new(v.name.clone(), AttemptFailure::Throttled));
+                continue;
+            }
+            if call.sent > 0 && !self.budget.withdraw() {
+                call.attempts.push(Attempt::new(
+                    v.name.clone(),
+                    AttemptFailure::BudgetExhausted,
+                ));
+                return Next::Stop;
+            }
+            call.sent += 1;
+            return Next::Send(idx, permit);
+        }
+        Next::Exhausted
+    }
+
+    /// One attempt: the call under its timeout, its latency, its outcome on the breaker.
+    /// Dropped before it ends (a hedge lost), it records nothing.
+    fn attempt<'a, T: Send + 'a>(
+        &'a self,
+        idx: usize,
+        permit: Permit,
+        deadline: Instant,
+        fut: BoxFuture<'static, Result<T, StoreError>>,
+    ) -> AttemptFuture<'a, T> {
+        Box::pin(async move {
+            let v = &self.vaults[idx];
+            let t0 = Instant::now();
+            let limit = self
+                .config
+                .timeouts
+                .attempt
+                .min(deadline.saturating_duration_since(t0));
+            let res = match tokio::time::timeout(limit, fut).await {
+                Ok(r) => r,
+                Err(_) => Err(StoreError::new(
+                    StoreErrorKind::Timeout,
+                    format!("no answer within {}ms", limit.as_millis()),
+                )),
+            };
+            v.record_latency(t0.elapsed());
+            self.settle(idx, permit, outcome_of(&res));
+            (idx, res)
+        })
+    }
+
+    /// Tries one operation against the vaults in route order. Returns the index of the vault
+    /// that answered and its answer.
+    pub(crate) async fn try_regions<T, F>(
+        &self,
+        what: &str,
+        background: bool,
+        call_store: F,
+    ) -> Result<(usize, T), FetchError>
+    where
+        T: Send + 'static,
+        F: Fn(Arc<dyn SecretStore>) -> BoxFuture<'static, Result<T, StoreError>>,
+    {
+        let cfg = &self.config;
+        let mut call = Call {
+            deadline: Instant::now() + cfg.timeouts.deadline,
+            attempts: Vec::new(),
+            sent: 0,
+            secondary_not_found: false,
+            earliest_unthrottle: None,
+        };
+        let hedging = cfg.hedge.enabled && !background;
+        let mut hedges_left = u32::from(hedging);
+        self.budget.deposit();
+        'rounds: for round in 0u32.. {
+            let route = self.router.load();
+            let mut order = route
+                .active
+                .into_iter()
+                .chain((0..self.vaults.len()).filter(|i| Some(*i) != route.active))
+                .collect::<Vec<_>>()
+                .into_iter()
+                .peekable();
+            let mut in_flight: FuturesUnordered<AttemptFuture<'_, T>> = FuturesUnordered::new();
+            let mut hedge_at: Option<Instant> = None;
+            let mut sent_this_round = 0;
+            call.earliest_unthrottle = None;
+            loop {
+                if in_flight.is_empty() {
+                    match self.next_vault(&mut order, &mut call, background) {
+                        Next::Send(idx, permit) => {
+                            let store = self.vaults[idx].store.clone();
+                            in_flight.push(self.attempt(
+                                idx,
+                                permit,
+                                call.deadline,
+                                call_store(store),
+                            ));
+                            sent_this_round += 1;
+                            hedge_at = (hedges_left > 0 && order.peek().is_some())
+                                .then(|| Instant::now() + self.vaults[idx].hedge_delay(&cfg.hedge));
+                        }
+                        Next::Exhausted => break,
+                        Next::Stop => break 'rounds,
+                    }
+                }
+                let hedge_timer = async {
+                    match hedge_at {
+                        Some(t) => tokio::time::sleep_until(t).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                let (idx, res) = tokio::select! {
+                    biased;
+                    Some(done) = in_flight.next() => done,
+                    _ = hedge_timer => {
+                        hedge_at = None;
+                        match self.next_vault(&mut order, &mut call, background) {
+                            Next::Send(idx, permit) => {
+                                hedges_left -= 1;
+                                tracing::debug!(op = what, to = %self.vaults[idx].name, "hedging read");
+                                let store = self.vaults[idx].store.clone();
+                                in_flight.push(self.attempt(idx, permit, call.deadline, call_store(store)));
+                                sent_this_round += 1;
+                            }
+                            Next::Exhausted | Next::Stop => {}
+                        }
+                        continue;
+                    }
+                };
+                let v = &self.vaults[idx];
+                let e = match res {
+                    Ok(t) => {
+                        tracing::debug!(region = %v.name, op = what, attempt = call.sent, "vault answered");
+                        return Ok((idx, t));
+                    }
+                    Err(e) => e,
+                };
+                tracing::info!(region = %v.name, op = what, attempt = call.sent, error = %e, "vault attempt failed");
+                let fatal = |kind| FetchError {
+                    error: Error::with_attempts(
+                        kind,
+                        format!("region {} refused `{what}`", v.name),
+                        vec![Attempt::new(
+                            v.name.clone(),
+                            AttemptFailure::Store(e.clone()),
+                        )],
+                        Some(e.clone()),
+                    ),
+                    maskable: false,
+                };
+                match e.kind() {
+                    StoreErrorKind::Auth { .. } => return Err(fatal(Kind::Auth)),
+                    StoreErrorKind::Rejected { .. } => return Err(fatal(Kind::Rejected)),
+                    StoreErrorKind::NotFound if idx == 0 => return Err(fatal(Kind::NotFound)),
+                    StoreErrorKind::NotFound => call.secondary_not_found = true,
+                    StoreErrorKind::Throttled { retry_after } => {
+                        let ra = retry_after.unwrap_or(cfg.throttle.default_retry_after);
+                        self.throttled(idx, ra);
+                        let t = Instant::now() + ra;
+                        call.earliest_unthrottle =
+                            Some(call.earliest_unthrottle.map_or(t, |x| x.min(t)));
+                    }
+                    _ => {}
+                }
+                call.attempts
+                    .push(Attempt::new(v.name.clone(), AttemptFailure::Store(e)));
+            }
+            drop(in_flight);
+            if call.sent >= cfg.retry.max_attempts {
+                break;
+            }
+            // Before the next round: full-jitter backoff after sent failures; when only
+            // throttling stood in the way, until the earliest Retry-After, if it fits.
+            let wait = if sent_this_round > 0 {
+                let cap = cfg
+                    .retry
+                    .backoff_base
+                    .saturating_mul(1u32 << round.min(16))
+                    .min(cfg.retry.backoff_max);
+                let ms = cap.as_millis() as u64;
+                let mut rng = self.rng.lock().unwrap_or_else(|p| p.into_inner());
+                Duration::from_millis(rng.u64(0..=ms))
+            } else if let Some(t) = call.earliest_unthrottle {
+                t.saturating_duration_since(Instant::now())
+            } else {
+                break; // every breaker is open: no point waiting out the deadline
+            };
+            if Instant::now() + wait >= call.deadline {
+                break;
+            }
+            tokio::time::sleep(wait).await;
+        }
+        // Every vault that answered said 404 (the primary could not be asked): with no
+        // last-known-good value, "not found" is the best answer there is.
+        let kind = if call.secondary_not_found {
+            Kind::NotFound
+        } else {
+            Kind::Unavailable
+        };
+        Err(FetchError {
+            error: Error::with_attempts(
+                kind,
+                format!("no region could serve `{what}`"),
+                call.attempts,
+                None,
+            ),
+            maskable: true,
+        })
+    }
+
+    /// Records a call's outcome on vault `idx`: its breaker, its probe streak, and the route,
+    /// which may change with it. Every call's outcome goes through here.
+    pub(crate) fn settle(&self, idx: usize, permit: Permit, outcome: Outcome) {
+        let v = &self.vaults[idx];
+        if outcome == Outcome::Failure {
+            v.call_failed();
+        }
+        v.breaker.record(permit, outcome);
+        self.router.refresh(&self.vaults);
+    }
+
+    /// Vault `idx` answered 429: keep off it for `retry_after`.
+    pub(crate) fn throttled(&self, idx: usize, retry_after: Duration) {
+        let v = &self.vaults[idx];
+        v.gate.throttle(retry_after);
+        tracing::warn!(
+            region = %v.name,
+            retry_after_ms = retry_after.as_millis() as u64,
+            "vault throttled; spilling to the next region"
+        );
+        self.events.emit(crate::events::Event::Throttled {
+            region: v.name.clone(),
+            retry_after,
+        });
+    }
+
+    /// Without a prober, a higher-priority vault is tried again by a trial probe that callers'
+    /// traffic triggers, off the caller's path, at most once per unhealthy-probe interval.
+    /// Cheap when the primary is active: one atomic load.
+    pub(crate) fn nudge_failback(self: &Arc<Self>) {
+        if self.config.probe.enabled {
+            return;
+        }
+        let route = self.router.load();
+        let top = route.active.unwrap_or(self.vaults.len());
+        for idx in 0..top {
+            let v = &self.vaults[idx];
+            let trusted = v.breaker.state() == BreakerState::Closed
+                && v.probe_streak() >= self.config.probe.failback_successes;
+            if trusted {
+                continue;
+            }
+            {
+                let mut last = v.last_probe.lock().unwrap_or_else(|p| p.into_inner());
+                if last.is_some_and(|t| t.elapsed() < self.config.probe.unhealthy_interval) {
+                    continue;
+                }
+                *last = Some(Instant::now());
+            }
+            let inner = self.clone();
+            tokio::spawn(async move { inner.probe(idx).await });
+            return;
+        }
+    }
+}

@@ -1,0 +1,241 @@
+//! What the client hands back: a secret value that cannot leak, and where it came from.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use tokio::time::Instant;
+
+/// Key Vault's largest secret value, in bytes.
+pub const MAX_VALUE_LEN: usize = 25 * 1024;
+
+/// A secret as a [`SecretStore`](crate::SecretStore) returns it.
+///
+/// The value is a [`SecretString`]: zeroized on drop, redacted in `Debug`.
+pub struct StoredSecret {
+    value: SecretString,
+    version: String,
+}
+
+impl StoredSecret {
+    /// A value and the version id the vault gave it.
+    pub fn new(value: SecretString, version: impl Into<String>) -> Self {
+        StoredSecret {
+            value,
+            version: version.into(),
+        }
+    }
+
+    /// The value.
+    pub fn value(&self) -> &SecretString {
+        &self.value
+    }
+
+    /// The vault's version id. Ids differ between vaults of different regions.
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    pub(crate) fn into_parts(self) -> (SecretString, String) {
+        (self.value, self.version)
+    }
+}
+
+impl fmt::Debug for StoredSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoredSecret")
+            .field("value", &"[REDACTED]")
+            .field("version", &self.version)
+            .finish()
+    }
+}
+
+/// The properties of a secret as a listing returns them (no value).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretProperties {
+    name: String,
+    version: Option<String>,
+    enabled: bool,
+}
+
+impl SecretProperties {
+    /// New properties.
+    pub fn new(name: impl Into<String>, version: Option<String>, enabled: bool) -> Self {
+        SecretProperties {
+            name: name.into(),
+            version,
+            enabled,
+        }
+    }
+    /// The secret's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    /// The current version id, when the listing carries one.
+    pub fn version(&self) -> Option<&str> {
+        self.version.as_deref()
+    }
+    /// Whether the secret is enabled.
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+}
+
+/// One value as the cache holds it. Shared by `Arc` so that a cache hit copies no bytes.
+pub(crate) struct Entry {
+    pub(crate) value: SecretString,
+    pub(crate) version: Arc<str>,
+    pub(crate) region: Arc<str>,
+    /// When a vault last confirmed this value.
+    pub(crate) fetched_at: Instant,
+    /// When the refresher should next ask, in ms after `fetched_at`.
+    refresh_after_ms: AtomicU64,
+    /// Failed refreshes in a row.
+    refresh_failures: AtomicU32,
+}
+
+impl Entry {
+    pub(crate) fn new(
+        value: SecretString,
+        version: Arc<str>,
+        region: Arc<str>,
+        fetched_at: Instant,
+        refresh_after_ms: u64,
+    ) -> Self {
+        Entry {
+            value,
+            version,
+            region,
+            fetched_at,
+            refresh_after_ms: AtomicU64::new(refresh_after_ms),
+            refresh_failures: AtomicU32::new(0),
+        }
+    }
+
+    /// When the refresher should next ask for this secret.
+    pub(crate) fn refresh_at(&self) -> Instant {
+        self.fetched_at + Duration::from_millis(self.refresh_after_ms.load(Ordering::Relaxed))
+    }
+
+    /// A refresh failed: try again after `base` × 2^failures (at most `cap`) from now.
+    pub(crate) fn back_off(&self, base: Duration, cap: Duration) {
+        let n = self
+            .refresh_failures
+            .fetch_add(1, Ordering::Relaxed)
+            .min(16);
+        let wait = base.saturating_mul(1 << n).min(cap);
+        let at = self.fetched_at.elapsed() + wait;
+        self.refresh_after_ms
+            .store(at.as_millis() as u64, Ordering::Relaxed);
+    }
+}
+
+/// Whether a value is what a vault answered within the refresh interval, or a
+/// last-known-good value served because no vault could answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Freshness {
+    /// A vault confirmed the value within the refresh interval.
+    Fresh,
+    /// No vault could answer; this is the last-known-good value, confirmed `age` ago.
+    Stale {
+        /// Time since a vault last confirmed the value.
+        age: Duration,
+    },
+}
+
+/// A secret returned by [`FailoverClient`](crate::FailoverClient).
+///
+/// `Debug` and `Display` never show the value; call [`Secret::expose`] where the value is used.
+///
+/// ```
+/// # keyvault_failover::sim::run_virtual(async {
+/// use keyvault_failover::{Config, FailoverClient, Access, store::MemoryStore};
+/// use std::sync::Arc;
+/// let weu = Arc::new(MemoryStore::new("weu"));
+/// weu.insert("db", "hunter2");
+/// let config = Config::builder()
+///     .region("weu", "https://app-weu.vault.azure.net", Access::ReadWrite)
+///     .build()?;
+/// let client = FailoverClient::builder(config).store("weu", weu).build()?;
+/// let s = client.get_secret("db").await?;
+/// assert_eq!(s.expose(), "hunter2");
+/// assert!(!format!("{s:?}").contains("hunter2"));
+/// assert_eq!(s.region(), "weu");
+/// # Ok::<(), keyvault_failover::Error>(())
+/// # }).unwrap();
+/// ```
+#[derive(Clone)]
+pub struct Secret {
+    entry: Arc<Entry>,
+    freshness: Freshness,
+}
+
+impl Secret {
+    pub(crate) fn new(entry: Arc<Entry>, freshness: Freshness) -> Self {
+        Secret { entry, freshness }
+    }
+
+    /// The value. Keep the borrow short; do not log it.
+    pub fn expose(&self) -> &str {
+        self.entry.value.expose_secret()
+    }
+
+    /// The version id of the vault that served it.
+    pub fn version(&self) -> &str {
+        &self.entry.version
+    }
+
+    /// The region whose vault last confirmed the value.
+    pub fn region(&self) -> &str {
+        &self.entry.region
+    }
+
+    /// Fresh, or stale with its age.
+    pub fn freshness(&self) -> Freshness {
+        self.freshness
+    }
+
+    /// Whether this is a last-known-good value served because no vault could answer.
+    pub fn is_stale(&self) -> bool {
+        matches!(self.freshness, Freshness::Stale { .. })
+    }
+
+    /// Time since a vault last confirmed the value.
+    pub fn age(&self) -> Duration {
+        Instant::now().saturating_duration_since(self.entry.fetched_at)
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Secret")
+            .field("value", &"[REDACTED]")
+            .field("version", &self.entry.version)
+            .field("region", &self.entry.region)
+            .field("freshness", &self.freshness)
+            .finish()
+    }
+}
+
+/// What a successful write returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Written {
+    region: Arc<str>,
+    version: String,
+}
+
+impl Written {
+    pub(crate) fn new(region: Arc<str>, version: String) -> Self {
+        Written { region, version }
+    }
+    /// The region written to (the writable primary).
+    pub fn region(&self) -> &str {
+        &self.region
+    }
+    /// The new version id.
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+}

@@ -1,0 +1,327 @@
+//! An in-process vault with scriptable faults, for tests and the simulator.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use secrecy::{ExposeSecret, SecretString};
+
+use super::SecretStore;
+use crate::error::{StoreError, StoreErrorKind};
+use crate::name::SecretName;
+use crate::secret::{SecretProperties, StoredSecret};
+
+/// A fault a [`MemoryStore`] injects into each call while it is set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Fault {
+    /// Connection refused, at once.
+    Refuse,
+    /// Connection reset after the latency.
+    Reset,
+    /// Accept and never answer (the client's timeout ends the call).
+    Hang,
+    /// Answer normally, but only after this extra delay.
+    Delay(Duration),
+    /// 429 with this `Retry-After`.
+    Throttle(Duration),
+    /// This 5xx status.
+    ServerError(u16),
+    /// 401.
+    Unauthorized,
+    /// 403.
+    Forbidden,
+    /// 404 for every secret.
+    NotFound,
+    /// A body that cannot be decoded.
+    Malformed,
+}
+
+/// The latency of each answered call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Latency {
+    /// Always this long.
+    Fixed(Duration),
+    /// Uniform in `[min, max]`, drawn from the store's seeded generator.
+    Uniform(Duration, Duration),
+}
+
+struct Version {
+    id: String,
+    value: SecretString,
+}
+
+struct State {
+    secrets: HashMap<String, (String, Vec<Version>)>,
+    next_version: u64,
+    fault: Option<Fault>,
+    script: VecDeque<Option<Fault>>,
+    latency: Latency,
+    rng: fastrand::Rng,
+    read_only: bool,
+}
+
+/// An in-memory vault.
+///
+/// Versions are ids unique to this store (`<store>-<n>` hex), as separate regional vaults give
+/// different version ids to the same content. Counters tell how many calls reached the store,
+/// faulted or not, so tests can prove a request was never sent.
+///
+/// ```
+/// # keyvault_failover::sim::run_virtual(async {
+/// use keyvault_failover::{store::{Fault, MemoryStore}, SecretName, SecretStore};
+/// let s = MemoryStore::new("weu");
+/// s.insert("db", "v1");
+/// let name = SecretName::new("db").unwrap();
+/// assert!(s.get(&name, None).await.is_ok());
+/// s.set_fault(Some(Fault::ServerError(503)));
+/// assert_eq!(s.get(&name, None).await.unwrap_err().kind().status(), Some(503));
+/// assert_eq!(s.gets(), 2);
+/// # }).unwrap();
+/// ```
+pub struct MemoryStore {
+    name: String,
+    state: Mutex<State>,
+    gets: AtomicU64,
+    writes: AtomicU64,
+    lists: AtomicU64,
+}
+
+impl std::fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryStore")
+            .field("name", &self.name)
+            .field("gets", &self.gets())
+            .field("writes", &self.writes())
+            .finish_non_exhaustive()
+    }
+}
+
+impl MemoryStore {
+    /// An empty, healthy store with 1 ms latency and seed 0.
+    pub fn new(name: &str) -> Self {
+        Self::with_seed(name, 0)
+    }
+
+    /// An empty, healthy store whose latency draws come from `seed`.
+    pub fn with_seed(name: &str, seed: u64) -> Self {
+        MemoryStore {
+            name: name.to_string(),
+            state: Mutex::new(State {
+                secrets: HashMap::new(),
+                next_version: 1,
+                fault: None,
+                script: VecDeque::new(),
+                latency: Latency::Fixed(Duration::from_millis(1)),
+                rng: fastrand::Rng::with_seed(seed),
+                read_only: false,
+            }),
+            gets: AtomicU64::new(0),
+            writes: AtomicU64::new(0),
+            lists: AtomicU64::new(0),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding this lock cannot leave the map half-written; keep serving.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Writes a new version directly (no fault, no latency, not counted) and returns its id.
+    pub fn insert(&self, name: &str, value: &str) -> String {
+        let mut st = self.lock();
+        Self::put(
+            &mut st,
+            &self.name,
+            name,
+            SecretString::from(value.to_string()),
+        )
+    }
+
+    fn put(st: &mut State, store: &str, name: &str, value: SecretString) -> String {
+        let id = format!("{store}-{:016x}", st.next_version);
+        st.next_version += 1;
+        let e = st
+            .secrets
+            .entry(name.to_ascii_lowercase())
+            .or_insert_with(|| (name.to_string(), Vec::new()));
+        e.1.push(Version {
+            id: id.clone(),
+            value,
+        });
+        id
+    }
+
+    /// The current value of `name`, for assertions.
+    pub fn current(&self, name: &str) -> Option<(String, SecretString)> {
+        let st = self.lock();
+        st.secrets
+            .get(&name.to_ascii_lowercase())
+            .and_then(|(_, v)| v.last())
+            .map(|v| (v.id.clone(), v.value.clone()))
+    }
+
+    /// Whether any version of any secret holds exactly `value`.
+    pub fn ever_held(&self, value: &str) -> bool {
+        let st = self.lock();
+        st.secrets
+            .values()
+            .flat_map(|(_, v)| v.iter())
+            .any(|v| v.value.expose_secret() == value)
+    }
+
+    /// Sets (or with `None` clears) the fault injected into every call.
+    pub fn set_fault(&self, fault: Option<Fault>) {
+        self.lock().fault = fault;
+    }
+
+    /// Queues one outcome per upcoming call (`None`: behave normally); once the queue is
+    /// empty the standing fault of [`MemoryStore::set_fault`] applies again.
+    pub fn script(&self, outcomes: impl IntoIterator<Item = Option<Fault>>) {
+        self.lock().script.extend(outcomes);
+    }
+
+    /// Sets the latency of answered calls.
+    pub fn set_latency(&self, latency: Latency) {
+        self.lock().latency = latency;
+    }
+
+    /// Makes writes answer 403, as Key Vault does after a Microsoft-managed failover.
+    pub fn set_read_only(&self, read_only: bool) {
+        self.lock().read_only = read_only;
+    }
+
+    /// Calls to `get` that reached this store.
+    pub fn gets(&self) -> u64 {
+        self.gets.load(Ordering::Relaxed)
+    }
+
+    /// Calls to `set` or `delete` that reached this store.
+    pub fn writes(&self) -> u64 {
+        self.writes.load(Ordering::Relaxed)
+    }
+
+    /// Calls to `list` that reached this store.
+    pub fn lists(&self) -> u64 {
+        self.lists.load(Ordering::Relaxed)
+    }
+
+    /// Decides this call's fault and latency, then waits the latency.
+    async fn enter(&self) -> Result<(), StoreError> {
+        let (fault, latency) = {
+            let mut st = self.lock();
+            let fault = match st.script.pop_front() {
+                Some(f) => f,
+                None => st.fault.clone(),
+            };
+            let latency = match st.latency {
+                Latency::Fixed(d) => d,
+                Latency::Uniform(lo, hi) => {
+                    let (lo, hi) = (lo.as_micros() as u64, hi.as_micros() as u64);
+                    Duration::from_micros(st.rng.u64(lo.min(hi)..=hi.max(lo)))
+                }
+            };
+            (fault, latency)
+        };
+        let err = |kind: StoreErrorKind, msg: &str| Err(StoreError::new(kind, msg));
+        match fault {
+            None => {}
+            Some(Fault::Refuse) => return err(StoreErrorKind::Connect, "connection refused"),
+            Some(Fault::Hang) => futures::future::pending::<()>().await,
+            Some(Fault::Delay(d)) => tokio::time::sleep(d).await,
+            Some(other) => {
+                tokio::time::sleep(latency).await;
+                return match other {
+                    Fault::Reset => err(StoreErrorKind::Reset, "connection reset by peer"),
+                    Fault::Throttle(d) => err(
+                        StoreErrorKind::Throttled {
+                            retry_after: Some(d),
+                        },
+                        "Reason: VaultRequestTypeLimitReached",
+                    ),
+                    Fault::ServerError(s) => err(StoreErrorKind::Server { status: s }, ""),
+                    Fault::Unauthorized => err(StoreErrorKind::Auth { status: 401 }, ""),
+                    Fault::Forbidden => err(StoreErrorKind::Auth { status: 403 }, ""),
+                    Fault::NotFound => err(StoreErrorKind::NotFound, "SecretNotFound"),
+                    _ => err(StoreErrorKind::Malformed, "body is not JSON"),
+                };
+            }
+        }
+        tokio::time::sleep(latency).await;
+        Ok(())
+    }
+}
+
+fn not_found(name: &SecretName) -> StoreError {
+    StoreError::new(
+        StoreErrorKind::NotFound,
+        format!("SecretNotFound: a secret with name {name} was not found"),
+    )
+}
+
+#[async_trait]
+impl SecretStore for MemoryStore {
+    async fn get(
+        &self,
+        name: &SecretName,
+        version: Option<&str>,
+    ) -> Result<StoredSecret, StoreError> {
+        self.gets.fetch_add(1, Ordering::Relaxed);
+        self.enter().await?;
+        let st = self.lock();
+        let (_, versions) = st
+            .secrets
+            .get(&**name.key())
+            .ok_or_else(|| not_found(name))?;
+        let v = match version {
+            None => versions.last(),
+            Some(id) => versions.iter().find(|v| v.id == id),
+        }
+        .ok_or_else(|| not_found(name))?;
+        Ok(StoredSecret::new(v.value.clone(), v.id.clone()))
+    }
+
+    async fn set(&self, name: &SecretName, value: &SecretString) -> Result<String, StoreError> {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        self.enter().await?;
+        let mut st = self.lock();
+        if st.read_only {
+            return Err(StoreError::new(
+                StoreErrorKind::Auth { status: 403 },
+                "vault is read-only (failed over)",
+            ));
+        }
+        Ok(Self::put(&mut st, &self.name, name.as_str(), value.clone()))
+    }
+
+    async fn delete(&self, name: &SecretName) -> Result<(), StoreError> {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        self.enter().await?;
+        let mut st = self.lock();
+        if st.read_only {
+            return Err(StoreError::new(
+                StoreErrorKind::Auth { status: 403 },
+                "vault is read-only (failed over)",
+            ));
+        }
+        st.secrets
+            .remove(&**name.key())
+            .map(|_| ())
+            .ok_or_else(|| not_found(name))
+    }
+
+    async fn list(&self) -> Result<Vec<SecretProperties>, StoreError> {
+        self.lists.fetch_add(1, Ordering::Relaxed);
+        self.enter().await?;
+        let st = self.lock();
+        let mut out: Vec<SecretProperties> = st
+            .secrets
+            .values()
+            .map(|(n, v)| SecretProperties::new(n.clone(), v.last().map(|v| v.id.clone()), true))
+            .collect();
+        out.sort_by(|a, b| a.name().cmp(b.name()));
+        Ok(out)
+    }
+}

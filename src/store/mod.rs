@@ -1,0 +1,39 @@
+//! The vault abstraction: one [`SecretStore`] per regional vault.
+//!
+//! The client never talks HTTP itself; it calls a store and reads the classification of the
+//! [`StoreError`] it gets back. [`MemoryStore`] is the in-process store that the tests and the
+//! simulator use, with scriptable faults.
+
+mod memory;
+
+pub use memory::{Fault, Latency, MemoryStore};
+
+use async_trait::async_trait;
+use secrecy::SecretString;
+
+use crate::error::StoreError;
+use crate::name::SecretName;
+use crate::secret::{SecretProperties, StoredSecret};
+
+/// One regional vault.
+///
+/// Implementations do one attempt per call: no retries, no caching (the client does both).
+/// Timeouts are applied by the client around each call; a store may have its own as well.
+#[async_trait]
+pub trait SecretStore: Send + Sync + 'static {
+    /// Reads the latest version of `name`, or `version` when given.
+    async fn get(
+        &self,
+        name: &SecretName,
+        version: Option<&str>,
+    ) -> Result<StoredSecret, StoreError>;
+
+    /// Writes a new version of `name` and returns its version id.
+    async fn set(&self, name: &SecretName, value: &SecretString) -> Result<String, StoreError>;
+
+    /// Deletes `name` (all versions).
+    async fn delete(&self, name: &SecretName) -> Result<(), StoreError>;
+
+    /// Lists the properties of every secret (no values).
+    async fn list(&self) -> Result<Vec<SecretProperties>, StoreError>;
+}

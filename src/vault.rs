@@ -1,0 +1,183 @@
+//! One regional vault as the client sees it: its store, breaker, gate and latency record.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use tokio::time::Instant;
+
+use crate::breaker::Breaker;
+use crate::budget::VaultGate;
+use crate::config::Access;
+use crate::store::SecretStore;
+
+pub(crate) struct Vault {
+    pub(crate) name: Arc<str>,
+    pub(crate) access: Access,
+    pub(crate) store: Arc<dyn SecretStore>,
+    pub(crate) breaker: Breaker,
+    pub(crate) gate: VaultGate,
+    latency: Mutex<Histogram<u64>>,
+    /// Recent latencies for the hedge delay: (current, previous, current started at).
+    recent: Mutex<(Histogram<u64>, Histogram<u64>, Instant)>,
+    /// Consecutive successful probes since the last failure of any call.
+    probe_streak: AtomicU32,
+    /// Consecutive failed probes.
+    probe_failures: AtomicU32,
+    /// When this vault was last probed (prober or trial read).
+    pub(crate) last_probe: Mutex<Option<Instant>>,
+}
+
+/// How long one window of recent latencies lasts; the hedge delay reads two of them.
+const RECENT_WINDOW: Duration = Duration::from_secs(30);
+
+fn histogram() -> Histogram<u64> {
+    // 1 µs .. 1 h, 3 significant digits: fixed bounds, so recording never fails.
+    Histogram::new_with_bounds(1, 3_600_000_000, 3)
+        .unwrap_or_else(|_| Histogram::new(3).expect("3 significant digits is valid"))
+}
+
+/// Latency percentiles of one vault, from the attempts this client made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct LatencySummary {
+    count: u64,
+    p50: Duration,
+    p90: Duration,
+    p99: Duration,
+    max: Duration,
+}
+
+impl LatencySummary {
+    /// Attempts recorded.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+    /// Median.
+    pub fn p50(&self) -> Duration {
+        self.p50
+    }
+    /// 90th percentile.
+    pub fn p90(&self) -> Duration {
+        self.p90
+    }
+    /// 99th percentile.
+    pub fn p99(&self) -> Duration {
+        self.p99
+    }
+    /// Slowest.
+    pub fn max(&self) -> Duration {
+        self.max
+    }
+}
+
+impl Vault {
+    pub(crate) fn new(
+        name: Arc<str>,
+        access: Access,
+        store: Arc<dyn SecretStore>,
+        breaker: Breaker,
+        gate: VaultGate,
+    ) -> Self {
+        Vault {
+            name,
+            access,
+            store,
+            breaker,
+            gate,
+            latency: Mutex::new(histogram()),
+            recent: Mutex::new((histogram(), histogram(), Instant::now())),
+            probe_streak: AtomicU32::new(0),
+            probe_failures: AtomicU32::new(0),
+            last_probe: Mutex::new(None),
+        }
+    }
+
+    /// Records the latency of an answered attempt (not of a cancelled one).
+    pub(crate) fn record_latency(&self, d: Duration) {
+        let us = (d.as_micros() as u64).clamp(1, 3_600_000_000);
+        self.latency
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .saturating_record(us);
+        let mut r = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        self.rotate(&mut r);
+        r.0.saturating_record(us);
+    }
+
+    fn rotate(&self, r: &mut (Histogram<u64>, Histogram<u64>, Instant)) {
+        let elapsed = r.2.elapsed();
+        if elapsed >= RECENT_WINDOW {
+            if elapsed >= 2 * RECENT_WINDOW {
+                r.1.reset();
+            } else {
+                std::mem::swap(&mut r.0, &mut r.1);
+            }
+            r.0.reset();
+            r.2 = Instant::now();
+        }
+    }
+
+    /// The hedge delay: the `percentile` of the last one to two windows of latencies, within
+    /// `[floor, ceiling]`; `default` until `min_samples` latencies are known (tower's model).
+    pub(crate) fn hedge_delay(&self, cfg: &crate::config::HedgeConfig) -> Duration {
+        let mut r = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        self.rotate(&mut r);
+        let n = r.0.len() + r.1.len();
+        if n < cfg.min_samples {
+            return cfg.default_delay;
+        }
+        let mut both = r.0.clone();
+        let _ = both.add(&r.1);
+        Duration::from_micros(both.value_at_quantile(cfg.percentile)).clamp(cfg.floor, cfg.ceiling)
+    }
+
+    /// A probe (or trial read) succeeded.
+    pub(crate) fn probe_succeeded(&self) {
+        self.probe_failures.store(0, Ordering::Relaxed);
+        self.probe_streak.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A probe failed; returns the consecutive probe failures.
+    pub(crate) fn probe_failed(&self) -> u32 {
+        self.probe_streak.store(0, Ordering::Relaxed);
+        self.probe_failures.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Any call failed: the vault must prove itself again before traffic fails back to it.
+    pub(crate) fn call_failed(&self) {
+        self.probe_streak.store(0, Ordering::Relaxed);
+    }
+
+    /// Consecutive failed probes.
+    pub(crate) fn probe_failures(&self) -> u32 {
+        self.probe_failures.load(Ordering::Relaxed)
+    }
+
+    /// Consecutive successful probes since the last failure.
+    pub(crate) fn probe_streak(&self) -> u32 {
+        self.probe_streak.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn latency(&self) -> LatencySummary {
+        let h = self.latency.lock().unwrap_or_else(|p| p.into_inner());
+        let q = |p: f64| {
+            if h.is_empty() {
+                Duration::ZERO
+            } else {
+                Duration::from_micros(h.value_at_quantile(p))
+            }
+        };
+        LatencySummary {
+            count: h.len(),
+            p50: q(0.5),
+            p90: q(0.9),
+            p99: q(0.99),
+            max: if h.is_empty() {
+                Duration::ZERO
+            } else {
+                Duration::from_micros(h.max())
+            },
+        }
+    }
+}

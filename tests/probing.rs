@@ -1,0 +1,198 @@
+//! Health probing and failback with hysteresis, driven by the prober alone (no caller traffic),
+//! and hedged reads. Paused time throughout.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{advance, rig_with};
+use keyvault_failover::sim::run_virtual;
+use keyvault_failover::store::{Fault, Latency};
+use keyvault_failover::{BreakerState, Event, Mode};
+use tokio::sync::broadcast::Receiver;
+use tokio::time::Instant;
+
+const S: Duration = Duration::from_secs(1);
+
+/// Waits (virtual time, bounded) for the route to move to `to`; returns when it did.
+async fn route_to(rx: &mut Receiver<Event>, to: Option<&str>, within: Duration) -> Instant {
+    tokio::time::timeout(within, async {
+        loop {
+            match rx.recv().await {
+                Ok(Event::RouteChanged { to: t, .. }) if t.as_deref() == to => {
+                    return Instant::now()
+                }
+                Ok(_) => {}
+                Err(e) => panic!("event stream: {e}"),
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("route did not move to {to:?} within {within:?}"))
+}
+
+/// Defaults: probe every 10 s ±20 %, every 2 s ±20 % while unhealthy, 3 failed probes trip,
+/// probe timeout 2 s. With no traffic, a dead primary is noticed by the next healthy probe
+/// (≤ 12 s) and tripped after two more unhealthy probes (≤ 2 × 2.4 s), each ending at once
+/// (refused) or after the probe timeout (blackholed).
+#[test]
+fn a_dead_primary_is_left_with_no_caller_traffic() {
+    for (fault, bound) in [
+        (
+            Fault::Refuse,
+            Duration::from_millis(12_000 + 2 * 2_400 + 100),
+        ),
+        (
+            Fault::Hang,
+            Duration::from_millis(12_000 + 2_000 + 2 * (2_400 + 2_000) + 100),
+        ),
+    ] {
+        run_virtual(async {
+            let r = rig_with(2, |b| b);
+            let mut rx = r.client.subscribe();
+            advance(Duration::from_secs(30)).await;
+            r.store("weu").set_fault(Some(fault.clone()));
+            let t0 = Instant::now();
+            let at = route_to(&mut rx, Some("neu"), Duration::from_secs(60)).await;
+            assert!(at - t0 <= bound, "{fault:?}: {:?} > {bound:?}", at - t0);
+            assert_eq!(r.client.health().mode(), Mode::ReadOnly);
+            assert_eq!(
+                r.store("weu").gets() + r.store("neu").gets(),
+                0,
+                "no caller traffic"
+            );
+        })
+        .unwrap();
+    }
+}
+
+/// Failback needs `failback_successes` (3) probes in a row and `failback_dwell` (60 s) on the
+/// lower route.
+#[test]
+fn failback_waits_for_three_good_probes_and_the_dwell_time() {
+    run_virtual(async {
+        let r = rig_with(2, |b| b);
+        let mut rx = r.client.subscribe();
+        r.store("weu").set_fault(Some(Fault::Refuse));
+        let failed_over = route_to(&mut rx, Some("neu"), Duration::from_secs(60)).await;
+        advance(5 * S).await;
+        r.store("weu").set_fault(None);
+        let healed = Instant::now();
+        let back = route_to(&mut rx, Some("weu"), Duration::from_secs(300)).await;
+        assert!(
+            back - failed_over >= Duration::from_secs(60),
+            "dwell: {:?}",
+            back - failed_over
+        );
+        // Three probes at least 1.6 s apart (2 s − 20 % jitter) after the heal.
+        assert!(
+            back - healed >= Duration::from_millis(3_200),
+            "{:?}",
+            back - healed
+        );
+        let h = r.client.health();
+        assert_eq!(h.mode(), Mode::ReadWrite);
+        assert!(h.regions()[0].probe_streak() >= 3);
+    })
+    .unwrap();
+}
+
+/// A primary that is up 2 s, down 2 s, for 5 minutes, under light read traffic. Each failback
+/// needs a 60 s dwell, so the route changes at most twice per minute: at most 10 changes,
+/// against 150 flips of the primary.
+#[test]
+fn a_flapping_primary_does_not_make_the_route_flap() {
+    run_virtual(async {
+        let r = rig_with(2, |b| b.refresh_interval(Duration::from_secs(5)));
+        for i in 0..10 {
+            r.seed_all(&format!("s{i}"), "v");
+        }
+        let end = Instant::now() + Duration::from_secs(300);
+        let mut down = false;
+        let mut next_flip = Instant::now();
+        let mut failed = 0;
+        let mut n = 0u32;
+        while Instant::now() < end {
+            if Instant::now() >= next_flip {
+                down = !down;
+                r.store("weu")
+                    .set_fault(if down { Some(Fault::Refuse) } else { None });
+                next_flip += 2 * S;
+            }
+            n += 1;
+            if r.client.get_secret(&format!("s{}", n % 10)).await.is_err() {
+                failed += 1;
+            }
+            advance(Duration::from_millis(100)).await;
+        }
+        let changes = r.client.health().route_changes();
+        assert!(changes <= 10, "{changes} route changes in 5 minutes");
+        assert!(changes >= 1, "the flapping primary was noticed");
+        assert_eq!(failed, 0, "no read failed while the primary flapped");
+    })
+    .unwrap();
+}
+
+#[test]
+fn a_hedged_read_returns_the_secondary_answer_and_leaves_the_primary_breaker_alone() {
+    run_virtual(async {
+        let r = rig_with(2, |b| {
+            b.probing(false)
+                .background_refresh(false)
+                .refresh_interval(Duration::from_millis(1))
+                .staleness_cap(Duration::from_secs(3600))
+        });
+        r.seed_all("db", "v");
+        r.store("weu")
+            .set_latency(Latency::Fixed(Duration::from_millis(10)));
+        r.store("neu")
+            .set_latency(Latency::Fixed(Duration::from_millis(30)));
+        // Until 20 samples, the hedge delay is the default 150 ms.
+        r.store("weu").set_fault(Some(Fault::Hang));
+        let t = Instant::now();
+        let s = r.client.get_secret("db").await.unwrap();
+        assert_eq!(s.region(), "neu");
+        assert_eq!(t.elapsed(), Duration::from_millis(150 + 30));
+        r.store("weu").set_fault(None);
+        // 30 answers at 10 ms: the delay becomes the p95 (10 ms) raised to the 20 ms floor.
+        for _ in 0..30 {
+            advance(Duration::from_millis(5)).await;
+            assert_eq!(r.client.get_secret("db").await.unwrap().region(), "weu");
+        }
+        r.store("weu").set_fault(Some(Fault::Hang));
+        for _ in 0..20 {
+            advance(S).await;
+            let t = Instant::now();
+            let s = r.client.get_secret("db").await.unwrap();
+            assert_eq!(s.region(), "neu");
+            assert_eq!(t.elapsed(), Duration::from_millis(20 + 30));
+        }
+        assert_eq!(
+            r.breaker("weu"),
+            BreakerState::Closed,
+            "cancelled losers are neither successes nor failures"
+        );
+    })
+    .unwrap();
+}
+
+#[test]
+fn background_tasks_stop_when_the_client_is_dropped() {
+    run_virtual(async {
+        let r = rig_with(2, |b| b);
+        r.seed_all("db", "v");
+        r.client.get_secret("db").await.unwrap();
+        advance(Duration::from_secs(60)).await;
+        let probes = r.store("weu").lists();
+        assert!(probes >= 4, "the prober ran: {probes}");
+        let stores = r.stores.clone();
+        drop(r);
+        advance(Duration::from_secs(3600)).await;
+        let after = stores[0].lists();
+        assert!(
+            after <= probes + 1,
+            "probes went on after drop: {probes} -> {after}"
+        );
+    })
+    .unwrap();
+}

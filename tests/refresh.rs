@@ -1,0 +1,231 @@
+//! Background refresh, explicit refresh and preload, the per-vault budget, drift and events.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{advance, rig_with};
+use keyvault_failover::sim::run_virtual;
+use keyvault_failover::store::Fault;
+use keyvault_failover::Event;
+use tokio::time::Instant;
+
+const S: Duration = Duration::from_secs(1);
+
+#[test]
+fn a_rotated_secret_is_served_within_its_refresh_interval_without_a_caller_miss() {
+    run_virtual(async {
+        let t = Duration::from_secs(60);
+        let r = rig_with(2, |b| b.refresh_interval(t).probing(false));
+        r.seed_all("db", "old");
+        assert_eq!(r.client.get_secret("db").await.unwrap().expose(), "old");
+        let rotated = Instant::now();
+        r.seed_all("db", "new");
+        let mut seen = None;
+        while rotated.elapsed() <= t {
+            let gets = r.store("weu").gets();
+            let s = r.client.get_secret("db").await.unwrap();
+            assert_eq!(r.store("weu").gets(), gets, "every read was a cache hit");
+            assert!(!s.is_stale());
+            if s.expose() == "new" {
+                seen = Some(rotated.elapsed());
+                break;
+            }
+            advance(S).await;
+        }
+        let seen = seen.expect("the rotation was not seen within the refresh interval");
+        assert!(seen >= t / 2, "refresh is drawn in [T/2, T]: {seen:?}");
+    })
+    .unwrap();
+}
+
+#[test]
+fn a_failed_refresh_keeps_last_known_good_and_backs_off() {
+    run_virtual(async {
+        let r = rig_with(2, |b| {
+            b.refresh_interval(Duration::from_secs(20))
+                .probing(false)
+                .hedging(false)
+        });
+        r.seed_all("db", "kept");
+        r.client.get_secret("db").await.unwrap();
+        let mut rx = r.client.subscribe();
+        for s in &r.stores {
+            s.set_fault(Some(Fault::Refuse));
+        }
+        advance(Duration::from_secs(120)).await;
+        let s = r.client.get_secret("db").await.unwrap();
+        assert_eq!(s.expose(), "kept");
+        assert!(s.is_stale());
+        // Refresh attempts back off (1 s, 2 s, 4 s, ... capped at T/2 = 10 s): over 120 s far
+        // fewer than one per second. Each attempt can touch both vaults once.
+        let calls = r.store("weu").gets() + r.store("neu").gets();
+        assert!(calls <= 2 * 16, "{calls} refresh calls in 120 s");
+        let mut failed = 0;
+        while let Ok(e) = rx.try_recv() {
+            if matches!(e, Event::RefreshFailed { .. }) {
+                failed += 1;
+            }
+        }
+        assert!(failed >= 3, "refresh failures were reported: {failed}");
+    })
+    .unwrap();
+}
+
+#[test]
+fn refresh_never_exceeds_the_per_vault_budget() {
+    run_virtual(async {
+        // 200 GETs per 10 s, this client takes half: 100 per 10 s, of which refreshes may use 75.
+        let r = rig_with(2, |b| {
+            b.vault_get_limit(200)
+                .vault_budget_fraction(0.5)
+                .refresh_interval(Duration::from_secs(10))
+                .staleness_cap(Duration::from_secs(3600))
+                .probing(false)
+                .drift_check(false)
+        });
+        for i in 0..300 {
+            r.seed_all(&format!("s{i}"), "v");
+        }
+        // Load the 300 secrets at 9 per second, then let the refresher run for 3 minutes.
+        let mut samples: Vec<u64> = Vec::new();
+        for i in 0..300 {
+            let _ = r.client.get_secret(&format!("s{i}")).await;
+            if i % 9 == 8 {
+                advance(S).await;
+                samples.push(r.store("weu").gets());
+            }
+        }
+        for _ in 0..180 {
+            advance(S).await;
+            samples.push(r.store("weu").gets());
+        }
+        let worst = samples.windows(11).map(|w| w[10] - w[0]).max().unwrap();
+        assert!(worst <= 100, "{worst} GETs reached weu in one 10 s window");
+        assert!(worst >= 60, "the budget was used, not starved: {worst}");
+    })
+    .unwrap();
+}
+
+#[test]
+fn refresh_now_refresh_all_and_preload() {
+    run_virtual(async {
+        let r = rig_with(2, |b| {
+            b.refresh_interval(Duration::from_secs(3600)).probing(false)
+        });
+        for i in 0..20 {
+            r.seed_all(&format!("s{i}"), "v1");
+        }
+        let errors = r
+            .client
+            .preload(
+                (0..20)
+                    .map(|i| format!("s{i}"))
+                    .chain(["missing".to_string(), "bad name".into()]),
+            )
+            .await;
+        let failed: Vec<_> = errors.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(failed, ["bad name", "missing"]);
+        assert!(errors[0].1.is_invalid_name() && errors[1].1.is_not_found());
+        assert_eq!(r.store("weu").gets(), 21);
+        r.seed_all("s3", "v2");
+        assert_eq!(
+            r.client.get_secret("s3").await.unwrap().expose(),
+            "v1",
+            "cached for an hour"
+        );
+        assert_eq!(r.client.refresh_now("s3").await.unwrap().expose(), "v2");
+        assert_eq!(r.client.get_secret("s3").await.unwrap().expose(), "v2");
+        for i in 0..20 {
+            r.seed_all(&format!("s{i}"), "v3");
+        }
+        let (ok, errs) = r.client.refresh_all().await;
+        assert_eq!((ok, errs.len()), (20, 0));
+        for i in 0..20 {
+            assert_eq!(
+                r.client
+                    .get_secret(&format!("s{i}"))
+                    .await
+                    .unwrap()
+                    .expose(),
+                "v3"
+            );
+        }
+        // refresh_now when every vault is down: an error, and the value is kept.
+        for s in &r.stores {
+            s.set_fault(Some(Fault::Refuse));
+        }
+        assert!(r
+            .client
+            .refresh_now("s3")
+            .await
+            .unwrap_err()
+            .is_unavailable());
+        assert_eq!(r.client.get_secret("s3").await.unwrap().expose(), "v3");
+    })
+    .unwrap();
+}
+
+#[test]
+fn drift_between_vaults_is_reported_without_values() {
+    run_virtual(async {
+        let r = rig_with(3, |b| {
+            b.refresh_interval(Duration::from_secs(10)).probing(false)
+        });
+        r.seed_all("same", "x");
+        r.seed_all("drifted", "original");
+        r.store("swc").insert("drifted", "diverged");
+        let mut rx = r.client.subscribe();
+        r.client.preload(["same", "drifted"]).await;
+        advance(Duration::from_secs(11)).await;
+        let h = r.client.health();
+        assert_eq!(h.drift().len(), 1, "{:?}", h.drift());
+        assert_eq!(h.drift()["drifted"], ["swc"]);
+        let mut drift_events = Vec::new();
+        while let Ok(e) = rx.try_recv() {
+            if let Event::Drift { secret, regions } = e {
+                drift_events.push((secret.to_string(), regions.len()));
+            }
+        }
+        assert_eq!(drift_events, [("drifted".to_string(), 1)]);
+        assert!(!format!("{h:?}").contains("diverged") && !format!("{h:?}").contains("original"));
+        // Repaired: the drift clears at the next refresh.
+        r.store("swc").insert("drifted", "original");
+        advance(Duration::from_secs(11)).await;
+        assert!(r.client.health().drift().is_empty());
+    })
+    .unwrap();
+}
+
+#[test]
+fn events_report_breakers_routes_throttling_and_stale_serves() {
+    run_virtual(async {
+        let r = rig_with(2, |b| {
+            b.refresh_interval(Duration::from_secs(5)).hedging(false)
+        });
+        r.seed_all("db", "v");
+        r.client.get_secret("db").await.unwrap();
+        let mut rx = r.client.subscribe();
+        r.store("neu")
+            .set_fault(Some(Fault::Throttle(Duration::from_secs(2))));
+        r.store("weu").set_fault(Some(Fault::Refuse));
+        advance(Duration::from_secs(40)).await;
+        let _ = r.client.get_secret("db").await;
+        let mut kinds = std::collections::BTreeSet::new();
+        while let Ok(e) = rx.try_recv() {
+            kinds.insert(match e {
+                Event::RouteChanged { .. } => "route",
+                Event::Breaker { .. } => "breaker",
+                Event::Throttled { .. } => "throttled",
+                Event::StaleServed { .. } => "stale",
+                Event::RefreshFailed { .. } => "refresh-failed",
+                Event::Drift { .. } => "drift",
+                _ => "other",
+            });
+        }
+        for k in ["route", "breaker", "throttled", "stale"] {
+            assert!(kinds.contains(k), "no {k} event: {kinds:?}");
+        }
+    })
+    .unwrap();
+}
