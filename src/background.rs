@@ -48,6 +48,7 @@ pub(crate) fn start(inner: &Arc<Inner>) {
 /// Sleeps `d`, or returns `false` at once when the client is gone.
 async fn pause(d: Duration, shutdown: &mut watch::Receiver<()>) -> bool {
     tokio::select! {
+        biased; // no random branch order: the simulator must be reproducible
         _ = tokio::time::sleep(d) => true,
         _ = shutdown.changed() => false,
     }
@@ -84,9 +85,22 @@ async fn refresher(weak: Weak<Inner>, mut shutdown: watch::Receiver<()>) {
         let (due, next) = {
             let Some(inner) = weak.upgrade() else { return };
             let now = Instant::now();
+            let interval = inner.config.cache.refresh_interval;
+            let idle_after = inner.config.refresh.idle_after(interval);
             let mut due = Vec::new();
+            let mut gone = Vec::new();
             let mut next: Option<Instant> = None;
             for (key, entry) in inner.cached_latest() {
+                // Refresh what callers read; an unread secret stays cached as last-known-good
+                // and its next read fetches it, so refresh work follows the working set.
+                let read = entry.last_read().is_some_and(|t| now - t <= idle_after);
+                if !read {
+                    // Past its staleness cap it can never be served again: drop it.
+                    if now - entry.fetched_at > inner.config.staleness_cap(&key) {
+                        gone.push((key, entry));
+                    }
+                    continue;
+                }
                 let at = entry.refresh_at();
                 if at <= now {
                     due.push(key);
@@ -94,6 +108,13 @@ async fn refresher(weak: Weak<Inner>, mut shutdown: watch::Receiver<()>) {
                     next = Some(next.map_or(at, |n| n.min(at)));
                 }
             }
+            // The map's order is random per process; the simulator needs the same order (and
+            // so the same draws) from the same seed.
+            due.sort_unstable();
+            inner.cache.evict(&gone);
+            // Batch wake-ups: one scan per granule, not one per entry.
+            let granule = (interval / 10).min(Duration::from_secs(1));
+            let next = next.map(|n| n.max(now + granule));
             (due, next)
         };
         if !due.is_empty() {
@@ -114,6 +135,7 @@ async fn refresher(weak: Weak<Inner>, mut shutdown: watch::Receiver<()>) {
             let horizon = inner.config.cache.refresh_interval;
             let until = next.unwrap_or_else(|| Instant::now() + horizon);
             tokio::select! {
+                biased;
                 _ = tokio::time::sleep_until(until) => true,
                 _ = inner.refresh_wake.notified() => true,
                 _ = shutdown.changed() => false,

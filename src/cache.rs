@@ -63,12 +63,16 @@ impl<R: Clone> Cache<R> {
     pub(crate) fn insert(&self, key: &str, entry: Arc<Entry>) -> bool {
         let mut new = false;
         self.update(|m| {
-            new = m.insert(key.into(), entry).is_none();
+            if let Some(old) = m.get(key) {
+                entry.inherit_last_read(old);
+            }
+            new = m.insert(key.into(), entry.clone()).is_none();
         });
         new
     }
 
-    /// The latest-version entries (not pinned versions, whose content never changes).
+    /// The latest-version entries (not pinned versions, whose content never changes), in
+    /// the map's order, which is random per process: sort what must be reproducible.
     pub(crate) fn latest(&self) -> Vec<(Box<str>, Arc<Entry>)> {
         self.map
             .load()
@@ -78,14 +82,25 @@ impl<R: Clone> Cache<R> {
             .collect()
     }
 
-    /// The names of the latest-version entries.
+    /// The names of the latest-version entries, sorted (the simulator must be reproducible).
     pub(crate) fn latest_keys(&self) -> Vec<Box<str>> {
-        self.map
-            .load()
-            .keys()
-            .filter(|k| !k.contains('/'))
-            .cloned()
-            .collect()
+        let mut v: Vec<_> = self.latest().into_iter().map(|(k, _)| k).collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// Removes these latest-version entries, unless they were replaced meanwhile.
+    pub(crate) fn evict(&self, gone: &[(Box<str>, Arc<Entry>)]) {
+        if gone.is_empty() {
+            return;
+        }
+        self.update(|m| {
+            for (k, e) in gone {
+                if m.get(k).is_some_and(|cur| Arc::ptr_eq(cur, e)) {
+                    m.remove(k);
+                }
+            }
+        });
     }
 
     /// Removes `name` and every cached version of it.

@@ -329,7 +329,9 @@ impl FailoverClient {
         let mut buf = [0u8; MAX_NAME_LEN];
         if let Some(key) = fold_name(name, &mut buf) {
             if let Some(entry) = self.inner.cache.get(key) {
-                if entry.fetched_at.elapsed() <= self.inner.config.cache.refresh_interval {
+                let age = entry.fetched_at.elapsed();
+                if age <= self.inner.config.cache.refresh_interval {
+                    entry.touch(age);
                     self.inner.nudge_failback();
                     return Ok(Secret::new(entry, Freshness::Fresh));
                 }
@@ -540,10 +542,14 @@ impl FailoverClient {
             .await?;
         let region = self.inner.vaults[idx].name.clone();
         let value = Arc::try_unwrap(value).unwrap_or_else(|a| (*a).clone());
-        let entry = self
-            .inner
-            .entry(value, version.as_str().into(), region.clone());
-        self.inner.cache_insert(name.key(), entry);
+        // Read-your-writes for secrets this client reads; a write-only name is not cached
+        // (it would be refreshed and held for nothing).
+        if self.inner.cache.get(name.key()).is_some() {
+            let entry = self
+                .inner
+                .entry(value, version.as_str().into(), region.clone(), false);
+            self.inner.cache_insert(name.key(), entry);
+        }
         Ok(Written::new(region, version))
     }
 
@@ -572,6 +578,22 @@ impl FailoverClient {
     /// Events (route changes, breaker transitions, throttling, drift, stale serves) from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.inner.events.subscribe()
+    }
+
+    /// The state of `region`'s breaker (`None` for an unknown region): a cheaper question
+    /// than [`health`](Self::health) for callers that ask it often.
+    pub fn breaker_state(&self, region: &str) -> Option<BreakerState> {
+        self.inner
+            .vaults
+            .iter()
+            .find(|v| &*v.name == region)
+            .map(|v| v.breaker.state())
+    }
+
+    /// The active region (`None`: no vault is usable, reads come from the cache).
+    pub fn active_region(&self) -> Option<Arc<str>> {
+        let route = self.inner.router.load();
+        route.active.map(|i| self.inner.vaults[i].name.clone())
     }
 
     /// A snapshot of routes, breakers, throttling, latencies and drift.
@@ -612,13 +634,14 @@ impl Inner {
         value: SecretString,
         version: Arc<str>,
         region: Arc<str>,
+        read: bool,
     ) -> Arc<Entry> {
         let t = self.config.cache.refresh_interval.as_millis() as u64;
         let at = {
             let mut rng = self.rng.lock().unwrap_or_else(|p| p.into_inner());
             rng.u64(t / 2..=t.max(1))
         };
-        Arc::new(Entry::new(value, version, region, Instant::now(), at))
+        Arc::new(Entry::new(value, version, region, Instant::now(), at, read))
     }
 
     /// Inserts into the cache and wakes the refresher for a new key.

@@ -275,6 +275,18 @@ pub(crate) struct RefreshConfig {
     pub(crate) concurrency: u32,
     pub(crate) reserve_for_reads: f64,
     pub(crate) drift_check: bool,
+    /// A cached secret not read for this long is no longer refreshed in the background (it
+    /// stays cached as last-known-good; the next read fetches it). At least twice the
+    /// refresh interval is used.
+    #[serde(with = "humantime_serde")]
+    pub(crate) idle_after: Duration,
+}
+
+impl RefreshConfig {
+    /// How long an unread secret keeps being refreshed.
+    pub(crate) fn idle_after(&self, refresh_interval: Duration) -> Duration {
+        self.idle_after.max(refresh_interval.saturating_mul(2))
+    }
 }
 
 impl Default for RefreshConfig {
@@ -284,6 +296,7 @@ impl Default for RefreshConfig {
             concurrency: 8,
             reserve_for_reads: 0.25,
             drift_check: true,
+            idle_after: Duration::from_secs(3600),
         }
     }
 }
@@ -540,6 +553,9 @@ impl Config {
         if rf.concurrency == 0 {
             return bad("refresh.concurrency must be at least 1".into());
         }
+        if rf.idle_after.is_zero() {
+            return bad("refresh.idle_after must be greater than zero".into());
+        }
         if !(0.0..1.0).contains(&rf.reserve_for_reads) {
             return bad(format!(
                 "refresh.reserve_for_reads {} must be in [0, 1)",
@@ -715,6 +731,10 @@ impl ConfigBuilder {
         /// Compare the content of each refreshed secret across healthy vaults (keyed hash).
         /// Default `true`.
         drift_check: bool => refresh.drift_check);
+    setter!(
+        /// Stop refreshing a cached secret nobody has read for this long (it stays cached as
+        /// last-known-good). Default 1 h; at least twice the refresh interval is used.
+        refresh_idle_after: Duration => refresh.idle_after);
 
     /// The secret the prober reads; without one it lists one page of secret properties.
     pub fn probe_canary(mut self, name: &str) -> Self {

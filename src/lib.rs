@@ -56,7 +56,9 @@ mod secret;
 mod vault;
 
 pub mod azure;
+pub mod bench;
 pub mod emulator;
+mod plot;
 pub mod sim;
 pub mod store;
 

@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
@@ -19,18 +21,44 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Simulate a regional outage against built-in simulated vaults, in virtual time.
+    /// Run a failover scenario in virtual time: the client against its baselines.
     Simulate {
-        /// Seed of every random draw; the same seed gives the same report.
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-        /// Simulated duration in seconds.
-        #[arg(long, default_value_t = 600)]
-        duration: u64,
-        /// Reads per second.
+        /// A shipped scenario name or a scenario TOML file (default: regional-outage).
+        scenario: Option<String>,
+        /// Seed of every random draw (default: the scenario's); the same seed gives the same
+        /// report, byte for byte.
+        #[arg(long, conflicts_with = "seeds")]
+        seed: Option<u64>,
+        /// Run a swarm of seeds, e.g. `1..50` (end excluded) or `1..=50`, and summarise.
+        #[arg(long, value_parser = parse_seeds)]
+        seeds: Option<(u64, u64)>,
+        /// Simulated time instead of the scenario's, e.g. `24h`.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        duration: Option<Duration>,
+        /// Contenders to run (default: the client and the scenario's baselines).
+        #[arg(long, value_delimiter = ',', value_parser = ["client", "sdk", "cache-aside", "app-service"])]
+        only: Option<Vec<String>>,
+        /// Directory to write report.json and plot.svg (swarm: swarm.json) into.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// List the shipped scenarios and exit.
+        #[arg(long)]
+        list: bool,
+    },
+    /// Measure read latency under fault injection: the real SDK over HTTPS against emulated
+    /// vaults on 127.0.0.1, open loop, the client against the plain SDK and cache-aside.
+    Bench {
+        /// One scenario (default: all): healthy, refuse, blackhole, slow, throttle, all-down,
+        /// rotation.
+        #[arg(long)]
+        scenario: Option<String>,
+        /// Reads per second per contender.
         #[arg(long, default_value_t = 50)]
         rate: u32,
-        /// Directory to write report.json into.
+        /// Length of each scenario (three equal phases: steady, fault, recovery).
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        /// Directory to write bench.json and one bench-<scenario>.svg per scenario into.
         #[arg(long)]
         out: Option<PathBuf>,
     },
@@ -56,6 +84,202 @@ enum Command {
     },
 }
 
+/// `A..B` (B excluded) or `A..=B`.
+fn parse_seeds(s: &str) -> Result<(u64, u64), String> {
+    let err = || format!("{s:?} is not a seed range such as 1..50 or 1..=50");
+    let (a, b) = s.split_once("..").ok_or_else(err)?;
+    let a: u64 = a.trim().parse().map_err(|_| err())?;
+    let b: u64 = match b.strip_prefix('=') {
+        Some(b) => b
+            .trim()
+            .parse::<u64>()
+            .map_err(|_| err())?
+            .saturating_add(1),
+        None => b.trim().parse().map_err(|_| err())?,
+    };
+    if b <= a || b - a > 10_000 {
+        return Err(format!("{s:?}: the range must hold 1 to 10000 seeds"));
+    }
+    Ok((a, b))
+}
+
+/// A shipped scenario by name, or a TOML file.
+fn load_scenario(arg: Option<&str>) -> Result<sim::Scenario, Box<dyn std::error::Error>> {
+    let arg = arg.unwrap_or(sim::Scenario::builtin_names()[0]);
+    let path = std::path::Path::new(arg);
+    if path.is_file() || arg.ends_with(".toml") {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read scenario {}: {e}", path.display()))?;
+        return Ok(sim::Scenario::from_toml(&text)?);
+    }
+    Ok(sim::Scenario::builtin(arg)?)
+}
+
+fn contenders(scenario: &sim::Scenario, names: &[String]) -> Vec<sim::ContenderKind> {
+    let all = sim::ContenderKind::all_for(scenario);
+    names
+        .iter()
+        .filter_map(|n| {
+            all.iter().copied().find(|k| match n.as_str() {
+                "client" => *k == sim::ContenderKind::FailoverClient,
+                "sdk" => *k == sim::ContenderKind::PlainSdk,
+                "cache-aside" => matches!(k, sim::ContenderKind::CacheAside(_)),
+                _ => *k == sim::ContenderKind::AppService,
+            })
+        })
+        .collect()
+}
+
+/// Runs one scenario on a worker thread while the main thread draws the progress bar.
+fn simulate_one(
+    scenario: &sim::Scenario,
+    contenders: Option<Vec<sim::ContenderKind>>,
+    out: Option<&std::path::Path>,
+) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    let n = contenders
+        .as_ref()
+        .map_or_else(|| sim::ContenderKind::all_for(scenario).len(), Vec::len) as u64;
+    let progress = Arc::new(AtomicU64::new(0));
+    let options = sim::SimOptions {
+        contenders,
+        progress: Some(progress.clone()),
+    };
+    let total_s = scenario.duration().as_secs() * n;
+    let bar = indicatif::ProgressBar::new(total_s);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} simulating {msg} [{bar:40}] {pos}/{len} virtual s ({elapsed})",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.set_message(scenario.name().to_string());
+    let wall = std::time::Instant::now();
+    let run = std::thread::scope(|scope| {
+        let worker = scope.spawn(|| sim::simulate(scenario, &options));
+        while !worker.is_finished() {
+            bar.set_position(progress.load(Ordering::Relaxed) / 1000);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        worker.join()
+    });
+    bar.finish_and_clear();
+    let run = run.map_err(|_| "the simulation thread panicked")??;
+    let report = run.report();
+    print!("{report}");
+    println!(
+        "simulated {} x {n} contender(s) in {:.2} s of wall time",
+        humantime::format_duration(scenario.duration()),
+        wall.elapsed().as_secs_f64()
+    );
+    if let Some(dir) = out {
+        std::fs::create_dir_all(dir)?;
+        let json = dir.join("report.json");
+        std::fs::write(&json, report.to_json())?;
+        let svg = dir.join("plot.svg");
+        std::fs::write(&svg, run.svg())?;
+        println!("wrote {} and {}", json.display(), svg.display());
+    }
+    Ok(if report.violations().is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Runs a swarm of seeds on every core, with a progress bar over seeds.
+fn simulate_swarm(
+    scenario: &sim::Scenario,
+    contenders: Option<Vec<sim::ContenderKind>>,
+    seeds: std::ops::Range<u64>,
+    out: Option<&std::path::Path>,
+) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    let options = sim::SimOptions {
+        contenders,
+        progress: None,
+    };
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let done = AtomicU64::new(0);
+    let bar = indicatif::ProgressBar::new(seeds.end - seeds.start);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} seeds [{bar:40}] {pos}/{len} ({elapsed})",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let wall = std::time::Instant::now();
+    let report = std::thread::scope(|scope| {
+        let worker = scope.spawn(|| sim::swarm(scenario, &options, seeds.clone(), threads, &done));
+        while !worker.is_finished() {
+            bar.set_position(done.load(Ordering::Relaxed));
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        worker.join()
+    });
+    bar.finish_and_clear();
+    let report = report.map_err(|_| "a simulation thread panicked")??;
+    print!("{report}");
+    println!(
+        "{} seeds in {:.2} s of wall time on {threads} thread(s)",
+        report.seeds,
+        wall.elapsed().as_secs_f64()
+    );
+    if let Some(dir) = out {
+        std::fs::create_dir_all(dir)?;
+        let path = dir.join("swarm.json");
+        std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
+        println!("wrote {}", path.display());
+    }
+    Ok(if report.sound() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Runs the fault-injection bench on a multi-thread runtime with a progress bar.
+fn bench(
+    options: &keyvault_failover::bench::BenchOptions,
+    out: Option<&std::path::Path>,
+) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    let total = options.duration.as_secs() * options.scenarios.len() as u64;
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} bench [{bar:40}] {pos}/{len} s ({elapsed}, tails of slow reads may follow)",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let progress = AtomicU64::new(0);
+    let rt = tokio::runtime::Runtime::new()?;
+    let report = rt.block_on(async {
+        let run = keyvault_failover::bench::run(options, &progress);
+        tokio::pin!(run);
+        loop {
+            tokio::select! {
+                r = &mut run => break r,
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {
+                    bar.set_position(progress.load(Ordering::Relaxed));
+                }
+            }
+        }
+    });
+    bar.finish_and_clear();
+    let report = report?;
+    print!("{report}");
+    if let Some(dir) = out {
+        std::fs::create_dir_all(dir)?;
+        std::fs::write(dir.join("bench.json"), report.to_json())?;
+        for (stem, svg) in report.svgs() {
+            std::fs::write(dir.join(format!("{stem}.svg")), svg)?;
+        }
+        println!(
+            "wrote {}/bench.json and one SVG per scenario",
+            dir.display()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // Diagnostics go to stderr, filtered by RUST_LOG (e.g. RUST_LOG=keyvault_failover=info).
@@ -75,44 +299,51 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
     match cli.command {
         Command::Simulate {
+            scenario,
             seed,
+            seeds,
             duration,
+            only,
+            out,
+            list,
+        } => {
+            if list {
+                for name in sim::Scenario::builtin_names() {
+                    let s = sim::Scenario::builtin(name)?;
+                    println!("{name:<24} {}", s.duration().as_secs());
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            let mut scenario = load_scenario(scenario.as_deref())?;
+            if let Some(d) = duration {
+                scenario = scenario.with_duration(d)?;
+            }
+            if let Some(seed) = seed {
+                scenario = scenario.with_seed(seed);
+            }
+            let contenders = only.map(|names| contenders(&scenario, &names));
+            match seeds {
+                None => simulate_one(&scenario, contenders, out.as_deref()),
+                Some((a, b)) => simulate_swarm(&scenario, contenders, a..b, out.as_deref()),
+            }
+        }
+        Command::Bench {
+            scenario,
             rate,
+            duration,
             out,
         } => {
-            if duration < 420 {
-                return Err(
-                    "--duration must be at least 420 s: the outage runs from 120 s to 360 s".into(),
-                );
-            }
-            if rate == 0 || rate > 5_000 {
-                return Err("--rate must be between 1 and 5000 reads per second".into());
-            }
-            let scenario = sim::OutageScenario {
-                seed,
-                duration: Duration::from_secs(duration),
-                reads_per_sec: rate,
+            let scenarios = match scenario {
+                Some(s) => vec![keyvault_failover::bench::BenchScenario::parse(&s)?],
+                None => keyvault_failover::bench::BenchScenario::ALL.to_vec(),
+            };
+            let options = keyvault_failover::bench::BenchOptions {
+                scenarios,
+                rate,
+                duration,
                 ..Default::default()
             };
-            let wall = std::time::Instant::now();
-            let report = sim::simulate_outage(&scenario)?;
-            print!("{report}");
-            println!(
-                "simulated {} s in {:.2} s of wall time",
-                duration,
-                wall.elapsed().as_secs_f64()
-            );
-            if let Some(dir) = out {
-                std::fs::create_dir_all(&dir)?;
-                let path = dir.join("report.json");
-                std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
-                println!("wrote {}", path.display());
-            }
-            Ok(if report.violations.is_empty() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
+            bench(&options, out.as_deref())
         }
         Command::Emulator {
             regions,

@@ -78,7 +78,12 @@ impl Inner {
                         maskable: true,
                     });
                 }
-                let entry = self.entry(value, version.into(), self.vaults[idx].name.clone());
+                let entry = self.entry(
+                    value,
+                    version.into(),
+                    self.vaults[idx].name.clone(),
+                    !background,
+                );
                 self.cache_insert(key, entry.clone());
                 Ok(entry)
             }

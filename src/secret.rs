@@ -1,7 +1,7 @@
 //! What the client hands back: a secret value that cannot leak, and where it came from.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -94,6 +94,9 @@ pub(crate) struct Entry {
     refresh_after_ms: AtomicU64,
     /// Failed refreshes in a row.
     refresh_failures: AtomicU32,
+    /// When a caller last read this value, in ms after `fetched_at` (negative: before it was
+    /// fetched; `i64::MIN`: never).
+    last_read_ms: AtomicI64,
 }
 
 impl Entry {
@@ -103,6 +106,7 @@ impl Entry {
         region: Arc<str>,
         fetched_at: Instant,
         refresh_after_ms: u64,
+        read: bool,
     ) -> Self {
         Entry {
             value,
@@ -111,7 +115,42 @@ impl Entry {
             fetched_at,
             refresh_after_ms: AtomicU64::new(refresh_after_ms),
             refresh_failures: AtomicU32::new(0),
+            last_read_ms: AtomicI64::new(if read { 0 } else { i64::MIN }),
         }
+    }
+
+    /// A caller read this value `age` after it was fetched.
+    pub(crate) fn touch(&self, age: Duration) {
+        let ms = age.as_millis().min(i64::MAX as u128) as i64;
+        // One relaxed store on the hot path; skipped when nothing changed.
+        if self.last_read_ms.load(Ordering::Relaxed) != ms {
+            self.last_read_ms.store(ms, Ordering::Relaxed);
+        }
+    }
+
+    /// When a caller last read this value or the one it replaced.
+    pub(crate) fn last_read(&self) -> Option<Instant> {
+        let ms = self.last_read_ms.load(Ordering::Relaxed);
+        if ms == i64::MIN {
+            return None;
+        }
+        let d = Duration::from_millis(ms.unsigned_abs());
+        Some(if ms >= 0 {
+            self.fetched_at + d
+        } else {
+            self.fetched_at.checked_sub(d).unwrap_or(self.fetched_at)
+        })
+    }
+
+    /// Carries the last read over from the entry this one replaces.
+    pub(crate) fn inherit_last_read(&self, old: &Entry) {
+        let Some(at) = old.last_read() else { return };
+        let rel = if at >= self.fetched_at {
+            (at - self.fetched_at).as_millis() as i64
+        } else {
+            -((self.fetched_at - at).as_millis() as i64)
+        };
+        self.last_read_ms.fetch_max(rel, Ordering::Relaxed);
     }
 
     /// When the refresher should next ask for this secret.

@@ -181,7 +181,9 @@ async fn a_429_storm_is_spilled_not_tripped() {
         VaultFault::Throttle {
             retry_after_secs: 30,
         },
-    ).await.unwrap();
+    )
+    .await
+    .unwrap();
     for i in 0..30 {
         let s = c.get_secret(&format!("s{i}")).await.unwrap();
         assert_eq!(s.region(), "neu");
@@ -275,7 +277,9 @@ async fn each_vault_fault_is_classified_as_designed() {
     );
     let e = s.set(&name, &"x".to_string().into()).await.unwrap_err();
     assert_eq!(*e.kind(), StoreErrorKind::Auth { status: 403 });
-    emu.apply_fault("weu", VaultFault::Delay { ms: 5_000 }).await.unwrap();
+    emu.apply_fault("weu", VaultFault::Delay { ms: 5_000 })
+        .await
+        .unwrap();
     let e = s.get(&name, None).await.unwrap_err();
     assert_eq!(
         *e.kind(),

@@ -353,18 +353,23 @@ impl Emulator {
     /// A `reqwest` client that trusts only the emulator's CA and resolves every vault host to
     /// its loopback port, with `attempt_timeout` as its per-request timeout.
     pub fn http_client(&self, attempt_timeout: Duration) -> Result<reqwest::Client, Error> {
-        let ca = reqwest::Certificate::from_pem(self.ca_pem.as_bytes())
-            .map_err(|e| Error::config(format!("emulator CA: {e}")))?;
-        let mut b = reqwest::Client::builder()
-            .tls_certs_only([ca])
+        self.http_client_builder()?
             .timeout(attempt_timeout)
             .connect_timeout(attempt_timeout)
-            .no_proxy();
+            .build()
+            .map_err(|e| Error::config(format!("cannot build the HTTP client: {e}")))
+    }
+
+    /// A `reqwest` builder that trusts only the emulator's CA and resolves every vault host
+    /// to its loopback port, with no timeouts set (add your own).
+    pub fn http_client_builder(&self) -> Result<reqwest::ClientBuilder, Error> {
+        let ca = reqwest::Certificate::from_pem(self.ca_pem.as_bytes())
+            .map_err(|e| Error::config(format!("emulator CA: {e}")))?;
+        let mut b = reqwest::Client::builder().tls_certs_only([ca]).no_proxy();
         for v in &self.vaults {
             b = b.resolve(&v.host, v.addr);
         }
-        b.build()
-            .map_err(|e| Error::config(format!("cannot build the HTTP client: {e}")))
+        Ok(b)
     }
 
     /// Switches `region`'s fault. The switch to or from [`VaultFault::Refuse`] closes

@@ -1,0 +1,180 @@
+//! The simulator: reproducible reports, invariant checks that can fail, scenario validation.
+
+use keyvault_failover::sim::{simulate, Scenario, SimOptions};
+
+const OUTAGE: &str = include_str!("../simulations/regional-outage.toml");
+const TOTAL: &str = include_str!("../simulations/total-outage.toml");
+
+/// Runs a shipped scenario twice with its seed: the JSON reports and the plots must be
+/// identical byte for byte, and the run sound.
+fn reproducible_and_sound(name: &str) {
+    let s = Scenario::builtin(name).unwrap();
+    let a = simulate(&s, &SimOptions::default()).unwrap();
+    let b = simulate(&s, &SimOptions::default()).unwrap();
+    let (ja, jb) = (a.report().to_json(), b.report().to_json());
+    assert!(ja == jb, "{name}: same seed, different JSON reports");
+    assert!(a.svg() == b.svg(), "{name}: same seed, different plots");
+    assert!(a.svg().starts_with("<svg"), "{name}: a plot was drawn");
+    assert!(
+        a.report().violations().is_empty(),
+        "{name}: {:?}",
+        a.report().violations()
+    );
+    let client = &a.report().contenders[0];
+    assert_eq!(client.name, "failover-client");
+    assert!(client.reads > 0, "{name}: reads were issued");
+    assert_eq!(
+        client.failed,
+        0,
+        "{name}: the client failed reads:\n{}",
+        a.report()
+    );
+}
+
+macro_rules! reproducible {
+    ($($test:ident => $name:literal),* $(,)?) => {
+        $(#[test]
+        fn $test() {
+            reproducible_and_sound($name);
+        })*
+
+        #[test]
+        fn every_shipped_scenario_has_a_reproducibility_test() {
+            let mut tested = vec![$($name),*];
+            tested.sort_unstable();
+            let mut shipped = Scenario::builtin_names();
+            shipped.sort_unstable();
+            assert_eq!(tested, shipped);
+        }
+    };
+}
+
+reproducible! {
+    regional_outage_is_reproducible => "regional-outage",
+    brownout_is_reproducible => "brownout",
+    throttling_storm_is_reproducible => "throttling-storm",
+    flapping_primary_is_reproducible => "flapping-primary",
+    total_outage_is_reproducible => "total-outage",
+    rotation_during_outage_is_reproducible => "rotation-during-outage",
+    fleet_cold_start_is_reproducible => "fleet-cold-start",
+}
+
+#[test]
+fn another_seed_gives_another_run() {
+    let s = Scenario::builtin("regional-outage").unwrap();
+    let a = simulate(&s, &SimOptions::default()).unwrap();
+    let b = simulate(&s.with_seed(2), &SimOptions::default()).unwrap();
+    assert_ne!(a.report().to_json(), b.report().to_json());
+}
+
+#[test]
+fn the_outage_scenario_shows_failover_read_only_writes_and_failback() {
+    let s = Scenario::builtin("regional-outage").unwrap();
+    let run = simulate(&s, &SimOptions::default()).unwrap();
+    let r = run.report();
+    let client = &r.contenders[0];
+    assert!(
+        client.failover_ms.is_some() && client.failback_ms.is_some(),
+        "{r}"
+    );
+    assert!(client.writes.refused_read_only > 0, "{r}");
+    assert_eq!(
+        client.vaults[1].writes, 0,
+        "nothing written to the secondary"
+    );
+    let sdk = r.contenders.iter().find(|c| c.name == "plain-sdk").unwrap();
+    assert!(sdk.failed > 0, "the plain SDK has no second region: {r}");
+}
+
+fn broken(base: &str, extra: &str) -> keyvault_failover::sim::SimReport {
+    let s = Scenario::from_toml(&format!("{base}\n{extra}\n")).unwrap();
+    let options = SimOptions {
+        contenders: Some(vec![keyvault_failover::sim::ContenderKind::FailoverClient]),
+        progress: None,
+    };
+    simulate(&s, &options).unwrap().report().clone()
+}
+
+fn failed(r: &keyvault_failover::sim::SimReport) -> Vec<String> {
+    r.contenders[0]
+        .invariants
+        .iter()
+        .filter(|i| !i.held)
+        .map(|i| i.name.clone())
+        .collect()
+}
+
+#[test]
+fn a_client_told_the_secondary_is_writable_breaks_the_read_only_invariant() {
+    let r = broken(OUTAGE, "[broken]\nsecondaries_writable = true");
+    assert_eq!(failed(&r), ["no write reached a read-only vault"], "{r}");
+    assert!(r.contenders[0].vaults[1].writes > 0);
+}
+
+#[test]
+fn a_cap_longer_than_the_scenario_allows_breaks_the_staleness_invariant() {
+    let base = TOTAL.replace("staleness_cap = \"1h\"", "staleness_cap = \"10m\"");
+    assert_ne!(base, TOTAL, "the scenario sets a cap to shorten");
+    let r = broken(&base, "[broken]\ncap_factor = 4");
+    assert_eq!(
+        failed(&r),
+        ["no value served past the staleness cap"],
+        "{r}"
+    );
+    // The same scenario with the cap kept: stale serves stop at the cap, then reads fail.
+    let kept = broken(&base, "");
+    assert!(failed(&kept).is_empty(), "{kept}");
+    assert!(kept.contenders[0].max_staleness_ms <= 600_000);
+    assert!(kept.contenders[0].failed > 0, "past the cap, an error");
+}
+
+#[test]
+fn wiring_that_bypasses_the_breaker_breaks_the_open_breaker_invariant() {
+    let r = broken(OUTAGE, "[broken]\nbypass_breaker = true");
+    assert_eq!(failed(&r), ["no call through an open breaker"], "{r}");
+}
+
+#[test]
+fn bad_scenarios_get_clear_errors() {
+    let cases = [
+        (
+            OUTAGE.replace("kind = \"outage\"", "kind = \"meteor\""),
+            "meteor",
+        ),
+        (
+            OUTAGE.replace("region = \"weu\"", "region = \"xyz\""),
+            "no such region",
+        ),
+        (
+            OUTAGE.replace("end = \"6m\"", "end = \"1m\""),
+            "end must be after start",
+        ),
+        (
+            OUTAGE.replace("reads_per_sec = 50", "reads_per_sec = 0"),
+            "reads_per_sec",
+        ),
+        (format!("{OUTAGE}\nsurprise = 1"), "surprise"),
+        (
+            OUTAGE.replace("kind = \"outage\"", "kind = \"throttle\""),
+            "needs retry_after",
+        ),
+        (
+            OUTAGE.replace("[client.timeouts]", "[client.timeouts]\nbogus = 1"),
+            "bogus",
+        ),
+        (
+            OUTAGE.replace(
+                "rotations = [{ at = \"1m\", secret = 1 }",
+                "rotations = [{ at = \"1m\", secret = 99 }",
+            ),
+            "rotation of secret 99",
+        ),
+    ];
+    for (text, want) in cases {
+        let e = Scenario::from_toml(&text).unwrap_err();
+        assert!(e.is_config(), "{e}");
+        assert!(e.to_string().contains(want), "{want:?} not in {e}");
+    }
+    let e = Scenario::builtin("nope").unwrap_err();
+    assert!(e.to_string().contains("regional-outage"), "{e}");
+}
