@@ -27,7 +27,9 @@ use async_trait::async_trait;
 use azure_core::credentials::TokenCredential;
 use azure_core::error::ErrorKind;
 use azure_core::http::{ClientOptions, RetryOptions, Transport};
-use azure_security_keyvault_secrets::models::SetSecretParameters;
+use azure_security_keyvault_secrets::models::{
+    SecretClientListSecretPropertiesOptions, SetSecretParameters,
+};
 use azure_security_keyvault_secrets::{ResourceExt, SecretClient, SecretClientOptions};
 use futures::TryStreamExt;
 use secrecy::{ExposeSecret, SecretString};
@@ -242,6 +244,24 @@ impl SecretStore for AzureStore {
             .delete_secret(name.as_str(), None)
             .await
             .map_err(|e| classify(&e))?;
+        Ok(())
+    }
+
+    /// One request: the first page of one secret's properties (a full listing of a large
+    /// vault is one request per 25 secrets, far too much for a probe).
+    async fn probe(&self) -> Result<(), StoreError> {
+        let options = SecretClientListSecretPropertiesOptions {
+            maxresults: Some(1),
+            ..Default::default()
+        };
+        let mut pages = self
+            .client
+            .list_secret_properties(Some(options))
+            .map_err(|e| classify(&e))?
+            .into_pages();
+        if let Some(page) = pages.try_next().await.map_err(|e| classify(&e))? {
+            page.into_model().map_err(|e| classify(&e))?;
+        }
         Ok(())
     }
 

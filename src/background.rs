@@ -167,10 +167,15 @@ impl Inner {
                     Ok(name) => store.get(&name, None).await.map(|_| ()),
                     Err(_) => Ok(()), // validated at build; unreachable
                 },
-                None => store.list().await.map(|_| ()),
+                None => store.probe().await,
             }
         })
         .await;
+        let detail = match &res {
+            Ok(Ok(())) => "answered".to_string(),
+            Ok(Err(e)) => format!("{:?}", e.kind()),
+            Err(_) => "timed out".to_string(),
+        };
         let outcome = match res {
             Ok(Ok(())) => Outcome::Success,
             // The vault answered: alive, whatever it thinks of the canary.
@@ -189,7 +194,7 @@ impl Inner {
         if outcome != Outcome::NotRecorded {
             v.record_latency(t0.elapsed());
         }
-        tracing::debug!(region = %v.name, ?outcome, "probe");
+        tracing::debug!(region = %v.name, ?outcome, %detail, elapsed_ms = t0.elapsed().as_millis() as u64, "probe");
         match outcome {
             Outcome::Success => v.probe_succeeded(),
             Outcome::Failure => {

@@ -11,6 +11,10 @@
 //! * `plain-sdk` — `SecretClient` with default options (the SDK's retry policy) on the primary;
 //! * `cache-aside-5m` — the plain client behind a 5-minute TTL cache.
 //!
+//! Half the reads go to 20 hot secrets (cached after their first read by the two caching
+//! contenders), half to 5,000 cold ones (nearly every read a miss): the fault path is
+//! exercised for every contender, not hidden behind a warm cache.
+//!
 //! Bounded: every read has a 90 s cap, at most 20,000 reads are in flight per contender, and
 //! a scenario waits at most 95 s for its last reads.
 
@@ -141,8 +145,12 @@ pub struct BenchOptions {
     pub rate: u32,
     /// Length of each scenario (three equal phases).
     pub duration: Duration,
-    /// Distinct secrets read.
-    pub secrets: u32,
+    /// Hot secrets (`h0` …), read again and again.
+    pub hot: u32,
+    /// Cold secrets (`c0` …), mostly read once.
+    pub cold: u32,
+    /// Share of reads that go to a cold secret.
+    pub cold_share: f64,
 }
 
 impl Default for BenchOptions {
@@ -151,7 +159,9 @@ impl Default for BenchOptions {
             scenarios: BenchScenario::ALL.to_vec(),
             rate: 50,
             duration: Duration::from_secs(30),
-            secrets: 20,
+            hot: 20,
+            cold: 5_000,
+            cold_share: 0.5,
         }
     }
 }
@@ -197,6 +207,9 @@ pub struct ScenarioResult {
     pub scenario: BenchScenario,
     /// What it does.
     pub description: String,
+    /// How late the generator itself sent reads (already inside every latency): p50, p99,
+    /// max in µs. Tokio's timers have millisecond resolution.
+    pub generator_lag_us: [u64; 3],
     /// Per contender.
     pub contenders: Vec<ContenderResult>,
 }
@@ -287,6 +300,14 @@ impl fmt::Display for BenchReport {
         use crate::sim::lat;
         for s in &self.scenarios {
             writeln!(f, "\n== {} ({})", s.scenario.name(), s.description)?;
+            let [l50, l99, lmax] = s.generator_lag_us;
+            writeln!(
+                f,
+                "generator lag (inside every latency below): p50 {}  p99 {}  max {}",
+                lat(l50),
+                lat(l99),
+                lat(lmax)
+            )?;
             writeln!(
                 f,
                 "{:<16}{:<9}{:>6}{:>9}{:>10}{:>10}{:>10}{:>10}{:>10}{:>7}{:>9}  vault GETs",
@@ -348,6 +369,14 @@ enum Contender {
     Client(FailoverClient),
     Plain(SecretClient),
     Aside(SecretClient, Mutex<HashMap<String, (u32, Instant)>>),
+}
+
+/// Every secret name of a run: hot, then cold.
+fn names(o: &BenchOptions) -> Vec<String> {
+    (0..o.hot.max(1))
+        .map(|i| format!("h{i}"))
+        .chain((0..o.cold).map(|i| format!("c{i}")))
+        .collect()
 }
 
 fn generation(value: &str) -> u32 {
@@ -533,6 +562,12 @@ pub async fn run(options: &BenchOptions, progress: &AtomicU64) -> Result<BenchRe
     if options.rate == 0 || options.rate > 2_000 {
         return Err(Error::config("rate must be 1..=2000 reads per second"));
     }
+    if !(0.0..=1.0).contains(&options.cold_share) || options.hot > 100_000 || options.cold > 100_000
+    {
+        return Err(Error::config(
+            "cold_share must be in [0, 1]; hot and cold at most 100000",
+        ));
+    }
     if options.duration < Duration::from_secs(3) || options.duration > Duration::from_secs(3600) {
         return Err(Error::config("duration must be between 3 s and 1 h"));
     }
@@ -563,9 +598,9 @@ async fn run_scenario(
             .seed(k)
             .start()
             .await?;
-        for i in 0..o.secrets {
+        for name in names(o) {
             for r in ["weu", "neu"] {
-                emu.insert(r, &format!("s{i}"), &format!("v0-{i}"));
+                emu.insert(r, &name, &format!("v0-{name}"));
             }
         }
         let c = match k {
@@ -597,17 +632,17 @@ async fn run_scenario(
     // The fault timeline, applied to every emulator at once.
     let timeline = {
         let emus: Vec<&Emulator> = emus.iter().collect();
-        let secrets = o.secrets;
+        let all_names = names(o);
         async move {
             tokio::time::sleep_until(start + third).await;
             for e in &emus {
                 for (r, f) in sc.faults() {
-                    let _ = e.apply_fault(r, f).await;
+                    let _ = e.apply_fault(r, f.clone()).await;
                 }
                 if sc == BenchScenario::Rotation {
-                    for i in 0..secrets {
+                    for name in &all_names {
                         for r in ["weu", "neu"] {
-                            e.insert(r, &format!("s{i}"), &format!("v1-{i}"));
+                            e.insert(r, name, &format!("v1-{name}"));
                         }
                     }
                 }
@@ -624,13 +659,15 @@ async fn run_scenario(
     // One open-loop driver per contender.
     let total = u64::from(o.rate) * o.duration.as_secs();
     let interval = Duration::from_secs(1) / o.rate;
+    let lag = Arc::new(Mutex::new(histogram()));
     let drivers = contenders
         .iter()
         .zip(&recorders)
         .enumerate()
         .map(|(k, (c, rec))| {
             let (c, rec) = (c.clone(), rec.clone());
-            let secrets = o.secrets;
+            let (hot, cold, cold_share) = (o.hot, o.cold, o.cold_share);
+            let lag = lag.clone();
             async move {
                 let in_flight = Arc::new(AtomicU64::new(0));
                 let mut tasks = tokio::task::JoinSet::new();
@@ -642,7 +679,14 @@ async fn run_scenario(
                     if k == 0 {
                         progress.store(base + (intended - start).as_secs(), Ordering::Relaxed);
                     }
-                    let name = format!("s{}", rng.u32(0..secrets));
+                    lag.lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .saturating_record((intended.elapsed().as_micros() as u64).max(1));
+                    let name = if cold > 0 && rng.f64() < cold_share {
+                        format!("c{}", rng.u32(0..cold))
+                    } else {
+                        format!("h{}", rng.u32(0..hot.max(1)))
+                    };
                     let t = intended - start;
                     if in_flight.load(Ordering::Relaxed) >= MAX_IN_FLIGHT {
                         rec.lock().unwrap_or_else(|p| p.into_inner()).record(
@@ -694,9 +738,11 @@ async fn run_scenario(
             }
         })
         .collect();
+    let lag = Percentiles::of(&lag.lock().unwrap_or_else(|p| p.into_inner()));
     Ok(ScenarioResult {
         scenario: sc,
         description: sc.describe().to_string(),
+        generator_lag_us: [lag.p50, lag.p99, lag.max],
         contenders: results,
     })
 }

@@ -42,6 +42,8 @@ struct Call {
     deadline: Instant,
     attempts: Vec<Attempt>,
     sent: u32,
+    /// Vaults sent to in this call (bit per vault index).
+    tried: u64,
     secondary_not_found: bool,
     earliest_unthrottle: Option<Instant>,
 }
@@ -102,8 +104,15 @@ impl Inner {
         order: &mut impl Iterator<Item = usize>,
         call: &mut Call,
         background: bool,
+        hedge: bool,
     ) -> Next {
         let cfg = &self.config;
+        // A hedge is speculative: it draws on the budget up front, and when the budget says
+        // no there is simply no hedge. The vaults stay in `order` for failover after a
+        // failure, which is free (below).
+        if hedge && !self.budget.withdraw() {
+            return Next::Exhausted;
+        }
         for idx in order.by_ref() {
             let v = &self.vaults[idx];
             if call.sent >= cfg.retry.max_attempts || Instant::now() >= call.deadline {
@@ -128,7 +137,12 @@ impl Inner {
                     .push(Attempt::new(v.name.clone(), AttemptFailure::Throttled));
                 continue;
             }
-            if call.sent > 0 && !self.budget.withdraw() {
+            // The first attempt at another vault after a failure is failover, not a retry: it
+            // adds no load to the failing vault, so it is free (at most one per region per
+            // call). Same-vault retries and speculative hedges draw on the budget.
+            let bit = 1u64 << idx.min(63);
+            let free = hedge || call.tried & bit == 0;
+            if call.sent > 0 && !free && !self.budget.withdraw() {
                 call.attempts.push(Attempt::new(
                     v.name.clone(),
                     AttemptFailure::BudgetExhausted,
@@ -136,6 +150,7 @@ impl Inner {
                 return Next::Stop;
             }
             call.sent += 1;
+            call.tried |= bit;
             return Next::Send(idx, permit);
         }
         Next::Exhausted
@@ -188,6 +203,7 @@ impl Inner {
             deadline: Instant::now() + cfg.timeouts.deadline,
             attempts: Vec::new(),
             sent: 0,
+            tried: 0,
             secondary_not_found: false,
             earliest_unthrottle: None,
         };
@@ -204,12 +220,14 @@ impl Inner {
                 .into_iter()
                 .peekable();
             let mut in_flight: FuturesUnordered<AttemptFuture<'_, T>> = FuturesUnordered::new();
+            // Vaults with an attempt in flight (bit per index).
+            let mut pending = 0u64;
             let mut hedge_at: Option<Instant> = None;
             let mut sent_this_round = 0;
             call.earliest_unthrottle = None;
             loop {
                 if in_flight.is_empty() {
-                    match self.next_vault(&mut order, &mut call, background) {
+                    match self.next_vault(&mut order, &mut call, background, false) {
                         Next::Send(idx, permit) => {
                             let store = self.vaults[idx].store.clone();
                             in_flight.push(self.attempt(
@@ -218,6 +236,7 @@ impl Inner {
                                 call.deadline,
                                 call_store(store),
                             ));
+                            pending |= 1u64 << idx.min(63);
                             sent_this_round += 1;
                             hedge_at = (hedges_left > 0 && order.peek().is_some())
                                 .then(|| Instant::now() + self.vaults[idx].hedge_delay(&cfg.hedge));
@@ -237,12 +256,13 @@ impl Inner {
                     Some(done) = in_flight.next() => done,
                     _ = hedge_timer => {
                         hedge_at = None;
-                        match self.next_vault(&mut order, &mut call, background) {
+                        match self.next_vault(&mut order, &mut call, background, true) {
                             Next::Send(idx, permit) => {
                                 hedges_left -= 1;
                                 tracing::debug!(op = what, to = %self.vaults[idx].name, "hedging read");
                                 let store = self.vaults[idx].store.clone();
                                 in_flight.push(self.attempt(idx, permit, call.deadline, call_store(store)));
+                                pending |= 1u64 << idx.min(63);
                                 sent_this_round += 1;
                             }
                             Next::Exhausted | Next::Stop => {}
@@ -251,9 +271,16 @@ impl Inner {
                     }
                 };
                 let v = &self.vaults[idx];
+                pending &= !(1u64 << idx.min(63));
                 let e = match res {
                     Ok(t) => {
                         tracing::debug!(region = %v.name, op = what, attempt = call.sent, "vault answered");
+                        drop(in_flight);
+                        for other in
+                            (0..self.vaults.len()).filter(|j| pending & (1u64 << (*j).min(63)) != 0)
+                        {
+                            self.lost_hedge(other);
+                        }
                         return Ok((idx, t));
                     }
                     Err(e) => e,
@@ -335,11 +362,31 @@ impl Inner {
     /// which may change with it. Every call's outcome goes through here.
     pub(crate) fn settle(&self, idx: usize, permit: Permit, outcome: Outcome) {
         let v = &self.vaults[idx];
-        if outcome == Outcome::Failure {
-            v.call_failed();
+        match outcome {
+            Outcome::Failure => v.call_failed(),
+            Outcome::Success => v.answered(),
+            Outcome::NotRecorded => {}
         }
         v.breaker.record(permit, outcome);
         self.router.refresh(&self.vaults);
+    }
+
+    /// A hedge to another vault won while vault `idx` was still silent. A cancelled loser is
+    /// neither a success nor a failure for the breaker; but a vault that loses
+    /// `failure_threshold` hedges in a row without answering anything in between (a
+    /// blackholed or browned-out vault, whose calls never get to time out because the hedge
+    /// always wins) is tripped, so reads stop waiting a hedge delay for it.
+    fn lost_hedge(&self, idx: usize) {
+        let v = &self.vaults[idx];
+        let lost = v.hedge_lost();
+        if lost >= self.config.breaker.failure_threshold
+            && v.breaker.state() == BreakerState::Closed
+        {
+            tracing::warn!(region = %v.name, lost, "vault keeps losing hedged reads: tripping its breaker");
+            v.call_failed();
+            v.breaker.trip();
+            self.router.refresh(&self.vaults);
+        }
     }
 
     /// Vault `idx` answered 429: keep off it for `retry_after`.

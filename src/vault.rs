@@ -25,6 +25,8 @@ pub(crate) struct Vault {
     probe_streak: AtomicU32,
     /// Consecutive failed probes.
     probe_failures: AtomicU32,
+    /// Hedges another vault won while this one had not answered, since its last success.
+    hedges_lost: AtomicU32,
     /// When this vault was last probed (prober or trial read).
     pub(crate) last_probe: Mutex<Option<Instant>>,
 }
@@ -89,6 +91,7 @@ impl Vault {
             recent: Mutex::new((histogram(), histogram(), Instant::now())),
             probe_streak: AtomicU32::new(0),
             probe_failures: AtomicU32::new(0),
+            hedges_lost: AtomicU32::new(0),
             last_probe: Mutex::new(None),
         }
     }
@@ -145,6 +148,19 @@ impl Vault {
     }
 
     /// Any call failed: the vault must prove itself again before traffic fails back to it.
+    /// Another vault answered a hedged read first while this one was still silent; returns
+    /// how many times in a row (since this vault last answered).
+    pub(crate) fn hedge_lost(&self) -> u32 {
+        self.hedges_lost.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// This vault answered: it is alive, whatever hedges it lost.
+    pub(crate) fn answered(&self) {
+        if self.hedges_lost.load(Ordering::Relaxed) != 0 {
+            self.hedges_lost.store(0, Ordering::Relaxed);
+        }
+    }
+
     pub(crate) fn call_failed(&self) {
         self.probe_streak.store(0, Ordering::Relaxed);
     }

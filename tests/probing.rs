@@ -134,11 +134,12 @@ fn a_flapping_primary_does_not_make_the_route_flap() {
 }
 
 #[test]
-fn a_hedged_read_returns_the_secondary_answer_and_leaves_the_primary_breaker_alone() {
+fn a_hedged_read_returns_the_secondary_answer_and_only_a_run_of_lost_hedges_trips_the_primary() {
     run_virtual(async {
         let r = rig_with(2, |b| {
             b.probing(false)
                 .background_refresh(false)
+                .failure_threshold(5)
                 .refresh_interval(Duration::from_millis(1))
                 .staleness_cap(Duration::from_secs(3600))
         });
@@ -159,18 +160,43 @@ fn a_hedged_read_returns_the_secondary_answer_and_leaves_the_primary_breaker_alo
             advance(Duration::from_millis(5)).await;
             assert_eq!(r.client.get_secret("db").await.unwrap().region(), "weu");
         }
+        let hedged = |r: &common::Rig| {
+            let client = r.client.clone();
+            async move {
+                advance(S).await;
+                let t = Instant::now();
+                let s = client.get_secret("db").await.unwrap();
+                assert_eq!(s.region(), "neu");
+                t.elapsed()
+            }
+        };
         r.store("weu").set_fault(Some(Fault::Hang));
-        for _ in 0..20 {
-            advance(S).await;
-            let t = Instant::now();
-            let s = r.client.get_secret("db").await.unwrap();
-            assert_eq!(s.region(), "neu");
-            assert_eq!(t.elapsed(), Duration::from_millis(20 + 30));
+        for _ in 0..4 {
+            assert_eq!(hedged(&r).await, Duration::from_millis(20 + 30));
         }
         assert_eq!(
             r.breaker("weu"),
             BreakerState::Closed,
             "cancelled losers are neither successes nor failures"
+        );
+        // weu answers once: its run of lost hedges starts again.
+        r.store("weu").set_fault(None);
+        advance(S).await;
+        assert_eq!(r.client.get_secret("db").await.unwrap().region(), "weu");
+        r.store("weu").set_fault(Some(Fault::Hang));
+        for _ in 0..4 {
+            assert_eq!(hedged(&r).await, Duration::from_millis(20 + 30));
+        }
+        assert_eq!(r.breaker("weu"), BreakerState::Closed);
+        // The fifth hedge in a row (the failure threshold) that weu loses without answering
+        // anything trips it: a silent vault whose calls never time out (the hedge always
+        // wins first) must not cost every read a hedge delay forever.
+        assert_eq!(hedged(&r).await, Duration::from_millis(20 + 30));
+        assert_eq!(r.breaker("weu"), BreakerState::Open);
+        assert_eq!(
+            hedged(&r).await,
+            Duration::from_millis(30),
+            "straight to neu"
         );
     })
     .unwrap();

@@ -36,4 +36,11 @@ pub trait SecretStore: Send + Sync + 'static {
 
     /// Lists the properties of every secret (no values).
     async fn list(&self) -> Result<Vec<SecretProperties>, StoreError>;
+
+    /// The health probe used when no canary secret is configured: one cheap request that
+    /// proves the vault answers. The default lists; a store whose listing takes many requests
+    /// should ask for one page of one item.
+    async fn probe(&self) -> Result<(), StoreError> {
+        self.list().await.map(|_| ())
+    }
 }

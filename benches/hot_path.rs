@@ -1,0 +1,219 @@
+//! The hot path: `get_secret` on a cached secret, against what a user could write instead.
+//!
+//! `cargo bench --bench hot_path` — single thread and two contended threads, each against a
+//! bare `HashMap` lookup, an `RwLock<HashMap>` and a `moka` cache doing the same work (look the
+//! name up, hand back a shared handle to the value). Allocations per hit are counted with a
+//! counting global allocator and printed before the timings.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::collections::HashMap;
+use std::hint::black_box;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use futures::FutureExt;
+use keyvault_failover::store::MemoryStore;
+use keyvault_failover::{Access, Config, FailoverClient};
+use secrecy::SecretString;
+
+/// Counts every allocation, to report allocations per cache hit.
+struct Counting;
+
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: forwarded unchanged to the system allocator.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: forwarded unchanged to the system allocator.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+const NAME: &str = "db-password";
+const SECRETS: usize = 100;
+
+struct Contenders {
+    _rt: tokio::runtime::Runtime,
+    client: FailoverClient,
+    map: HashMap<String, Arc<SecretString>>,
+    locked: RwLock<HashMap<String, Arc<SecretString>>>,
+    moka: moka::sync::Cache<String, Arc<SecretString>>,
+}
+
+fn contenders() -> Contenders {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let store = Arc::new(MemoryStore::new("weu"));
+    let names: Vec<String> = (0..SECRETS)
+        .map(|i| format!("secret-{i}"))
+        .chain([NAME.to_string()])
+        .collect();
+    for n in &names {
+        store.insert(n, "hunter2");
+    }
+    let config = Config::builder()
+        .region("weu", "https://app-weu.vault.azure.net", Access::ReadWrite)
+        .probing(false)
+        .background_refresh(false)
+        .refresh_interval(Duration::from_secs(24 * 3600))
+        .build()
+        .expect("valid configuration");
+    let client = rt.block_on(async {
+        let c = FailoverClient::builder(config)
+            .store("weu", store)
+            .build()
+            .expect("client");
+        assert!(c.preload(&names).await.is_empty());
+        c
+    });
+    let value = |_: &String| Arc::new(SecretString::from("hunter2"));
+    let map: HashMap<_, _> = names.iter().map(|n| (n.clone(), value(n))).collect();
+    let moka = moka::sync::Cache::new(10_000);
+    for n in &names {
+        moka.insert(n.clone(), value(n));
+    }
+    Contenders {
+        _rt: rt,
+        client,
+        locked: RwLock::new(map.clone()),
+        map,
+        moka,
+    }
+}
+
+/// A cache hit through the client: the future is ready at once (no I/O, no await point).
+fn client_hit(c: &FailoverClient) -> usize {
+    let s = c
+        .get_secret(black_box(NAME))
+        .now_or_never()
+        .expect("a cache hit never waits")
+        .expect("cached");
+    s.version().len()
+}
+
+fn allocations_per_hit(label: &str, mut f: impl FnMut()) {
+    const N: u64 = 100_000;
+    for _ in 0..1_000 {
+        f();
+    }
+    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    for _ in 0..N {
+        f();
+    }
+    let per = (ALLOCATIONS.load(Ordering::Relaxed) - before) as f64 / N as f64;
+    println!("allocations per hit  {label:<24} {per:.3}");
+}
+
+fn single(c: &mut Criterion) {
+    let k = contenders();
+    allocations_per_hit("failover-client", || {
+        black_box(client_hit(&k.client));
+    });
+    allocations_per_hit("HashMap", || {
+        black_box(k.map.get(black_box(NAME)).map(Arc::clone));
+    });
+    allocations_per_hit("RwLock<HashMap>", || {
+        black_box(
+            k.locked
+                .read()
+                .unwrap()
+                .get(black_box(NAME))
+                .map(Arc::clone),
+        );
+    });
+    allocations_per_hit("moka", || {
+        black_box(k.moka.get(black_box(NAME)));
+    });
+    let mut g = c.benchmark_group("hit/1-thread");
+    g.bench_function("failover-client", |b| b.iter(|| client_hit(&k.client)));
+    g.bench_function("HashMap", |b| {
+        b.iter(|| k.map.get(black_box(NAME)).map(Arc::clone))
+    });
+    g.bench_function("RwLock<HashMap>", |b| {
+        b.iter(|| {
+            k.locked
+                .read()
+                .unwrap()
+                .get(black_box(NAME))
+                .map(Arc::clone)
+        })
+    });
+    g.bench_function("moka", |b| b.iter(|| k.moka.get(black_box(NAME))));
+    g.finish();
+}
+
+/// Two threads hitting the same entry at once: time per hit per thread.
+fn contended(c: &mut Criterion) {
+    let k = Arc::new(contenders());
+    let mut g = c.benchmark_group("hit/2-threads");
+    fn two<F: Fn() + Sync>(iters: u64, f: F) -> Duration {
+        let start = Instant::now();
+        std::thread::scope(|s| {
+            for _ in 0..2 {
+                s.spawn(|| {
+                    for _ in 0..iters {
+                        f();
+                    }
+                });
+            }
+        });
+        start.elapsed()
+    }
+    // A cache hit needs no runtime context (no timer, no task): the threads call it bare.
+    g.bench_function("failover-client", |b| {
+        b.iter_custom(|iters| {
+            two(iters, || {
+                black_box(client_hit(&k.client));
+            })
+        })
+    });
+    g.bench_function("HashMap", |b| {
+        b.iter_custom(|iters| {
+            two(iters, || {
+                black_box(k.map.get(black_box(NAME)).map(Arc::clone));
+            })
+        })
+    });
+    g.bench_function("RwLock<HashMap>", |b| {
+        b.iter_custom(|iters| {
+            two(iters, || {
+                black_box(
+                    k.locked
+                        .read()
+                        .unwrap()
+                        .get(black_box(NAME))
+                        .map(Arc::clone),
+                );
+            })
+        })
+    });
+    g.bench_function("moka", |b| {
+        b.iter_custom(|iters| {
+            two(iters, || {
+                black_box(k.moka.get(black_box(NAME)));
+            })
+        })
+    });
+    g.finish();
+}
+
+criterion_group! {
+    name = hot_path;
+    config = Criterion::default()
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2));
+    targets = single, contended
+}
+criterion_main!(hot_path);
