@@ -326,18 +326,46 @@ impl FailoverClient {
     /// returned as stale while it is younger than the staleness cap. A 401/403, or a 404 from the
     /// primary, is returned as an error even when a stale value is held.
     pub async fn get_secret(&self, name: &str) -> Result<Secret, Error> {
-        let mut buf = [0u8; MAX_NAME_LEN];
-        if let Some(key) = fold_name(name, &mut buf) {
-            if let Some(entry) = self.inner.cache.get(key) {
-                let age = entry.fetched_at.elapsed();
-                if age <= self.inner.config.cache.refresh_interval {
-                    entry.touch(age);
-                    self.inner.nudge_failback();
-                    return Ok(Secret::new(entry, Freshness::Fresh));
-                }
-            }
+        if let Some(s) = self.get_cached(name) {
+            return Ok(s);
         }
-        self.read(SecretName::new(name)?, None).await
+        // Boxed: the slow path's state would otherwise make every cache hit's future
+        // (moved on each poll) a kilobyte.
+        Box::pin(self.read(SecretName::new(name)?, None)).await
+    }
+
+    /// The latest version of `name` if a vault confirmed it within the refresh interval,
+    /// without waiting for anything: no I/O, no allocation, no lock. `None` for anything
+    /// else (not cached, due for a fetch, or an invalid name); [`get_secret`](Self::get_secret)
+    /// then does the rest.
+    ///
+    /// ```
+    /// # keyvault_failover::sim::run_virtual(async {
+    /// use std::sync::Arc;
+    /// use keyvault_failover::{store::MemoryStore, Access, Config, FailoverClient};
+    /// let weu = Arc::new(MemoryStore::new("weu"));
+    /// weu.insert("db", "hunter2");
+    /// let config = Config::builder()
+    ///     .region("weu", "https://app-weu.vault.azure.net", Access::ReadWrite)
+    ///     .build()?;
+    /// let client = FailoverClient::builder(config).store("weu", weu).build()?;
+    /// assert!(client.get_cached("db").is_none());
+    /// client.get_secret("db").await?;
+    /// assert_eq!(client.get_cached("DB").unwrap().expose(), "hunter2");
+    /// # Ok::<(), keyvault_failover::Error>(())
+    /// # }).unwrap().unwrap();
+    /// ```
+    pub fn get_cached(&self, name: &str) -> Option<Secret> {
+        let mut buf = [0u8; MAX_NAME_LEN];
+        let key = fold_name(name, &mut buf)?;
+        let entry = self.inner.cache.get(key)?;
+        let age = entry.fetched_at.elapsed();
+        if age > self.inner.config.cache.refresh_interval {
+            return None;
+        }
+        entry.touch(age);
+        self.inner.nudge_failback();
+        Some(Secret::new(entry, Freshness::Fresh))
     }
 
     /// Reads one version of `name`. Version ids are per vault: a version written in one region
