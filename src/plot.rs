@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use plotters::coord::ranged1d::SegmentValue;
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
 use crate::breaker::BreakerState;
@@ -91,24 +92,7 @@ fn draw(
         .x_desc("seconds")
         .y_desc("ms (log)")
         .draw()?;
-    for (i, l) in top.1.iter().enumerate() {
-        let color = Palette99::pick(i);
-        chart
-            .draw_series(LineSeries::new(
-                l.points.iter().map(|&(x, y)| (x, y.max(0.01))),
-                color.stroke_width(2),
-            ))?
-            .label(l.name.clone())
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
-            });
-    }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()?;
+    lines_with_legend(&mut chart, top.1, 0.01)?;
 
     let y_max = middle
         .1
@@ -123,24 +107,7 @@ fn draw(
         .y_label_area_size(64)
         .build_cartesian_2d(0f64..x_max, 0f64..y_max)?;
     chart.configure_mesh().x_desc("seconds").draw()?;
-    for (i, l) in middle.1.iter().enumerate() {
-        let color = Palette99::pick(i);
-        chart
-            .draw_series(LineSeries::new(
-                l.points.iter().copied(),
-                color.stroke_width(2),
-            ))?
-            .label(l.name.clone())
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
-            });
-    }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()?;
+    lines_with_legend(&mut chart, middle.1, f64::MIN)?;
 
     if !lanes.is_empty() {
         let n = lanes.len() as u32;
@@ -192,6 +159,38 @@ fn draw(
         }
     }
     root.present()?;
+    Ok(())
+}
+
+/// One coloured line per series (values below `floor` raised to it) and the legend.
+fn lines_with_legend<'a, DB, Y>(
+    chart: &mut ChartContext<'a, DB, Cartesian2d<RangedCoordf64, Y>>,
+    lines: &[Line],
+    floor: f64,
+) -> DrawResult
+where
+    DB: DrawingBackend + 'a,
+    DB::ErrorType: 'static,
+    Y: Ranged<ValueType = f64>,
+{
+    for (i, l) in lines.iter().enumerate() {
+        let color = Palette99::pick(i);
+        chart
+            .draw_series(LineSeries::new(
+                l.points.iter().map(|&(x, y)| (x, y.max(floor))),
+                color.stroke_width(2),
+            ))?
+            .label(l.name.clone())
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+            });
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()?;
     Ok(())
 }
 
