@@ -75,18 +75,8 @@ fn draw(
     let (b, c) = rest.split_vertically(280);
     let x_max = x_max.max(1.0);
 
-    let y_max = top
-        .1
-        .iter()
-        .flat_map(|l| l.points.iter().map(|p| p.1))
-        .fold(1.0f64, f64::max)
-        * 1.5;
-    let mut chart = ChartBuilder::on(&a)
-        .caption(top.0, ("sans-serif", 14))
-        .margin(8)
-        .x_label_area_size(28)
-        .y_label_area_size(64)
-        .build_cartesian_2d(0f64..x_max, (0.01f64..y_max).log_scale())?;
+    let mut chart = panel(&a, top.0)
+        .build_cartesian_2d(0f64..x_max, (0.01f64..highest(top.1) * 1.5).log_scale())?;
     chart
         .configure_mesh()
         .x_desc("seconds")
@@ -94,18 +84,8 @@ fn draw(
         .draw()?;
     lines_with_legend(&mut chart, top.1, 0.01)?;
 
-    let y_max = middle
-        .1
-        .iter()
-        .flat_map(|l| l.points.iter().map(|p| p.1))
-        .fold(1.0f64, f64::max)
-        * 1.1;
-    let mut chart = ChartBuilder::on(&b)
-        .caption(middle.0, ("sans-serif", 14))
-        .margin(8)
-        .x_label_area_size(28)
-        .y_label_area_size(64)
-        .build_cartesian_2d(0f64..x_max, 0f64..y_max)?;
+    let mut chart =
+        panel(&b, middle.0).build_cartesian_2d(0f64..x_max, 0f64..highest(middle.1) * 1.1)?;
     chart.configure_mesh().x_desc("seconds").draw()?;
     lines_with_legend(&mut chart, middle.1, f64::MIN)?;
 
@@ -160,6 +140,27 @@ fn draw(
     }
     root.present()?;
     Ok(())
+}
+
+/// The largest value of any line (at least 1).
+fn highest(lines: &[Line]) -> f64 {
+    lines
+        .iter()
+        .flat_map(|l| l.points.iter().map(|p| p.1))
+        .fold(1.0f64, f64::max)
+}
+
+/// A line panel's frame: caption, margins and label areas.
+fn panel<'a, 'b, DB: DrawingBackend>(
+    area: &'a DrawingArea<DB, plotters::coord::Shift>,
+    caption: &'b str,
+) -> ChartBuilder<'a, 'b, DB> {
+    let mut b = ChartBuilder::on(area);
+    b.caption(caption, ("sans-serif", 14))
+        .margin(8)
+        .x_label_area_size(28)
+        .y_label_area_size(64);
+    b
 }
 
 /// One coloured line per series (values below `floor` raised to it) and the legend.
