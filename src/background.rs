@@ -171,12 +171,8 @@ impl Inner {
             }
         })
         .await;
-        let detail = match &res {
-            Ok(Ok(())) => "answered".to_string(),
-            Ok(Err(e)) => format!("{:?}", e.kind()),
-            Err(_) => "timed out".to_string(),
-        };
-        let outcome = match res {
+        let elapsed = t0.elapsed();
+        let outcome = match &res {
             Ok(Ok(())) => Outcome::Success,
             // The vault answered: alive, whatever it thinks of the canary.
             Ok(Err(e)) if *e.kind() == StoreErrorKind::NotFound => Outcome::Success,
@@ -192,9 +188,16 @@ impl Inner {
             Err(_) => Outcome::Failure,
         };
         if outcome != Outcome::NotRecorded {
-            v.record_latency(t0.elapsed());
+            v.record_latency(elapsed);
         }
-        tracing::debug!(region = %v.name, ?outcome, %detail, elapsed_ms = t0.elapsed().as_millis() as u64, "probe");
+        // Fields are evaluated only when the event is enabled.
+        tracing::debug!(
+            region = %v.name,
+            ?outcome,
+            error = ?res.as_ref().map(|r| r.as_ref().err().map(|e| e.kind())),
+            elapsed_ms = elapsed.as_millis() as u64,
+            "probe"
+        );
         match outcome {
             Outcome::Success => v.probe_succeeded(),
             Outcome::Failure => {

@@ -32,6 +32,7 @@ use tokio::time::Instant;
 
 use crate::emulator::{Emulator, StaticCredential, VaultFault};
 use crate::error::Error;
+use crate::lock;
 use crate::sim::Percentiles;
 use crate::{azure, Access, Config, FailoverClient, Freshness};
 
@@ -271,7 +272,7 @@ fn scenario_svg(r: &BenchReport, s: &ScenarioResult) -> String {
         });
     }
     let third = r.duration_s / 3.0;
-    let names: Vec<String> = ["steady", "fault", "recovery"].map(String::from).to_vec();
+    let names: Vec<String> = PHASES[..3].iter().map(|p| p.to_string()).collect();
     let lanes = [Lane {
         name: "phase".into(),
         spans: names
@@ -419,7 +420,7 @@ impl Contender {
             },
             Contender::Aside(c, cache) => {
                 let hit = {
-                    let m = cache.lock().unwrap_or_else(|p| p.into_inner());
+                    let m = lock(cache);
                     m.get(name)
                         .filter(|(_, at)| at.elapsed() < ASIDE_TTL)
                         .map(|(g, _)| *g)
@@ -432,10 +433,7 @@ impl Contender {
                 }
                 match sdk_get(c, name).await {
                     Some(g) => {
-                        cache
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .insert(name.to_string(), (g, Instant::now()));
+                        lock(cache).insert(name.to_string(), (g, Instant::now()));
                         Read::Ok {
                             stale: false,
                             generation: g,
@@ -474,15 +472,33 @@ fn histogram() -> Histogram<u64> {
 
 /// Per-contender measurements.
 struct Recorder {
-    phases: [(u64, u64, u64, u64, Histogram<u64>); 3],
+    /// Steady, fault, recovery, and the whole run.
+    phases: [Tally; 4],
     /// Per second: (reads, failed, max latency µs).
     buckets: Vec<(u64, u64, u64)>,
 }
 
+/// Reads of one phase.
+struct Tally {
+    sent: u64,
+    failed: u64,
+    stale: u64,
+    outdated: u64,
+    lat: Histogram<u64>,
+}
+
+const PHASES: [&str; 4] = ["steady", "fault", "recovery", "all"];
+
 impl Recorder {
     fn new(duration: Duration) -> Self {
         Recorder {
-            phases: [(); 3].map(|_| (0, 0, 0, 0, histogram())),
+            phases: [(); 4].map(|_| Tally {
+                sent: 0,
+                failed: 0,
+                stale: 0,
+                outdated: 0,
+                lat: histogram(),
+            }),
             buckets: vec![(0, 0, 0); duration.as_secs() as usize + 1],
         }
     }
@@ -497,59 +513,47 @@ impl Recorder {
     ) {
         let i = ((t.as_nanos() / third.as_nanos().max(1)) as usize).min(2);
         let us = (latency.as_micros() as u64).max(1);
-        let p = &mut self.phases[i];
-        p.0 += 1;
-        match read {
+        let failed = matches!(read, Read::Failed);
+        let (stale, outdated) = match read {
             Read::Ok { stale, generation } => {
-                p.2 += u64::from(*stale);
-                if rotated.is_some_and(|r| t >= r) && *generation == 0 {
-                    p.3 += 1;
-                }
+                (*stale, rotated.is_some_and(|r| t >= r) && *generation == 0)
             }
-            Read::Failed => p.1 += 1,
+            Read::Failed => (false, false),
+        };
+        for p in [i, 3] {
+            let p = &mut self.phases[p];
+            p.sent += 1;
+            p.failed += u64::from(failed);
+            p.stale += u64::from(stale);
+            p.outdated += u64::from(outdated);
+            p.lat.saturating_record(us);
         }
-        p.4.saturating_record(us);
         if let Some(b) = self.buckets.get_mut(t.as_secs() as usize) {
             b.0 += 1;
-            b.1 += u64::from(matches!(read, Read::Failed));
+            b.1 += u64::from(failed);
             b.2 = b.2.max(us);
         }
     }
 
     fn results(&self) -> Vec<PhaseResult> {
-        let mut all = (0, 0, 0, 0, histogram());
-        let mut out: Vec<PhaseResult> = self
-            .phases
+        self.phases
             .iter()
-            .zip(["steady", "fault", "recovery"])
-            .map(|(p, name)| {
-                all.0 += p.0;
-                all.1 += p.1;
-                all.2 += p.2;
-                all.3 += p.3;
-                let _ = all.4.add(&p.4);
-                phase(name, p)
+            .zip(PHASES)
+            .map(|(p, name)| PhaseResult {
+                phase: name.to_string(),
+                sent: p.sent,
+                ok: p.sent - p.failed,
+                failed: p.failed,
+                stale: p.stale,
+                outdated: p.outdated,
+                success_rate: if p.sent == 0 {
+                    1.0
+                } else {
+                    (p.sent - p.failed) as f64 / p.sent as f64
+                },
+                latency_us: Percentiles::of(&p.lat),
             })
-            .collect();
-        out.push(phase("all", &all));
-        out
-    }
-}
-
-fn phase(name: &str, p: &(u64, u64, u64, u64, Histogram<u64>)) -> PhaseResult {
-    PhaseResult {
-        phase: name.to_string(),
-        sent: p.0,
-        ok: p.0 - p.1,
-        failed: p.1,
-        stale: p.2,
-        outdated: p.3,
-        success_rate: if p.0 == 0 {
-            1.0
-        } else {
-            (p.0 - p.1) as f64 / p.0 as f64
-        },
-        latency_us: Percentiles::of(&p.4),
+            .collect()
     }
 }
 
@@ -679,9 +683,7 @@ async fn run_scenario(
                     if k == 0 {
                         progress.store(base + (intended - start).as_secs(), Ordering::Relaxed);
                     }
-                    lag.lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .saturating_record((intended.elapsed().as_micros() as u64).max(1));
+                    lock(&lag).saturating_record((intended.elapsed().as_micros() as u64).max(1));
                     let name = if cold > 0 && rng.f64() < cold_share {
                         format!("c{}", rng.u32(0..cold))
                     } else {
@@ -689,13 +691,7 @@ async fn run_scenario(
                     };
                     let t = intended - start;
                     if in_flight.load(Ordering::Relaxed) >= MAX_IN_FLIGHT {
-                        rec.lock().unwrap_or_else(|p| p.into_inner()).record(
-                            t,
-                            third,
-                            Duration::ZERO,
-                            &Read::Failed,
-                            rotated,
-                        );
+                        lock(&rec).record(t, third, Duration::ZERO, &Read::Failed, rotated);
                         continue;
                     }
                     in_flight.fetch_add(1, Ordering::Relaxed);
@@ -705,9 +701,7 @@ async fn run_scenario(
                             .await
                             .unwrap_or(Read::Failed);
                         let latency = intended.elapsed();
-                        rec.lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .record(t, third, latency, &read, rotated);
+                        lock(&rec).record(t, third, latency, &read, rotated);
                         in_flight.fetch_sub(1, Ordering::Relaxed);
                     });
                 }
@@ -726,7 +720,7 @@ async fn run_scenario(
         .zip(&recorders)
         .zip(&emus)
         .map(|((c, rec), emu)| {
-            let rec = rec.lock().unwrap_or_else(|p| p.into_inner());
+            let rec = lock(rec);
             ContenderResult {
                 name: c.name().to_string(),
                 phases: rec.results(),
@@ -738,7 +732,7 @@ async fn run_scenario(
             }
         })
         .collect();
-    let lag = Percentiles::of(&lag.lock().unwrap_or_else(|p| p.into_inner()));
+    let lag = Percentiles::of(&lock(&lag));
     Ok(ScenarioResult {
         scenario: sc,
         description: sc.describe().to_string(),

@@ -17,9 +17,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+use crate::lock;
 
 /// Retries allowed as a share of first attempts, over a sliding window.
 pub(crate) struct RetryBudget {

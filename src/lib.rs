@@ -40,6 +40,12 @@
 //! paused clock in tests, and in the deterministic simulator ([`sim::run_virtual`]).
 #![deny(missing_docs)]
 
+/// Locks `m`, going on through poisoning: every guarded value here stays consistent when a
+/// holder panics (counters, logs, maps written in one step).
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 mod background;
 mod breaker;
 mod budget;

@@ -130,6 +130,31 @@ fn contenders(scenario: &sim::Scenario, names: &[String]) -> Vec<sim::ContenderK
         .collect()
 }
 
+/// Runs `work` on a worker thread while this one draws a progress bar of `len` steps from
+/// `done` (hidden when stderr is not a terminal).
+fn with_progress<T: Send>(
+    len: u64,
+    template: &str,
+    done: &AtomicU64,
+    work: impl FnOnce() -> T + Send,
+) -> Result<T, &'static str> {
+    let bar = indicatif::ProgressBar::new(len);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(template)
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let out = std::thread::scope(|scope| {
+        let worker = scope.spawn(work);
+        while !worker.is_finished() {
+            bar.set_position(done.load(Ordering::Relaxed));
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        worker.join()
+    });
+    bar.finish_and_clear();
+    out.map_err(|_| "the worker thread panicked")
+}
+
 /// Runs one scenario on a worker thread while the main thread draws the progress bar.
 fn simulate_one(
     scenario: &sim::Scenario,
@@ -144,26 +169,16 @@ fn simulate_one(
         contenders,
         progress: Some(progress.clone()),
     };
-    let total_s = scenario.duration().as_secs() * n;
-    let bar = indicatif::ProgressBar::new(total_s);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{spinner} simulating {msg} [{bar:40}] {pos}/{len} virtual s ({elapsed})",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    bar.set_message(scenario.name().to_string());
     let wall = std::time::Instant::now();
-    let run = std::thread::scope(|scope| {
-        let worker = scope.spawn(|| sim::simulate(scenario, &options));
-        while !worker.is_finished() {
-            bar.set_position(progress.load(Ordering::Relaxed) / 1000);
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        worker.join()
-    });
-    bar.finish_and_clear();
-    let run = run.map_err(|_| "the simulation thread panicked")??;
+    let run = with_progress(
+        scenario.duration().as_millis() as u64 * n,
+        &format!(
+            "{{spinner}} simulating {} [{{bar:40}}] {{percent}} % ({{elapsed}})",
+            scenario.name()
+        ),
+        &progress,
+        || sim::simulate(scenario, &options),
+    )??;
     let report = run.report();
     print!("{report}");
     println!(
@@ -199,24 +214,13 @@ fn simulate_swarm(
     };
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let done = AtomicU64::new(0);
-    let bar = indicatif::ProgressBar::new(seeds.end - seeds.start);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{spinner} seeds [{bar:40}] {pos}/{len} ({elapsed})",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
     let wall = std::time::Instant::now();
-    let report = std::thread::scope(|scope| {
-        let worker = scope.spawn(|| sim::swarm(scenario, &options, seeds.clone(), threads, &done));
-        while !worker.is_finished() {
-            bar.set_position(done.load(Ordering::Relaxed));
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        worker.join()
-    });
-    bar.finish_and_clear();
-    let report = report.map_err(|_| "a simulation thread panicked")??;
+    let report = with_progress(
+        seeds.end - seeds.start,
+        "{spinner} seeds [{bar:40}] {pos}/{len} ({elapsed})",
+        &done,
+        || sim::swarm(scenario, &options, seeds.clone(), threads, &done),
+    )??;
     print!("{report}");
     println!(
         "{} seeds in {:.2} s of wall time on {threads} thread(s)",
@@ -242,29 +246,14 @@ fn bench(
     out: Option<&std::path::Path>,
 ) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let total = options.duration.as_secs() * options.scenarios.len() as u64;
-    let bar = indicatif::ProgressBar::new(total);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{spinner} bench [{bar:40}] {pos}/{len} s ({elapsed}, tails of slow reads may follow)",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
     let progress = AtomicU64::new(0);
     let rt = tokio::runtime::Runtime::new()?;
-    let report = rt.block_on(async {
-        let run = keyvault_failover::bench::run(options, &progress);
-        tokio::pin!(run);
-        loop {
-            tokio::select! {
-                r = &mut run => break r,
-                _ = tokio::time::sleep(Duration::from_millis(200)) => {
-                    bar.set_position(progress.load(Ordering::Relaxed));
-                }
-            }
-        }
-    });
-    bar.finish_and_clear();
-    let report = report?;
+    let report = with_progress(
+        total,
+        "{spinner} bench [{bar:40}] {pos}/{len} s ({elapsed}, tails of slow reads may follow)",
+        &progress,
+        || rt.block_on(keyvault_failover::bench::run(options, &progress)),
+    )??;
     print!("{report}");
     if let Some(dir) = out {
         std::fs::create_dir_all(dir)?;

@@ -37,6 +37,12 @@ enum Next {
     Stop,
 }
 
+/// Vault `idx`'s bit in a call's set of tried vaults. Past 64 regions vaults share the last
+/// bit, which only errs toward charging a failover attempt to the retry budget.
+fn bit(idx: usize) -> u64 {
+    1u64 << idx.min(63)
+}
+
 /// State of one call across rounds.
 struct Call {
     deadline: Instant,
@@ -140,8 +146,7 @@ impl Inner {
             // The first attempt at another vault after a failure is failover, not a retry: it
             // adds no load to the failing vault, so it is free (at most one per region per
             // call). Same-vault retries and speculative hedges draw on the budget.
-            let bit = 1u64 << idx.min(63);
-            let free = hedge || call.tried & bit == 0;
+            let free = hedge || call.tried & bit(idx) == 0;
             if call.sent > 0 && !free && !self.budget.withdraw() {
                 call.attempts.push(Attempt::new(
                     v.name.clone(),
@@ -150,7 +155,7 @@ impl Inner {
                 return Next::Stop;
             }
             call.sent += 1;
-            call.tried |= bit;
+            call.tried |= bit(idx);
             return Next::Send(idx, permit);
         }
         Next::Exhausted
@@ -220,8 +225,8 @@ impl Inner {
                 .into_iter()
                 .peekable();
             let mut in_flight: FuturesUnordered<AttemptFuture<'_, T>> = FuturesUnordered::new();
-            // Vaults with an attempt in flight (bit per index).
-            let mut pending = 0u64;
+            // Vaults with an attempt in flight (at most the first attempt and its hedges).
+            let mut pending: Vec<usize> = Vec::new();
             let mut hedge_at: Option<Instant> = None;
             let mut sent_this_round = 0;
             call.earliest_unthrottle = None;
@@ -236,7 +241,7 @@ impl Inner {
                                 call.deadline,
                                 call_store(store),
                             ));
-                            pending |= 1u64 << idx.min(63);
+                            pending.push(idx);
                             sent_this_round += 1;
                             hedge_at = (hedges_left > 0 && order.peek().is_some())
                                 .then(|| Instant::now() + self.vaults[idx].hedge_delay(&cfg.hedge));
@@ -262,7 +267,7 @@ impl Inner {
                                 tracing::debug!(op = what, to = %self.vaults[idx].name, "hedging read");
                                 let store = self.vaults[idx].store.clone();
                                 in_flight.push(self.attempt(idx, permit, call.deadline, call_store(store)));
-                                pending |= 1u64 << idx.min(63);
+                                pending.push(idx);
                                 sent_this_round += 1;
                             }
                             Next::Exhausted | Next::Stop => {}
@@ -271,14 +276,12 @@ impl Inner {
                     }
                 };
                 let v = &self.vaults[idx];
-                pending &= !(1u64 << idx.min(63));
+                pending.retain(|&p| p != idx);
                 let e = match res {
                     Ok(t) => {
                         tracing::debug!(region = %v.name, op = what, attempt = call.sent, "vault answered");
                         drop(in_flight);
-                        for other in
-                            (0..self.vaults.len()).filter(|j| pending & (1u64 << (*j).min(63)) != 0)
-                        {
+                        for other in pending {
                             self.lost_hedge(other);
                         }
                         return Ok((idx, t));

@@ -147,7 +147,6 @@ impl Vault {
         self.probe_failures.fetch_add(1, Ordering::Relaxed) + 1
     }
 
-    /// Any call failed: the vault must prove itself again before traffic fails back to it.
     /// Another vault answered a hedged read first while this one was still silent; returns
     /// how many times in a row (since this vault last answered).
     pub(crate) fn hedge_lost(&self) -> u32 {
@@ -161,6 +160,7 @@ impl Vault {
         }
     }
 
+    /// Any call failed: the vault must prove itself again before traffic fails back to it.
     pub(crate) fn call_failed(&self) {
         self.probe_streak.store(0, Ordering::Relaxed);
     }

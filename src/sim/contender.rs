@@ -23,6 +23,7 @@ use tokio::time::Instant;
 use super::scenario::Scenario;
 use super::vault::{generation, SimVault, Tap};
 use crate::error::StoreErrorKind;
+use crate::lock;
 use crate::name::SecretName;
 use crate::store::SecretStore;
 use crate::{FailoverClient, Freshness};
@@ -285,10 +286,6 @@ impl Instance {
     pub(crate) fn route_changes(&self) -> u64 {
         self.client().map_or(0, |c| c.health().route_changes())
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// One read through the plain SDK's retry policy; the generation read, or `None`.

@@ -16,6 +16,7 @@ use super::scenario::{FaultKind, Scenario};
 use super::vault::SimVault;
 use crate::breaker::BreakerState;
 use crate::events::Event;
+use crate::lock;
 
 /// Points of the plot: per time bucket, per contender.
 #[derive(Debug, Clone, Default)]
@@ -246,7 +247,7 @@ pub(crate) async fn run(
         tokio::spawn(async move {
             for r in rotations.into_iter().filter(|r| r.at < end) {
                 tokio::time::sleep_until(start + r.at).await;
-                let mut g = rec.lock().unwrap_or_else(|p| p.into_inner());
+                let mut g = lock(&rec);
                 let gen = g.truth[r.secret as usize].0 + 1;
                 g.truth[r.secret as usize] = (gen, r.at);
                 for v in &vaults {
@@ -293,10 +294,7 @@ pub(crate) async fn run(
                             if plot {
                                 lock(&rec).timeline.route.push((t, to.clone()));
                             }
-                            log.lock()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .changes
-                                .push((t, to));
+                            lock(&log).changes.push((t, to));
                         }
                         Event::Breaker { region, state } if plot => {
                             if let Some(v) = lock(&rec).timeline.breakers.get_mut(&*region) {
@@ -355,7 +353,7 @@ pub(crate) async fn run(
                         let k = (k as u64) << 32 | writes;
                         calls.spawn(async move {
                             let r = inst.write(k).await;
-                            let mut g = rec.lock().unwrap_or_else(|p| p.into_inner());
+                            let mut g = lock(&rec);
                             g.writes.attempted += 1;
                             match r {
                                 WriteResult::Ok => g.writes.ok += 1,
@@ -369,9 +367,7 @@ pub(crate) async fn run(
                 let (inst, rec) = (inst.clone(), rec.clone());
                 calls.spawn(async move {
                     let r = inst.read(i).await;
-                    rec.lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .read(i, intended, r);
+                    lock(&rec).read(i, intended, r);
                 });
             }
             while calls.join_next().await.is_some() {}
@@ -401,7 +397,7 @@ pub(crate) async fn run(
     let (mut failover, mut failback) = (None::<u64>, None::<u64>);
     if kind == ContenderKind::FailoverClient {
         for log in &route_logs {
-            let log = log.lock().unwrap_or_else(|p| p.into_inner());
+            let log = lock(log);
             if let Some(f0) = first_fault {
                 if let Some((t, _)) = log
                     .changes
@@ -526,10 +522,6 @@ pub(crate) async fn run(
         invariants,
     };
     Ok((report, g.timeline.clone()))
-}
-
-fn lock(r: &Mutex<Recorder>) -> std::sync::MutexGuard<'_, Recorder> {
-    r.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn ratio(a: u64, b: u64) -> f64 {

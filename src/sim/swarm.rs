@@ -10,6 +10,7 @@ use serde::Serialize;
 use super::report::{lat, ms};
 use super::{simulate, Scenario, SimOptions, SimReport};
 use crate::error::Error;
+use crate::lock;
 
 /// One contender over every seed of a swarm.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -179,7 +180,7 @@ pub fn swarm(
                 }
                 let r = simulate(&scenario.clone().with_seed(seed), &options)
                     .map(|s| s.report().clone());
-                results.lock().unwrap_or_else(|p| p.into_inner()).push(r);
+                lock(&results).push(r);
                 done.fetch_add(1, Ordering::Relaxed);
             });
         }

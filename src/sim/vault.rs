@@ -104,7 +104,7 @@ impl SimVault {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        crate::lock(&self.state)
     }
 
     /// A new version of `secret-<i>` with content generation `gen`.
@@ -324,17 +324,17 @@ impl Tap {
     /// Starts checking against `client`'s breaker (call [`Tap::detach`] at the end: the
     /// client holds this tap, so the tap must let go of the client).
     pub(crate) fn attach(&self, client: &FailoverClient) {
-        *self.client.lock().unwrap_or_else(|p| p.into_inner()) = Some(client.clone());
+        *crate::lock(&self.client) = Some(client.clone());
     }
 
     pub(crate) fn detach(&self) {
-        self.client.lock().unwrap_or_else(|p| p.into_inner()).take();
+        crate::lock(&self.client).take();
     }
 
     /// Runs synchronously at the first poll of a call, before any await: in virtual time on
     /// one thread nothing can happen between the client's breaker permit and this check.
     fn check(&self) {
-        let guard = self.client.lock().unwrap_or_else(|p| p.into_inner());
+        let guard = crate::lock(&self.client);
         if let Some(c) = &*guard {
             if c.breaker_state(&self.vault.name) == Some(BreakerState::Open) {
                 self.open_calls.fetch_add(1, Ordering::Relaxed);
