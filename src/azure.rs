@@ -130,19 +130,27 @@ pub fn connect_with_config(config: Config) -> Result<FailoverClient, Error> {
 }
 
 /// Maps an SDK error into the project's classification. The message is the SDK's outer
-/// message plus its causes, never a response body.
+/// message plus its causes; a server's error body inside it is cut to a few hundred bytes with
+/// control characters replaced ([`StoreError::new`]), so nothing a server says can flood or
+/// forge a log line. `Retry-After` is read in every form (seconds, HTTP-date, the
+/// millisecond headers) on any status.
 pub fn classify(e: &azure_core::Error) -> StoreError {
-    let mut message = e.to_string();
+    let mut message = crate::error::sanitize(&e.to_string(), 256);
     let mut source = std::error::Error::source(e);
     let mut timed_out = false;
+    let mut depth = 0;
     while let Some(s) = source {
         if let Some(r) = s.downcast_ref::<reqwest::Error>() {
             timed_out |= r.is_timeout();
         }
-        message.push_str(": ");
-        message.push_str(&s.to_string());
+        depth += 1;
+        if depth <= 4 {
+            message.push_str(": ");
+            message.push_str(&crate::error::sanitize(&s.to_string(), 128));
+        }
         source = s.source();
     }
+    let mut retry_after = None;
     let kind = match e.kind() {
         ErrorKind::HttpResponse {
             status,
@@ -151,19 +159,13 @@ pub fn classify(e: &azure_core::Error) -> StoreError {
         } => {
             let status = u16::from(*status);
             if let Some(code) = error_code {
-                message = format!("{code}: {message}");
+                message = format!("{}: {message}", crate::error::sanitize(code, 64));
             }
+            retry_after = raw_response
+                .as_ref()
+                .and_then(|r| retry_after_of(r.headers()));
             match status {
-                429 => StoreErrorKind::Throttled {
-                    retry_after: raw_response
-                        .as_ref()
-                        .and_then(|r| {
-                            r.headers()
-                                .get_optional_str(&azure_core::http::headers::RETRY_AFTER)
-                        })
-                        .and_then(|v| v.trim().parse::<u64>().ok())
-                        .map(Duration::from_secs),
-                },
+                429 => StoreErrorKind::Throttled { retry_after },
                 401 | 403 => StoreErrorKind::Auth { status },
                 404 => StoreErrorKind::NotFound,
                 408 | 500..=599 => StoreErrorKind::Server { status },
@@ -177,7 +179,19 @@ pub fn classify(e: &azure_core::Error) -> StoreError {
         ErrorKind::Credential => StoreErrorKind::Auth { status: 401 },
         _ => StoreErrorKind::Malformed,
     };
-    StoreError::new(kind, message)
+    StoreError::new(kind, message).with_retry_after(retry_after)
+}
+
+/// The wait a response asks for: `retry-after-ms`, `x-ms-retry-after-ms`, then `Retry-After`.
+fn retry_after_of(h: &azure_core::http::headers::Headers) -> Option<Duration> {
+    use azure_core::http::headers::{RETRY_AFTER, RETRY_AFTER_MS, X_MS_RETRY_AFTER_MS};
+    h.get_optional_str(&RETRY_AFTER_MS)
+        .or_else(|| h.get_optional_str(&X_MS_RETRY_AFTER_MS))
+        .and_then(crate::retry_after::parse_retry_after_ms)
+        .or_else(|| {
+            h.get_optional_str(&RETRY_AFTER)
+                .and_then(|v| crate::parse_retry_after(v, std::time::SystemTime::now()))
+        })
 }
 
 fn malformed(what: &str) -> StoreError {

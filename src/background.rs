@@ -31,18 +31,58 @@ use crate::events::Event;
 use crate::name::SecretName;
 use crate::secret::Entry;
 
-/// Starts the prober of each vault and the refresher.
+/// Starts the prober of each vault and the refresher, each under a supervisor.
 pub(crate) fn start(inner: &Arc<Inner>) {
     let shutdown = inner._shutdown.subscribe();
     if inner.config.probe.enabled {
         for idx in 0..inner.vaults.len() {
             let seed = inner.config.breaker.seed ^ (0x9e37_79b9 * (idx as u64 + 1));
-            tokio::spawn(prober(Arc::downgrade(inner), idx, seed, shutdown.clone()));
+            let (weak, shutdown) = (Arc::downgrade(inner), shutdown.clone());
+            let task: Arc<str> = format!("prober:{}", inner.vaults[idx].name).into();
+            supervise(task, Arc::downgrade(inner), move |restarts| {
+                // A restarted prober takes a new jitter stream, not the one that panicked.
+                let seed = seed.wrapping_add(u64::from(restarts));
+                prober(weak.clone(), idx, seed, shutdown.clone())
+            });
         }
     }
     if inner.config.refresh.enabled {
-        tokio::spawn(refresher(Arc::downgrade(inner), shutdown));
+        let weak = Arc::downgrade(inner);
+        supervise("refresher".into(), Arc::downgrade(inner), move |_| {
+            refresher(weak.clone(), shutdown.clone())
+        });
     }
+}
+
+/// Runs the task `make` builds; if it panics, reports it (error log, [`Event::TaskRestarted`])
+/// and starts it again after a second, for as long as the client lives. A task that returns
+/// has seen the client go and is not restarted. Without this, one bad input that panicked a
+/// prober would silently leave its vault unprobed for the life of the process.
+fn supervise<F, Fut>(task: Arc<str>, weak: Weak<Inner>, make: F)
+where
+    F: Fn(u32) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    tokio::spawn(async move {
+        let mut restarts = 0u32;
+        loop {
+            match tokio::spawn(make(restarts)).await {
+                Err(e) if e.is_panic() => {
+                    let Some(inner) = weak.upgrade() else { return };
+                    restarts = restarts.saturating_add(1);
+                    tracing::error!(task = %task, restarts, "background task panicked; restarting it");
+                    inner.events.emit(Event::TaskRestarted {
+                        task: task.clone(),
+                        restarts,
+                    });
+                    drop(inner);
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                // Ended (the client is gone) or cancelled (the runtime is shutting down).
+                _ => return,
+            }
+        }
+    });
 }
 
 /// Sleeps `d`, or returns `false` at once when the client is gone.
@@ -114,7 +154,7 @@ async fn refresher(weak: Weak<Inner>, mut shutdown: watch::Receiver<()>) {
             inner.cache.evict(&gone);
             // Batch wake-ups: one scan per granule, not one per entry.
             let granule = (interval / 10).min(Duration::from_secs(1));
-            let next = next.map(|n| n.max(now + granule));
+            let next = next.map(|n| n.max(crate::clock::later(now, granule)));
             (due, next)
         };
         if !due.is_empty() {
@@ -133,7 +173,7 @@ async fn refresher(weak: Weak<Inner>, mut shutdown: watch::Receiver<()>) {
         let wake = {
             let Some(inner) = weak.upgrade() else { return };
             let horizon = inner.config.cache.refresh_interval;
-            let until = next.unwrap_or_else(|| Instant::now() + horizon);
+            let until = next.unwrap_or_else(|| crate::clock::later(Instant::now(), horizon));
             tokio::select! {
                 biased;
                 _ = tokio::time::sleep_until(until) => true,
@@ -177,11 +217,9 @@ impl Inner {
             // The vault answered: alive, whatever it thinks of the canary.
             Ok(Err(e)) if *e.kind() == StoreErrorKind::NotFound => Outcome::Success,
             Ok(Err(e)) => {
-                if let StoreErrorKind::Throttled { retry_after } = e.kind() {
-                    self.throttled(
-                        idx,
-                        retry_after.unwrap_or(self.config.throttle.default_retry_after),
-                    );
+                if matches!(e.kind(), StoreErrorKind::Throttled { .. }) || e.retry_after().is_some()
+                {
+                    self.throttled(idx, e.retry_after());
                 }
                 e.kind().verdict().into()
             }

@@ -167,7 +167,7 @@ impl VaultGate {
 
     /// The vault answered 429: keep off it for `retry_after`.
     pub(crate) fn throttle(&self, retry_after: Duration) {
-        let until = Instant::now() + retry_after;
+        let until = crate::clock::later(Instant::now(), retry_after);
         let mut st = lock(&self.inner);
         st.throttled_until = Some(st.throttled_until.map_or(until, |t| t.max(until)));
     }

@@ -70,3 +70,12 @@ pub(crate) fn run_virtual<F: Future>(fut: F) -> std::io::Result<F::Output> {
         })
     }))
 }
+
+/// `now + d`, never panicking: a duration from outside (a server's `Retry-After`, a setting)
+/// that would overflow the clock is cut to a year, which every caller also caps far below.
+pub(crate) fn later(now: tokio::time::Instant, d: std::time::Duration) -> tokio::time::Instant {
+    const YEAR: std::time::Duration = std::time::Duration::from_secs(365 * 24 * 3600);
+    now.checked_add(d.min(YEAR))
+        .or_else(|| now.checked_add(std::time::Duration::from_secs(3600)))
+        .unwrap_or(now)
+}

@@ -194,6 +194,12 @@ pub(crate) struct ThrottleConfig {
     pub(crate) budget_fraction: f64,
     #[serde(with = "humantime_serde")]
     pub(crate) default_retry_after: Duration,
+    /// The longest `Retry-After` honoured (a longer one is cut to this): a server must not be
+    /// able to take a vault out of service for longer.
+    #[serde(with = "humantime_serde")]
+    pub(crate) max_retry_after: Duration,
+    /// Writes (set, delete) a vault allows per window. Key Vault: 300 per 10 s.
+    pub(crate) write_limit: u32,
 }
 
 impl Default for ThrottleConfig {
@@ -203,7 +209,18 @@ impl Default for ThrottleConfig {
             window: Duration::from_secs(10),
             budget_fraction: 0.8,
             default_retry_after: Duration::from_secs(1),
+            max_retry_after: Duration::from_secs(60),
+            write_limit: 300,
         }
+    }
+}
+
+impl ThrottleConfig {
+    /// What a vault's `Retry-After` (or its absence) means here: capped at `max_retry_after`.
+    pub(crate) fn retry_after(&self, asked: Option<Duration>) -> Duration {
+        asked
+            .unwrap_or(self.default_retry_after)
+            .min(self.max_retry_after)
     }
 }
 
@@ -444,6 +461,7 @@ impl Config {
                  writers diverge. Mark replicas read-only, or set allow_multiple_writable"
             ));
         }
+        self.check_upper_bounds()?;
         let t = &self.timeouts;
         nonzero("timeouts.attempt", t.attempt)?;
         nonzero("timeouts.deadline", t.deadline)?;
@@ -508,6 +526,16 @@ impl Config {
         }
         nonzero("throttle.window", th.window)?;
         nonzero("throttle.default_retry_after", th.default_retry_after)?;
+        nonzero("throttle.max_retry_after", th.max_retry_after)?;
+        ordered(
+            "throttle.default_retry_after",
+            th.default_retry_after,
+            "throttle.max_retry_after",
+            th.max_retry_after,
+        )?;
+        if th.write_limit == 0 {
+            return bad("throttle.write_limit must be at least 1".into());
+        }
         if !(th.budget_fraction > 0.0 && th.budget_fraction <= 1.0) {
             return bad(format!(
                 "throttle.budget_fraction {} must be in (0, 1]",
@@ -561,6 +589,79 @@ impl Config {
                 "refresh.reserve_for_reads {} must be in [0, 1)",
                 rf.reserve_for_reads
             ));
+        }
+        Ok(())
+    }
+}
+
+/// The longest a timeout may be: a call that waits longer has not failed over, it has hung.
+const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
+/// The longest any other duration may be (intervals, caps): over a year is a typo, and every
+/// `Instant` computed from a duration must stay far from overflow.
+const MAX_DURATION: Duration = Duration::from_secs(400 * 24 * 3600);
+
+impl Config {
+    /// Every duration, with its name and upper bound.
+    fn durations(&self) -> Vec<(String, Duration, Duration)> {
+        let (t, b, r, c, th, p, h, rf) = (
+            &self.timeouts,
+            &self.breaker,
+            &self.retry,
+            &self.cache,
+            &self.throttle,
+            &self.probe,
+            &self.hedge,
+            &self.refresh,
+        );
+        let mut v: Vec<(String, Duration, Duration)> = [
+            ("timeouts.attempt", t.attempt, MAX_TIMEOUT),
+            ("timeouts.deadline", t.deadline, MAX_TIMEOUT),
+            ("breaker.open_base", b.open_base, MAX_TIMEOUT),
+            ("breaker.open_max", b.open_max, MAX_TIMEOUT),
+            ("retry.backoff_base", r.backoff_base, MAX_TIMEOUT),
+            ("retry.backoff_max", r.backoff_max, MAX_TIMEOUT),
+            ("cache.refresh_interval", c.refresh_interval, MAX_DURATION),
+            ("cache.staleness_cap", c.staleness_cap, MAX_DURATION),
+            ("throttle.window", th.window, MAX_TIMEOUT),
+            (
+                "throttle.default_retry_after",
+                th.default_retry_after,
+                MAX_TIMEOUT,
+            ),
+            ("throttle.max_retry_after", th.max_retry_after, MAX_TIMEOUT),
+            ("probe.interval", p.interval, MAX_TIMEOUT),
+            (
+                "probe.unhealthy_interval",
+                p.unhealthy_interval,
+                MAX_TIMEOUT,
+            ),
+            ("probe.timeout", p.timeout, MAX_TIMEOUT),
+            ("probe.failback_dwell", p.failback_dwell, MAX_DURATION),
+            ("hedge.default_delay", h.default_delay, MAX_TIMEOUT),
+            ("hedge.floor", h.floor, MAX_TIMEOUT),
+            ("hedge.ceiling", h.ceiling, MAX_TIMEOUT),
+            ("refresh.idle_after", rf.idle_after, MAX_DURATION),
+        ]
+        .into_iter()
+        .map(|(n, d, m)| (n.to_string(), d, m))
+        .collect();
+        v.extend(
+            c.staleness_overrides
+                .iter()
+                .map(|(k, d)| (format!("cache.staleness_overrides.{k}"), *d, MAX_DURATION)),
+        );
+        v
+    }
+
+    fn check_upper_bounds(&self) -> Result<(), Error> {
+        for (what, d, max) in self.durations() {
+            if d > max {
+                return Err(Error::config(format!(
+                    "{what} ({}) is longer than the {} this setting allows",
+                    humantime::format_duration(d),
+                    humantime::format_duration(max)
+                )));
+            }
         }
         Ok(())
     }
@@ -686,6 +787,14 @@ impl ConfigBuilder {
     setter!(
         /// How long a 429 without `Retry-After` keeps a vault throttled. Default 1 s.
         default_retry_after: Duration => throttle.default_retry_after);
+    setter!(
+        /// The longest `Retry-After` honoured; a longer one is cut to this. Default 60 s (the
+        /// longest open interval of a breaker): no server answer takes a vault away for longer.
+        max_retry_after: Duration => throttle.max_retry_after);
+    setter!(
+        /// Writes (set, delete) a vault allows per window, of which this client takes
+        /// `vault_budget_fraction`. Default 300 (per 10 s, Key Vault's published limit).
+        vault_write_limit: u32 => throttle.write_limit);
 
     setter!(
         /// Run a health prober per vault. Default `true`. Without it, a higher-priority vault
@@ -813,6 +922,34 @@ mod tests {
         assert!(err(two().vault_budget_fraction(0.0)).contains("budget_fraction"));
         assert!(err(two().failure_threshold(0)).contains("failure_threshold"));
         assert!(err(two().max_attempts(0)).contains("max_attempts"));
+        assert!(err(two().max_retry_after(Duration::from_millis(10))).contains("max_retry_after"));
+        assert!(err(two().vault_write_limit(0)).contains("write_limit"));
+    }
+
+    #[test]
+    fn absurd_durations_are_refused_not_panicked_on() {
+        // Regression: these passed validation and then panicked every read (Instant overflow).
+        for text in [
+            "[timeouts]\ndeadline = '300000000000years'",
+            "[timeouts]\nattempt = '2h'\ndeadline = '3h'",
+            "[cache]\nstaleness_cap = '5000years'",
+            "[cache]\nstaleness_overrides = { db = '900years' }",
+            "[probe]\nfailback_dwell = '10000years'",
+            "[throttle]\nmax_retry_after = '1000000000s'",
+            "[refresh]\nidle_after = '500000000000years'",
+        ] {
+            let base = two().build().unwrap().to_toml();
+            let base: String = base
+                .lines()
+                .take_while(|l| !l.starts_with("[timeouts]"))
+                .map(|l| format!("{l}\n"))
+                .collect();
+            let e = Config::from_toml(&format!("{base}{text}\n")).unwrap_err();
+            assert!(
+                e.is_config() && e.to_string().contains("longer than"),
+                "{text}: {e}"
+            );
+        }
     }
 
     #[test]

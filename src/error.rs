@@ -121,15 +121,63 @@ impl fmt::Display for StoreErrorKind {
 pub struct StoreError {
     kind: StoreErrorKind,
     message: Arc<str>,
+    retry_after: Option<Duration>,
+}
+
+/// The most of a backend's message an error keeps, in bytes. A server's error body can be any
+/// size and say anything; what reaches messages and logs is bounded.
+pub const MAX_MESSAGE_LEN: usize = 512;
+
+/// `s` made safe for one log line: control characters (newlines that would forge a log line,
+/// terminal escapes) become spaces, and at most `max` bytes are kept, cut on a character
+/// boundary, with how much was cut.
+pub(crate) fn sanitize(s: &str, max: usize) -> String {
+    let mut out = String::with_capacity(s.len().min(max) + 32);
+    for c in s.chars() {
+        if out.len() + c.len_utf8() > max {
+            let rest = s.len().saturating_sub(out.len());
+            out.push_str(&format!("... ({rest} more bytes)"));
+            break;
+        }
+        out.push(if c.is_control() { ' ' } else { c });
+    }
+    out
 }
 
 impl StoreError {
-    /// A new error of `kind`. `message` must not contain a secret value.
+    /// A new error of `kind`. `message` must not contain a secret value; it is kept to
+    /// [`MAX_MESSAGE_LEN`] bytes with control characters replaced.
     pub fn new(kind: StoreErrorKind, message: impl Into<String>) -> Self {
+        let message: String = message.into();
+        let message = if message.len() <= MAX_MESSAGE_LEN && !message.chars().any(char::is_control)
+        {
+            message
+        } else {
+            sanitize(&message, MAX_MESSAGE_LEN)
+        };
+        let retry_after = match kind {
+            StoreErrorKind::Throttled { retry_after } => retry_after,
+            _ => None,
+        };
         StoreError {
             kind,
-            message: message.into().into(),
+            message: message.into(),
+            retry_after,
         }
+    }
+
+    /// The same error, with the `Retry-After` the vault sent (a 503 may carry one too).
+    pub fn with_retry_after(mut self, retry_after: Option<Duration>) -> Self {
+        if retry_after.is_some() {
+            self.retry_after = retry_after;
+        }
+        self
+    }
+
+    /// How long the vault asked to be left alone (`Retry-After` on a 429 or 503), as it said
+    /// it: the client caps it (`throttle.max_retry_after`) before obeying.
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.retry_after
     }
 
     /// The classification.
@@ -407,6 +455,25 @@ mod tests {
         assert!(s.contains("weu: connection failed: refused"), "{s}");
         assert!(s.contains("neu: circuit breaker open"), "{s}");
         assert!(e.is_unavailable() && !e.is_timeout());
+    }
+
+    #[test]
+    fn a_server_message_is_bounded_and_cannot_forge_a_log_line() {
+        let body = format!(
+            "oops\n2026-01-01 INFO forged line\r\n{}",
+            "x".repeat(1 << 20)
+        );
+        let e = StoreError::new(StoreErrorKind::Server { status: 500 }, body);
+        assert!(
+            e.message().len() <= MAX_MESSAGE_LEN + 32,
+            "{}",
+            e.message().len()
+        );
+        assert!(!e.to_string().contains('\n') && !e.to_string().contains('\r'));
+        assert!(e.message().contains("more bytes"));
+        // Multi-byte characters are cut on a boundary.
+        let e = StoreError::new(StoreErrorKind::Malformed, "é".repeat(600));
+        assert!(e.message().starts_with("éé"));
     }
 
     #[test]

@@ -57,6 +57,13 @@ pub enum Event {
         /// The secret's name.
         secret: Arc<str>,
     },
+    /// A background task (a vault's prober, the refresher) panicked and was restarted.
+    TaskRestarted {
+        /// Which task (`prober:<region>` or `refresher`).
+        task: Arc<str>,
+        /// Restarts of this task so far.
+        restarts: u32,
+    },
 }
 
 /// Fan-out of events. Sending never blocks and never fails the caller: with no subscriber the

@@ -12,6 +12,7 @@ use tokio::time::Instant;
 
 use crate::breaker::{BreakerState, Outcome, Permit};
 use crate::client::{FetchError, Fetched, Inner};
+use crate::clock::later;
 use crate::error::{Attempt, AttemptFailure, Error, Kind, StoreError, StoreErrorKind};
 use crate::name::SecretName;
 use crate::store::SecretStore;
@@ -205,7 +206,7 @@ impl Inner {
     {
         let cfg = &self.config;
         let mut call = Call {
-            deadline: Instant::now() + cfg.timeouts.deadline,
+            deadline: later(Instant::now(), cfg.timeouts.deadline),
             attempts: Vec::new(),
             sent: 0,
             tried: 0,
@@ -243,8 +244,9 @@ impl Inner {
                             ));
                             pending.push(idx);
                             sent_this_round += 1;
-                            hedge_at = (hedges_left > 0 && order.peek().is_some())
-                                .then(|| Instant::now() + self.vaults[idx].hedge_delay(&cfg.hedge));
+                            hedge_at = (hedges_left > 0 && order.peek().is_some()).then(|| {
+                                later(Instant::now(), self.vaults[idx].hedge_delay(&cfg.hedge))
+                            });
                         }
                         Next::Exhausted => break,
                         Next::Stop => break 'rounds,
@@ -306,10 +308,14 @@ impl Inner {
                     StoreErrorKind::Rejected { .. } => return Err(fatal(Kind::Rejected)),
                     StoreErrorKind::NotFound if idx == 0 => return Err(fatal(Kind::NotFound)),
                     StoreErrorKind::NotFound => call.secondary_not_found = true,
-                    StoreErrorKind::Throttled { retry_after } => {
-                        let ra = retry_after.unwrap_or(cfg.throttle.default_retry_after);
-                        self.throttled(idx, ra);
-                        let t = Instant::now() + ra;
+                    // A 429, or a 503 that says when to come back: keep off the vault that long
+                    // (capped), and wait for it if nothing else answers.
+                    StoreErrorKind::Throttled { .. } | StoreErrorKind::Server { .. }
+                        if e.retry_after().is_some()
+                            || matches!(e.kind(), StoreErrorKind::Throttled { .. }) =>
+                    {
+                        let ra = self.throttled(idx, e.retry_after());
+                        let t = later(Instant::now(), ra);
                         call.earliest_unthrottle =
                             Some(call.earliest_unthrottle.map_or(t, |x| x.min(t)));
                     }
@@ -338,7 +344,7 @@ impl Inner {
             } else {
                 break; // every breaker is open: no point waiting out the deadline
             };
-            if Instant::now() + wait >= call.deadline {
+            if later(Instant::now(), wait) >= call.deadline {
                 break;
             }
             tokio::time::sleep(wait).await;
@@ -392,8 +398,10 @@ impl Inner {
         }
     }
 
-    /// Vault `idx` answered 429: keep off it for `retry_after`.
-    pub(crate) fn throttled(&self, idx: usize, retry_after: Duration) {
+    /// Vault `idx` asked us to keep off it (429, or 503 with `Retry-After`): keep off it for
+    /// what it asked, capped at `throttle.max_retry_after`. Returns the wait applied.
+    pub(crate) fn throttled(&self, idx: usize, asked: Option<Duration>) -> Duration {
+        let retry_after = self.config.throttle.retry_after(asked);
         let v = &self.vaults[idx];
         v.gate.throttle(retry_after);
         tracing::warn!(
@@ -405,6 +413,7 @@ impl Inner {
             region: v.name.clone(),
             retry_after,
         });
+        retry_after
     }
 
     /// Without a prober, a higher-priority vault is tried again by a trial probe that callers'

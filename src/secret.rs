@@ -136,7 +136,7 @@ impl Entry {
         }
         let d = Duration::from_millis(ms.unsigned_abs());
         Some(if ms >= 0 {
-            self.fetched_at + d
+            crate::clock::later(self.fetched_at, d)
         } else {
             self.fetched_at.checked_sub(d).unwrap_or(self.fetched_at)
         })
@@ -155,7 +155,10 @@ impl Entry {
 
     /// When the refresher should next ask for this secret.
     pub(crate) fn refresh_at(&self) -> Instant {
-        self.fetched_at + Duration::from_millis(self.refresh_after_ms.load(Ordering::Relaxed))
+        crate::clock::later(
+            self.fetched_at,
+            Duration::from_millis(self.refresh_after_ms.load(Ordering::Relaxed)),
+        )
     }
 
     /// A refresh failed: try again after `base` × 2^failures (at most `cap`) from now.

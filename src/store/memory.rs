@@ -29,6 +29,8 @@ pub enum Fault {
     Throttle(Duration),
     /// This 5xx status.
     ServerError(u16),
+    /// This 5xx status with a `Retry-After` (Key Vault's 503 may carry one).
+    ServerErrorRetryAfter(u16, Duration),
     /// 401.
     Unauthorized,
     /// 403.
@@ -242,6 +244,10 @@ impl MemoryStore {
                         "Reason: VaultRequestTypeLimitReached",
                     ),
                     Fault::ServerError(s) => err(StoreErrorKind::Server { status: s }, ""),
+                    Fault::ServerErrorRetryAfter(s, d) => {
+                        Err(StoreError::new(StoreErrorKind::Server { status: s }, "")
+                            .with_retry_after(Some(d)))
+                    }
                     Fault::Unauthorized => err(StoreErrorKind::Auth { status: 401 }, ""),
                     Fault::Forbidden => err(StoreErrorKind::Auth { status: 403 }, ""),
                     Fault::NotFound => err(StoreErrorKind::NotFound, "SecretNotFound"),

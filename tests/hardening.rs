@@ -1,0 +1,147 @@
+//! Regression tests for the defects of the hardening review (issue 10): each fails on the code
+//! before its fix. Item numbers refer to that issue.
+
+mod common;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use common::{advance, rig, rig_with};
+use keyvault_failover::sim::run_virtual;
+use keyvault_failover::store::{Fault, MemoryStore};
+use keyvault_failover::{
+    Access, BreakerState, Config, Event, FailoverClient, SecretName, SecretProperties, SecretStore,
+    StoreError, StoredSecret,
+};
+use secrecy::SecretString;
+
+const S: Duration = Duration::from_secs(1);
+
+/// Item 1: `Retry-After: 18446744073709551615` panicked the read ("overflow when adding duration
+/// to instant") and killed the prober; `Retry-After: 1000000000` took the vault away for decades.
+#[test]
+fn an_absurd_retry_after_is_capped_and_the_vault_comes_back() {
+    for asked in [
+        Duration::from_secs(u64::MAX),
+        Duration::from_secs(1_000_000_000),
+    ] {
+        run_virtual(async move {
+            let r = rig_with(2, |b| b.max_retry_after(Duration::from_secs(30)));
+            r.seed_all("db", "v");
+            r.store("weu").script([Some(Fault::Throttle(asked))]);
+            let s = r.client.get_secret("db").await.expect("no panic, spilled");
+            assert_eq!(s.region(), "neu");
+            let throttled = r.client.health().regions()[0].throttled_for().unwrap();
+            assert!(throttled <= Duration::from_secs(30), "{throttled:?}");
+            let lists = r.store("weu").lists();
+            advance(45 * S).await;
+            assert!(
+                r.store("weu").lists() > lists,
+                "the prober is alive and probes weu again"
+            );
+            assert!(r.client.health().regions()[0].throttled_for().is_none());
+            assert_eq!(r.client.refresh_now("db").await.unwrap().region(), "weu");
+        })
+        .unwrap();
+    }
+}
+
+/// Item 1 (and issue 9, item 5): a 503 with `Retry-After` keeps the vault paused, for the
+/// prober too, within the cap.
+#[test]
+fn a_503_with_retry_after_pauses_the_vault() {
+    run_virtual(async {
+        let r = rig_with(2, |b| b.max_retry_after(Duration::from_secs(60)));
+        r.seed_all("db", "v");
+        r.store("weu").script([Some(Fault::ServerErrorRetryAfter(
+            503,
+            Duration::from_secs(30),
+        ))]);
+        let s = r.client.get_secret("db").await.unwrap();
+        assert_eq!(s.region(), "neu");
+        let (gets, lists) = (r.store("weu").gets(), r.store("weu").lists());
+        advance(25 * S).await;
+        assert_eq!(
+            (r.store("weu").gets(), r.store("weu").lists()),
+            (gets, lists),
+            "nothing sent to weu while it asked for 30 s"
+        );
+        advance(20 * S).await;
+        assert!(
+            r.store("weu").lists() > lists,
+            "probed again after the wait"
+        );
+    })
+    .unwrap();
+}
+
+/// A store whose probe panics the first `n` times.
+struct PanickyProbe {
+    inner: MemoryStore,
+    panics_left: AtomicU32,
+}
+
+#[async_trait]
+impl SecretStore for PanickyProbe {
+    async fn get(&self, n: &SecretName, v: Option<&str>) -> Result<StoredSecret, StoreError> {
+        self.inner.get(n, v).await
+    }
+    async fn set(&self, n: &SecretName, v: &SecretString) -> Result<String, StoreError> {
+        self.inner.set(n, v).await
+    }
+    async fn delete(&self, n: &SecretName) -> Result<(), StoreError> {
+        self.inner.delete(n).await
+    }
+    async fn list(&self) -> Result<Vec<SecretProperties>, StoreError> {
+        self.inner.list().await
+    }
+    async fn probe(&self) -> Result<(), StoreError> {
+        if self
+            .panics_left
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            panic!("probe blew up");
+        }
+        self.inner.list().await.map(|_| ())
+    }
+}
+
+/// Item 1: a background task that panics is restarted and reported, not lost.
+#[test]
+fn a_panicking_prober_is_restarted_and_reported() {
+    run_virtual(async {
+        let store = Arc::new(PanickyProbe {
+            inner: MemoryStore::new("weu"),
+            panics_left: AtomicU32::new(2),
+        });
+        let config = Config::builder()
+            .region("weu", "https://app-weu.vault.azure.net", Access::ReadWrite)
+            .build()
+            .unwrap();
+        let client = FailoverClient::builder(config)
+            .store("weu", store.clone())
+            .build()
+            .unwrap();
+        let mut rx = client.subscribe();
+        let mut restarts = 0;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        while restarts < 2 {
+            let ev = tokio::time::timeout_at(deadline, rx.recv())
+                .await
+                .expect("restarts reported within 2 minutes")
+                .unwrap();
+            if let Event::TaskRestarted { task, restarts: n } = ev {
+                assert_eq!(&*task, "prober:weu");
+                restarts = n;
+            }
+        }
+        let lists = store.inner.lists();
+        advance(30 * S).await;
+        assert!(store.inner.lists() > lists, "the restarted prober probes");
+        assert_eq!(client.breaker_state("weu"), Some(BreakerState::Closed));
+    })
+    .unwrap();
+}
