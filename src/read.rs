@@ -228,6 +228,10 @@ impl Inner {
             let mut in_flight: FuturesUnordered<AttemptFuture<'_, T>> = FuturesUnordered::new();
             // Vaults with an attempt in flight (at most the first attempt and its hedges).
             let mut pending: Vec<usize> = Vec::new();
+            // The latest attempt that is not a hedge (what a hedge is sent to replace), and the
+            // one the hedge sent in this round replaced: only that one can lose the race.
+            let mut replaced: Option<usize> = None;
+            let mut hedged_for: Option<usize> = None;
             let mut hedge_at: Option<Instant> = None;
             let mut sent_this_round = 0;
             call.earliest_unthrottle = None;
@@ -243,6 +247,7 @@ impl Inner {
                                 call_store(store),
                             ));
                             pending.push(idx);
+                            replaced = Some(idx);
                             sent_this_round += 1;
                             hedge_at = (hedges_left > 0 && order.peek().is_some()).then(|| {
                                 later(Instant::now(), self.vaults[idx].hedge_delay(&cfg.hedge))
@@ -270,6 +275,7 @@ impl Inner {
                                 let store = self.vaults[idx].store.clone();
                                 in_flight.push(self.attempt(idx, permit, call.deadline, call_store(store)));
                                 pending.push(idx);
+                                hedged_for = replaced;
                                 sent_this_round += 1;
                             }
                             Next::Exhausted | Next::Stop => {}
@@ -283,8 +289,11 @@ impl Inner {
                     Ok(t) => {
                         tracing::debug!(region = %v.name, op = what, attempt = call.sent, "vault answered");
                         drop(in_flight);
-                        for other in pending {
-                            self.lost_hedge(other);
+                        // Only the attempt the hedge replaced lost a race it was meant to win;
+                        // any other attempt cancelled here says nothing about its vault.
+                        if let Some(slow) = hedged_for.filter(|s| *s != idx && pending.contains(s))
+                        {
+                            self.lost_hedge(slow);
                         }
                         return Ok((idx, t));
                     }
@@ -303,6 +312,18 @@ impl Inner {
                     ),
                     maskable: false,
                 };
+                // A hedge's definitive "no" while the attempt it raced is still out is a lost
+                // hedge, not the read's answer: the other attempt may well answer.
+                let from_hedge = hedged_for.is_some() && Some(idx) != replaced;
+                let definitive = matches!(
+                    e.kind(),
+                    StoreErrorKind::Auth { .. } | StoreErrorKind::Rejected { .. }
+                ) || (idx == 0 && *e.kind() == StoreErrorKind::NotFound);
+                if definitive && from_hedge && !in_flight.is_empty() {
+                    call.attempts
+                        .push(Attempt::new(v.name.clone(), AttemptFailure::Store(e)));
+                    continue;
+                }
                 match e.kind() {
                     StoreErrorKind::Auth { .. } => return Err(fatal(Kind::Auth)),
                     StoreErrorKind::Rejected { .. } => return Err(fatal(Kind::Rejected)),

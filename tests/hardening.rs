@@ -145,3 +145,71 @@ fn a_panicking_prober_is_restarted_and_reported() {
     })
     .unwrap();
 }
+
+fn hedged_rig() -> common::Rig {
+    rig(2, |b| {
+        b.hedging(true)
+            .hedge_default_delay(Duration::from_millis(150))
+            .failure_threshold(3)
+    })
+}
+
+/// Item 2: a healthy secondary that loses hedge races to a slower primary was charged for each
+/// lost race and tripped; when the primary then failed there was nowhere to go.
+#[test]
+fn a_secondary_that_loses_hedge_races_is_not_tripped() {
+    run_virtual(async {
+        let r = hedged_rig();
+        for i in 0..10 {
+            r.seed_all(&format!("s{i}"), "v");
+        }
+        r.store("weu")
+            .set_latency(keyvault_failover::store::Latency::Fixed(
+                Duration::from_millis(200),
+            ));
+        r.store("neu")
+            .set_latency(keyvault_failover::store::Latency::Fixed(
+                Duration::from_millis(100),
+            ));
+        for i in 0..8 {
+            let s = r.client.get_secret(&format!("s{i}")).await.unwrap();
+            assert_eq!(s.region(), "weu", "the primary answers first");
+        }
+        assert!(r.store("neu").gets() >= 3, "hedges were sent");
+        assert_eq!(r.breaker("neu"), BreakerState::Closed);
+        r.store("weu").set_fault(Some(Fault::Refuse));
+        let s = r
+            .client
+            .get_secret("s9")
+            .await
+            .expect("the secondary is still there");
+        assert_eq!(s.region(), "neu");
+    })
+    .unwrap();
+}
+
+/// Item 3: a 403 from a hedge failed the whole read and cancelled the primary's attempt.
+#[test]
+fn a_fatal_answer_from_a_hedge_does_not_fail_the_read() {
+    run_virtual(async {
+        let r = hedged_rig();
+        r.seed_all("db", "v");
+        r.store("weu")
+            .set_latency(keyvault_failover::store::Latency::Fixed(
+                Duration::from_millis(200),
+            ));
+        r.store("neu").set_fault(Some(Fault::Forbidden));
+        let s = r
+            .client
+            .get_secret("db")
+            .await
+            .expect("weu's answer stands");
+        assert_eq!(s.region(), "weu");
+        assert_eq!(r.store("neu").gets(), 1, "the hedge was sent and refused");
+        // With nothing else in flight, a 403 is still the answer.
+        r.store("weu").set_fault(Some(Fault::Refuse));
+        let e = r.client.refresh_now("db").await.unwrap_err();
+        assert!(e.is_auth(), "{e}");
+    })
+    .unwrap();
+}
