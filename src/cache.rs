@@ -103,6 +103,13 @@ impl<R: Clone> Cache<R> {
         });
     }
 
+    /// Removes one key (a latest value or one pinned version).
+    pub(crate) fn remove(&self, key: &str) {
+        self.update(|m| {
+            m.remove(key);
+        });
+    }
+
     /// Removes `name` and every cached version of it.
     pub(crate) fn remove_all(&self, name_key: &str) {
         let prefix = format!("{name_key}/");

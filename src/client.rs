@@ -435,12 +435,13 @@ impl FailoverClient {
             .buffer_unordered(concurrency)
             .collect()
             .await;
+        let refreshed = results.iter().filter(|(_, r)| r.is_ok()).count();
         let mut errors: Vec<(String, Error)> = results
             .into_iter()
             .filter_map(|(k, r)| r.err().map(|e| (k, e)))
             .collect();
         errors.sort_by(|a, b| a.0.cmp(&b.0));
-        (self.inner.cache.latest_keys().len() - errors.len(), errors)
+        (refreshed, errors)
     }
 
     /// Loads `names` into the cache at start-up, `refresh.concurrency` at a time. Returns the

@@ -97,8 +97,13 @@ impl Inner {
                 Ok(entry)
             }
             Err(e) => {
+                // The primary says it does not exist: forget it. A pinned version that does not
+                // exist says nothing about the secret's latest value or other versions.
                 if e.error.is_not_found() && !e.maskable {
-                    self.cache.remove_all(name.key());
+                    match version {
+                        None => self.cache.remove_all(name.key()),
+                        Some(_) => self.cache.remove(key),
+                    }
                 }
                 Err(e)
             }

@@ -105,21 +105,31 @@ impl Router {
 
     fn next(&self, vaults: &[Vault], prev: Route, since: Instant) -> Route {
         let Some(active) = prev.active else {
-            return route_to(vaults, first_closed(vaults, vaults.len()));
+            return route_to(vaults, self.best(vaults));
         };
         if vaults[active].breaker.state() != BreakerState::Closed {
-            return route_to(vaults, first_closed(vaults, vaults.len()));
+            return route_to(vaults, self.best(vaults));
         }
         if since.elapsed() >= self.failback.dwell {
-            let better = vaults[..active].iter().position(|v| {
-                v.breaker.state() == BreakerState::Closed
-                    && v.probe_streak() >= self.failback.successes
-            });
+            let better = vaults[..active]
+                .iter()
+                .position(|v| v.trusted(self.failback.successes));
             if better.is_some() {
                 return route_to(vaults, better);
             }
         }
         prev
+    }
+
+    /// Where to go off a failed route: the first trusted vault (one that has not failed since
+    /// it last passed its run of probes), else the first closed one, else none. Without the
+    /// trust test, a primary one probe into its recovery would take the route back the moment
+    /// the secondary tripped, bypassing the failback hysteresis.
+    fn best(&self, vaults: &[Vault]) -> Option<usize> {
+        vaults
+            .iter()
+            .position(|v| v.trusted(self.failback.successes))
+            .or_else(|| first_closed(vaults, vaults.len()))
     }
 
     /// Whether vault `i` ranks above the active one but does not carry the route (yet).

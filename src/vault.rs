@@ -1,6 +1,6 @@
 //! One regional vault as the client sees it: its store, breaker, gate and latency record.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -29,6 +29,8 @@ pub(crate) struct Vault {
     hedges_lost: AtomicU32,
     /// When this vault was last probed (prober or trial read).
     pub(crate) last_probe: Mutex<Option<Instant>>,
+    /// A call or probe failed since the vault last proved itself with a run of good probes.
+    suspect: AtomicBool,
 }
 
 /// How long one window of recent latencies lasts; the hedge delay reads two of them.
@@ -93,6 +95,7 @@ impl Vault {
             probe_failures: AtomicU32::new(0),
             hedges_lost: AtomicU32::new(0),
             last_probe: Mutex::new(None),
+            suspect: AtomicBool::new(false),
         }
     }
 
@@ -143,6 +146,7 @@ impl Vault {
 
     /// A probe failed; returns the consecutive probe failures.
     pub(crate) fn probe_failed(&self) -> u32 {
+        self.suspect.store(true, Ordering::Relaxed);
         self.probe_streak.store(0, Ordering::Relaxed);
         self.probe_failures.fetch_add(1, Ordering::Relaxed) + 1
     }
@@ -162,7 +166,15 @@ impl Vault {
 
     /// Any call failed: the vault must prove itself again before traffic fails back to it.
     pub(crate) fn call_failed(&self) {
+        self.suspect.store(true, Ordering::Relaxed);
         self.probe_streak.store(0, Ordering::Relaxed);
+    }
+
+    /// Whether traffic may move to this vault: its breaker is closed and it has not failed
+    /// since it last passed `successes` probes in a row (a vault that never failed is trusted).
+    pub(crate) fn trusted(&self, successes: u32) -> bool {
+        self.breaker.state() == crate::breaker::BreakerState::Closed
+            && (!self.suspect.load(Ordering::Relaxed) || self.probe_streak() >= successes)
     }
 
     /// Consecutive failed probes.

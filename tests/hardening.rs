@@ -213,3 +213,84 @@ fn a_fatal_answer_from_a_hedge_does_not_fail_the_read() {
     })
     .unwrap();
 }
+
+/// Item 4: a 404 for a pinned version wiped the secret's last-known-good (latest and versions).
+#[test]
+fn a_missing_version_does_not_evict_the_latest_value() {
+    run_virtual(async {
+        let r = rig(2, |b| b);
+        r.seed_all("db", "v1");
+        r.client.get_secret("db").await.unwrap();
+        let e = r.client.get_secret_version("db", "no-such-version").await.unwrap_err();
+        assert!(e.is_not_found(), "{e}");
+        for s in &r.stores {
+            s.set_fault(Some(Fault::Refuse));
+        }
+        advance(2 * S).await; // past the refresh interval: only last-known-good can answer
+        let s = r.client.get_secret("db").await.expect("last-known-good kept");
+        assert!(s.is_stale() && s.expose() == "v1");
+    })
+    .unwrap();
+}
+
+/// Item 13: `refresh_all` counted refreshed secrets as "cached now minus errors", which
+/// underflowed (18446744073709551615, or a panic in debug) when a refresh removed a key.
+#[test]
+fn refresh_all_counts_what_it_refreshed() {
+    run_virtual(async {
+        let r = rig(2, |b| b);
+        for n in ["a", "b", "c"] {
+            r.seed_all(n, "v");
+            r.client.get_secret(n).await.unwrap();
+        }
+        // Deleted at the primary behind the client's back: the refresh's 404 removes them.
+        for n in ["a", "b"] {
+            r.store("weu").delete(&SecretName::new(n).unwrap()).await.unwrap();
+        }
+        let (refreshed, errors) = r.client.refresh_all().await;
+        assert_eq!(refreshed, 1);
+        assert_eq!(errors.len(), 2);
+        assert!(errors.iter().all(|(_, e)| e.is_not_found()));
+    })
+    .unwrap();
+}
+
+/// Item 9: when the active secondary tripped, the route jumped to a primary that had passed one
+/// of its three required probes, inside the dwell, while a healthy third region was there.
+#[test]
+fn moving_off_a_failed_secondary_goes_to_a_trusted_vault() {
+    run_virtual(async {
+        let r = rig(3, |b| b);
+        for i in 0..20 {
+            r.seed_all(&format!("s{i}"), "v");
+        }
+        let mut n = 0;
+        let mut read = || {
+            n += 1;
+            format!("s{}", n % 20)
+        };
+        r.store("weu").set_fault(Some(Fault::Refuse));
+        for _ in 0..3 {
+            r.client.refresh_now(&read()).await.unwrap();
+        }
+        assert_eq!(r.client.active_region().as_deref(), Some("neu"));
+        r.store("weu").set_fault(None);
+        advance(6 * S).await; // past weu's open interval
+        r.client.get_secret(&read()).await.unwrap(); // nudges one trial probe of weu
+        tokio::task::yield_now().await;
+        advance(S / 10).await;
+        assert_eq!(r.breaker("weu"), BreakerState::Closed, "one good trial closed it");
+        assert_eq!(r.client.health().regions()[0].probe_streak(), 1);
+        r.store("neu").set_fault(Some(Fault::Refuse));
+        for _ in 0..3 {
+            r.client.refresh_now(&read()).await.unwrap();
+        }
+        assert_ne!(r.breaker("neu"), BreakerState::Closed);
+        assert_eq!(
+            r.client.active_region().as_deref(),
+            Some("swc"),
+            "not back to weu after one probe of three"
+        );
+    })
+    .unwrap();
+}
