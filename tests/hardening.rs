@@ -221,13 +221,21 @@ fn a_missing_version_does_not_evict_the_latest_value() {
         let r = rig(2, |b| b);
         r.seed_all("db", "v1");
         r.client.get_secret("db").await.unwrap();
-        let e = r.client.get_secret_version("db", "no-such-version").await.unwrap_err();
+        let e = r
+            .client
+            .get_secret_version("db", "no-such-version")
+            .await
+            .unwrap_err();
         assert!(e.is_not_found(), "{e}");
         for s in &r.stores {
             s.set_fault(Some(Fault::Refuse));
         }
         advance(2 * S).await; // past the refresh interval: only last-known-good can answer
-        let s = r.client.get_secret("db").await.expect("last-known-good kept");
+        let s = r
+            .client
+            .get_secret("db")
+            .await
+            .expect("last-known-good kept");
         assert!(s.is_stale() && s.expose() == "v1");
     })
     .unwrap();
@@ -245,7 +253,10 @@ fn refresh_all_counts_what_it_refreshed() {
         }
         // Deleted at the primary behind the client's back: the refresh's 404 removes them.
         for n in ["a", "b"] {
-            r.store("weu").delete(&SecretName::new(n).unwrap()).await.unwrap();
+            r.store("weu")
+                .delete(&SecretName::new(n).unwrap())
+                .await
+                .unwrap();
         }
         let (refreshed, errors) = r.client.refresh_all().await;
         assert_eq!(refreshed, 1);
@@ -279,7 +290,11 @@ fn moving_off_a_failed_secondary_goes_to_a_trusted_vault() {
         r.client.get_secret(&read()).await.unwrap(); // nudges one trial probe of weu
         tokio::task::yield_now().await;
         advance(S / 10).await;
-        assert_eq!(r.breaker("weu"), BreakerState::Closed, "one good trial closed it");
+        assert_eq!(
+            r.breaker("weu"),
+            BreakerState::Closed,
+            "one good trial closed it"
+        );
         assert_eq!(r.client.health().regions()[0].probe_streak(), 1);
         r.store("neu").set_fault(Some(Fault::Refuse));
         for _ in 0..3 {
