@@ -181,7 +181,19 @@ impl FailoverClientBuilder {
                 c.throttle.window,
                 c.throttle.budget_fraction,
             );
-            vaults.push(Vault::new(name, r.access(), store, breaker, gate));
+            let write_gate = VaultGate::new(
+                c.throttle.write_limit,
+                c.throttle.window,
+                c.throttle.budget_fraction,
+            );
+            vaults.push(Vault::new(
+                name,
+                r.access(),
+                store,
+                breaker,
+                gate,
+                write_gate,
+            ));
         }
         let failback = Failback {
             successes: c.probe.failback_successes,
@@ -513,6 +525,36 @@ impl FailoverClient {
                 ),
             ));
         };
+        // The vault asked us to wait (429/503 Retry-After), or this client's share of its
+        // write limit is spent: refuse at once, nothing sent.
+        if let Some(until) = v.gate.throttled_until() {
+            let wait = until.saturating_duration_since(Instant::now());
+            return Err(Error::with_attempts(
+                Kind::Unavailable,
+                format!(
+                    "cannot {op} secret `{name}`: region {} asked to be left alone for {} more. \
+                     Nothing was sent.",
+                    v.name,
+                    humantime::format_duration(round_ms(wait))
+                ),
+                vec![Attempt::new(v.name.clone(), AttemptFailure::Throttled)],
+                None,
+            ));
+        }
+        if !v.write_gate.try_take() {
+            return Err(Error::with_attempts(
+                Kind::Unavailable,
+                format!(
+                    "cannot {op} secret `{name}`: this client's share of region {}'s write limit \
+                     ({} per {}) is spent. Nothing was sent.",
+                    v.name,
+                    inner.config.throttle.write_limit,
+                    humantime::format_duration(inner.config.throttle.window)
+                ),
+                vec![Attempt::new(v.name.clone(), AttemptFailure::Throttled)],
+                None,
+            ));
+        }
         let t0 = Instant::now();
         let limit = inner.config.timeouts.attempt;
         let span = tracing::info_span!("kv.write", op, secret = %name, region = %v.name);
@@ -529,13 +571,20 @@ impl FailoverClient {
         inner.settle(idx, permit, crate::read::outcome_of(&res));
         res.map(|t| (idx, t)).map_err(|e| {
             tracing::info!(region = %v.name, op, secret = %name, error = %e, "write failed");
+            if matches!(e.kind(), StoreErrorKind::Throttled { .. }) || e.retry_after().is_some() {
+                inner.throttled(idx, e.retry_after());
+            }
             let kind = match e.kind() {
                 StoreErrorKind::Auth { .. } => Kind::Auth,
                 StoreErrorKind::NotFound => Kind::NotFound,
                 StoreErrorKind::Rejected { .. } => Kind::Rejected,
                 _ => Kind::Unavailable,
             };
-            Error::with_attempts(
+            let unknown = matches!(
+                e.kind(),
+                StoreErrorKind::Timeout | StoreErrorKind::Reset | StoreErrorKind::Server { .. }
+            );
+            let err = Error::with_attempts(
                 kind,
                 format!("cannot {op} secret `{name}`"),
                 vec![Attempt::new(
@@ -543,7 +592,12 @@ impl FailoverClient {
                     AttemptFailure::Store(e.clone()),
                 )],
                 Some(e),
-            )
+            );
+            if unknown {
+                err.outcome_unknown()
+            } else {
+                err
+            }
         })
     }
 
@@ -696,7 +750,7 @@ impl Inner {
                     secret: name.key().clone(),
                     age,
                 });
-                Ok(Secret::new(entry, Freshness::Stale { age }))
+                Ok(Secret::stale(entry, age, error))
             }
             Some(entry) => Err(Error::with_attempts(
                 Kind::Unavailable,

@@ -265,6 +265,7 @@ struct Inner {
     message: String,
     attempts: Vec<Attempt>,
     source: Option<StoreError>,
+    outcome_unknown: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -287,6 +288,7 @@ impl Error {
                 message: message.into(),
                 attempts: Vec::new(),
                 source: None,
+                outcome_unknown: false,
             }),
         }
     }
@@ -303,8 +305,38 @@ impl Error {
                 message: message.into(),
                 attempts,
                 source,
+                outcome_unknown: false,
             }),
         }
+    }
+
+    /// The same error, marked as a write whose outcome is unknown (see
+    /// [`Error::is_outcome_unknown`]).
+    pub(crate) fn outcome_unknown(self) -> Self {
+        let inner = Arc::try_unwrap(self.inner).unwrap_or_else(|a| Inner {
+            kind: a.kind,
+            message: a.message.clone(),
+            attempts: a.attempts.clone(),
+            source: a.source.clone(),
+            outcome_unknown: a.outcome_unknown,
+        });
+        Error {
+            inner: Arc::new(Inner {
+                outcome_unknown: true,
+                message: format!(
+                    "{} (the request may have reached the vault: the write may or may not have \
+                     been applied; read the secret to find out)",
+                    inner.message
+                ),
+                ..inner
+            }),
+        }
+    }
+
+    /// A write timed out or its connection broke after it was sent: the vault may or may not
+    /// have applied it. Read the secret before writing again.
+    pub fn is_outcome_unknown(&self) -> bool {
+        self.inner.outcome_unknown
     }
 
     pub(crate) fn config(message: impl Into<String>) -> Self {
@@ -372,9 +404,19 @@ impl Error {
         })
     }
 
-    /// The HTTP status of the deciding vault answer, if there was one.
+    /// The HTTP status of the deciding vault answer, or of the last vault answer with a status
+    /// when no single answer decided (every region failed).
     pub fn status(&self) -> Option<u16> {
-        self.inner.source.as_ref().and_then(|s| s.kind().status())
+        self.inner
+            .source
+            .as_ref()
+            .and_then(|s| s.kind().status())
+            .or_else(|| {
+                self.inner.attempts.iter().rev().find_map(|a| match &a.failure {
+                    AttemptFailure::Store(e) => e.kind().status(),
+                    _ => None,
+                })
+            })
     }
 
     /// Each region's part in the call, in the order they were tried.

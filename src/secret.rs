@@ -212,11 +212,31 @@ pub enum Freshness {
 pub struct Secret {
     entry: Arc<Entry>,
     freshness: Freshness,
+    cause: Option<crate::Error>,
 }
 
 impl Secret {
     pub(crate) fn new(entry: Arc<Entry>, freshness: Freshness) -> Self {
-        Secret { entry, freshness }
+        Secret {
+            entry,
+            freshness,
+            cause: None,
+        }
+    }
+
+    /// A last-known-good value served because of `cause`.
+    pub(crate) fn stale(entry: Arc<Entry>, age: Duration, cause: crate::Error) -> Self {
+        Secret {
+            entry,
+            freshness: Freshness::Stale { age },
+            cause: Some(cause),
+        }
+    }
+
+    /// Why a stale value was served: the error of the read that could not reach a vault, with
+    /// each region's part in it ([`Error::attempts`](crate::Error::attempts)). `None` when fresh.
+    pub fn stale_cause(&self) -> Option<&crate::Error> {
+        self.cause.as_ref()
     }
 
     /// The value. Keep the borrow short; do not log it.
@@ -257,6 +277,7 @@ impl fmt::Debug for Secret {
             .field("version", &self.entry.version)
             .field("region", &self.entry.region)
             .field("freshness", &self.freshness)
+            .field("stale_cause", &self.cause.as_ref().map(|e| e.to_string()))
             .finish()
     }
 }

@@ -18,6 +18,8 @@ pub(crate) struct Vault {
     pub(crate) store: Arc<dyn SecretStore>,
     pub(crate) breaker: Breaker,
     pub(crate) gate: VaultGate,
+    /// Writes (set, delete) under the vault's write limit; 429 back-off is `gate`'s.
+    pub(crate) write_gate: VaultGate,
     latency: Mutex<Histogram<u64>>,
     /// Recent latencies for the hedge delay: (current, previous, current started at).
     recent: Mutex<(Histogram<u64>, Histogram<u64>, Instant)>,
@@ -82,6 +84,7 @@ impl Vault {
         store: Arc<dyn SecretStore>,
         breaker: Breaker,
         gate: VaultGate,
+        write_gate: VaultGate,
     ) -> Self {
         Vault {
             name,
@@ -89,6 +92,7 @@ impl Vault {
             store,
             breaker,
             gate,
+            write_gate,
             latency: Mutex::new(histogram()),
             recent: Mutex::new((histogram(), histogram(), Instant::now())),
             probe_streak: AtomicU32::new(0),

@@ -309,3 +309,70 @@ fn moving_off_a_failed_secondary_goes_to_a_trusted_vault() {
     })
     .unwrap();
 }
+
+/// Item 16: a write went to the primary 10 ms after a 429 asked for 5 s, and a 429 on a write
+/// started no wait. Writes also keep to a client-side write budget.
+#[test]
+fn writes_respect_retry_after_and_the_write_budget() {
+    run_virtual(async {
+        let r = rig(2, |b| b.vault_write_limit(10).vault_budget_fraction(0.5));
+        r.store("weu")
+            .script([Some(Fault::Throttle(Duration::from_secs(5)))]);
+        let e = r.client.set_secret("a", "1".to_string().into()).await.unwrap_err();
+        assert!(e.is_throttled() || e.status() == Some(429), "{e}");
+        let writes = r.store("weu").writes();
+        advance(Duration::from_millis(10)).await;
+        let e = r.client.set_secret("a", "2".to_string().into()).await.unwrap_err();
+        assert!(e.is_throttled() && e.to_string().contains("Nothing was sent"), "{e}");
+        assert_eq!(r.store("weu").writes(), writes, "not sent inside the Retry-After");
+        advance(5 * S).await;
+        // 10 per 10 s, half of it ours: 5 writes, then refused without sending.
+        let mut ok = 0;
+        for i in 0..8 {
+            match r.client.set_secret("a", format!("v{i}").into()).await {
+                Ok(_) => ok += 1,
+                Err(e) => assert!(e.is_throttled(), "{e}"),
+            }
+        }
+        assert_eq!(ok, 4, "the first write of the window was the 429");
+        assert_eq!(r.store("weu").writes(), writes + 4);
+    })
+    .unwrap();
+}
+
+/// Item 18: a stale value says why it is stale; `status()` of an unavailable error says what
+/// the vaults answered; a write that timed out says its outcome is unknown.
+#[test]
+fn errors_and_stale_values_explain_themselves() {
+    run_virtual(async {
+        let r = rig(2, |b| b);
+        r.seed_all("db", "v");
+        r.client.get_secret("db").await.unwrap();
+        for s in &r.stores {
+            s.set_fault(Some(Fault::ServerError(503)));
+        }
+        advance(2 * S).await;
+        let s = r.client.get_secret("db").await.unwrap();
+        assert!(s.is_stale());
+        let cause = s.stale_cause().expect("a stale value has a cause");
+        assert!(cause.is_unavailable());
+        assert_eq!(cause.status(), Some(503));
+        let regions: Vec<&str> = cause.attempts().iter().map(|a| a.region()).collect();
+        assert!(regions.contains(&"weu") && regions.contains(&"neu"), "{regions:?}");
+        let e = r.client.get_secret("nothing-cached").await.unwrap_err();
+        assert_eq!(e.status(), Some(503), "{e}");
+
+    })
+    .unwrap();
+    run_virtual(async {
+        let r = rig(2, |b| b);
+        r.store("weu").script([Some(Fault::Hang)]);
+        let e = r.client.set_secret("db", "new".to_string().into()).await.unwrap_err();
+        assert!(e.is_timeout() && e.is_outcome_unknown(), "{e}");
+        assert!(e.to_string().contains("may or may not"), "{e}");
+        r.store("weu").script([Some(Fault::Refuse)]);
+        let e = r.client.set_secret("db", "new".to_string().into()).await.unwrap_err();
+        assert!(!e.is_outcome_unknown(), "a refused connection sent nothing: {e}");
+    })
+    .unwrap();
+}
