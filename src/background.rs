@@ -33,7 +33,7 @@ use crate::secret::Entry;
 
 /// Starts the prober of each vault and the refresher, each under a supervisor.
 pub(crate) fn start(inner: &Arc<Inner>) {
-    let shutdown = inner._shutdown.subscribe();
+    let shutdown = inner.shutdown.clone();
     if inner.config.probe.enabled {
         for idx in 0..inner.vaults.len() {
             let seed = inner.config.breaker.seed ^ (0x9e37_79b9 * (idx as u64 + 1));
@@ -116,7 +116,25 @@ async fn prober(weak: Weak<Inner>, idx: usize, seed: u64, mut shutdown: watch::R
             return;
         }
         let Some(inner) = weak.upgrade() else { return };
-        inner.probe(idx).await;
+        if !until_shutdown(inner.probe(idx), &mut shutdown).await {
+            return;
+        }
+    }
+}
+
+/// Runs `work`, or drops it as soon as the client is gone; says whether it ran to the end.
+/// A dropped vault call records nothing on its breaker.
+async fn until_shutdown(
+    work: impl std::future::Future<Output = ()>,
+    shutdown: &mut watch::Receiver<()>,
+) -> bool {
+    if shutdown.has_changed().is_err() {
+        return false;
+    }
+    tokio::select! {
+        biased;
+        _ = shutdown.changed() => false,
+        _ = work => true,
     }
 }
 
@@ -160,14 +178,15 @@ async fn refresher(weak: Weak<Inner>, mut shutdown: watch::Receiver<()>) {
         if !due.is_empty() {
             let Some(inner) = weak.upgrade() else { return };
             let concurrency = inner.config.refresh.concurrency as usize;
-            futures::stream::iter(due)
-                .for_each_concurrent(concurrency, |key| {
-                    let inner = inner.clone();
-                    async move {
-                        let _ = inner.refresh_key(&key).await;
-                    }
-                })
-                .await;
+            let batch = futures::stream::iter(due).for_each_concurrent(concurrency, |key| {
+                let inner = inner.clone();
+                async move {
+                    let _ = inner.refresh_key(&key).await;
+                }
+            });
+            if !until_shutdown(batch, &mut shutdown).await {
+                return;
+            }
             continue;
         }
         let wake = {

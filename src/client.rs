@@ -49,8 +49,16 @@ pub(crate) struct Inner {
     pub(crate) drift_key: RandomState,
     /// Wakes the refresher when a new secret enters the cache.
     pub(crate) refresh_wake: Notify,
-    /// Dropped with the client: background tasks see the channel close and stop.
-    pub(crate) _shutdown: watch::Sender<()>,
+    /// Closes when the last [`FailoverClient`] clone is dropped (its [`Lifeline`] goes):
+    /// background tasks stop, even in the middle of a vault call.
+    pub(crate) shutdown: watch::Receiver<()>,
+}
+
+/// Held only by [`FailoverClient`] clones, never by background tasks: its drop is the signal
+/// that nobody can use the client any more. (`Inner` itself may outlive the last clone for
+/// as long as a task is in the middle of something.)
+struct Lifeline {
+    _tx: watch::Sender<()>,
 }
 
 /// A Key Vault secrets client over an ordered set of regional vaults.
@@ -95,6 +103,7 @@ pub(crate) struct Inner {
 #[derive(Clone)]
 pub struct FailoverClient {
     pub(crate) inner: Arc<Inner>,
+    _life: Arc<Lifeline>,
 }
 
 impl fmt::Debug for FailoverClient {
@@ -206,8 +215,9 @@ impl FailoverClientBuilder {
             Duration::from_secs(10),
         );
         let rng = Mutex::new(fastrand::Rng::with_seed(c.breaker.seed ^ 0x5eed));
-        let (shutdown, _) = watch::channel(());
+        let (tx, shutdown) = watch::channel(());
         let client = FailoverClient {
+            _life: Arc::new(Lifeline { _tx: tx }),
             inner: Arc::new(Inner {
                 config: self.config,
                 vaults,
@@ -219,7 +229,7 @@ impl FailoverClientBuilder {
                 drift: Mutex::new(BTreeMap::new()),
                 drift_key: RandomState::new(),
                 refresh_wake: Notify::new(),
-                _shutdown: shutdown,
+                shutdown,
             }),
         };
         if background {

@@ -412,10 +412,14 @@ impl Error {
             .as_ref()
             .and_then(|s| s.kind().status())
             .or_else(|| {
-                self.inner.attempts.iter().rev().find_map(|a| match &a.failure {
-                    AttemptFailure::Store(e) => e.kind().status(),
-                    _ => None,
-                })
+                self.inner
+                    .attempts
+                    .iter()
+                    .rev()
+                    .find_map(|a| match &a.failure {
+                        AttemptFailure::Store(e) => e.kind().status(),
+                        _ => None,
+                    })
             })
     }
 

@@ -318,13 +318,28 @@ fn writes_respect_retry_after_and_the_write_budget() {
         let r = rig(2, |b| b.vault_write_limit(10).vault_budget_fraction(0.5));
         r.store("weu")
             .script([Some(Fault::Throttle(Duration::from_secs(5)))]);
-        let e = r.client.set_secret("a", "1".to_string().into()).await.unwrap_err();
+        let e = r
+            .client
+            .set_secret("a", "1".to_string().into())
+            .await
+            .unwrap_err();
         assert!(e.is_throttled() || e.status() == Some(429), "{e}");
         let writes = r.store("weu").writes();
         advance(Duration::from_millis(10)).await;
-        let e = r.client.set_secret("a", "2".to_string().into()).await.unwrap_err();
-        assert!(e.is_throttled() && e.to_string().contains("Nothing was sent"), "{e}");
-        assert_eq!(r.store("weu").writes(), writes, "not sent inside the Retry-After");
+        let e = r
+            .client
+            .set_secret("a", "2".to_string().into())
+            .await
+            .unwrap_err();
+        assert!(
+            e.is_throttled() && e.to_string().contains("Nothing was sent"),
+            "{e}"
+        );
+        assert_eq!(
+            r.store("weu").writes(),
+            writes,
+            "not sent inside the Retry-After"
+        );
         advance(5 * S).await;
         // 10 per 10 s, half of it ours: 5 writes, then refused without sending.
         let mut ok = 0;
@@ -358,21 +373,74 @@ fn errors_and_stale_values_explain_themselves() {
         assert!(cause.is_unavailable());
         assert_eq!(cause.status(), Some(503));
         let regions: Vec<&str> = cause.attempts().iter().map(|a| a.region()).collect();
-        assert!(regions.contains(&"weu") && regions.contains(&"neu"), "{regions:?}");
+        assert!(
+            regions.contains(&"weu") && regions.contains(&"neu"),
+            "{regions:?}"
+        );
         let e = r.client.get_secret("nothing-cached").await.unwrap_err();
         assert_eq!(e.status(), Some(503), "{e}");
-
     })
     .unwrap();
     run_virtual(async {
         let r = rig(2, |b| b);
         r.store("weu").script([Some(Fault::Hang)]);
-        let e = r.client.set_secret("db", "new".to_string().into()).await.unwrap_err();
+        let e = r
+            .client
+            .set_secret("db", "new".to_string().into())
+            .await
+            .unwrap_err();
         assert!(e.is_timeout() && e.is_outcome_unknown(), "{e}");
         assert!(e.to_string().contains("may or may not"), "{e}");
         r.store("weu").script([Some(Fault::Refuse)]);
-        let e = r.client.set_secret("db", "new".to_string().into()).await.unwrap_err();
-        assert!(!e.is_outcome_unknown(), "a refused connection sent nothing: {e}");
+        let e = r
+            .client
+            .set_secret("db", "new".to_string().into())
+            .await
+            .unwrap_err();
+        assert!(
+            !e.is_outcome_unknown(),
+            "a refused connection sent nothing: {e}"
+        );
+    })
+    .unwrap();
+}
+
+/// Item 12: the refresher outlived the client (80 vault calls in the 10 s after the last clone
+/// was dropped): a refresh batch held the client alive, and the next batch was always due.
+#[test]
+fn dropping_the_client_stops_all_vault_traffic() {
+    run_virtual(async {
+        let r = rig_with(2, |b| b.refresh_interval(Duration::from_secs(1)));
+        for s in &r.stores {
+            s.set_latency(keyvault_failover::store::Latency::Fixed(
+                Duration::from_millis(100),
+            ));
+        }
+        for i in 0..100 {
+            r.seed_all(&format!("s{i}"), "v");
+        }
+        for i in 0..100 {
+            r.client.get_secret(&format!("s{i}")).await.unwrap();
+        }
+        // Keep reading so that everything stays in the working set, then let refreshes run.
+        for _ in 0..5 {
+            advance(S).await;
+            for i in 0..100 {
+                let _ = r.client.get_secret(&format!("s{i}")).await;
+            }
+        }
+        let stores = r.stores.clone();
+        let calls = || stores.iter().map(|s| s.gets() + s.lists()).sum::<u64>();
+        drop(r);
+        // Whatever was in flight at the drop is cancelled at once; allow it to count.
+        tokio::task::yield_now().await;
+        let before = calls();
+        advance(10 * S).await;
+        assert_eq!(
+            calls(),
+            before,
+            "vault calls after the last clone was dropped"
+        );
     })
     .unwrap();
 }
