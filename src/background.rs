@@ -210,7 +210,7 @@ impl Inner {
     /// One probe of vault `idx`: canary read or a listing, under the probe timeout.
     pub(crate) async fn probe(&self, idx: usize) {
         let v = &self.vaults[idx];
-        *v.last_probe.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+        v.mark_probed();
         let Some(permit) = v.breaker.try_acquire() else {
             return; // open: the breaker decides when a trial is due
         };

@@ -458,12 +458,8 @@ impl Inner {
             if trusted {
                 continue;
             }
-            {
-                let mut last = v.last_probe.lock().unwrap_or_else(|p| p.into_inner());
-                if last.is_some_and(|t| t.elapsed() < self.config.probe.unhealthy_interval) {
-                    continue;
-                }
-                *last = Some(Instant::now());
+            if !v.claim_probe(self.config.probe.unhealthy_interval) {
+                continue;
             }
             let inner = self.clone();
             tokio::spawn(async move { inner.probe(idx).await });

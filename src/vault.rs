@@ -1,6 +1,6 @@
 //! One regional vault as the client sees it: its store, breaker, gate and latency record.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,22 +21,38 @@ pub(crate) struct Vault {
     /// Writes (set, delete) under the vault's write limit; 429 back-off is `gate`'s.
     pub(crate) write_gate: VaultGate,
     latency: Mutex<Histogram<u64>>,
-    /// Recent latencies for the hedge delay: (current, previous, current started at).
-    recent: Mutex<(Histogram<u64>, Histogram<u64>, Instant)>,
+    /// Recent latencies for the hedge delay.
+    recent: Mutex<Recent>,
     /// Consecutive successful probes since the last failure of any call.
     probe_streak: AtomicU32,
     /// Consecutive failed probes.
     probe_failures: AtomicU32,
     /// Hedges another vault won while this one had not answered, since its last success.
     hedges_lost: AtomicU32,
-    /// When this vault was last probed (prober or trial read).
-    pub(crate) last_probe: Mutex<Option<Instant>>,
+    /// When this vault was last probed (prober or trial read), in ms after `born` plus one
+    /// (0: never). An atomic, so that the hit path can look at it without a lock.
+    last_probe_ms: AtomicU64,
+    born: Instant,
     /// A call or probe failed since the vault last proved itself with a run of good probes.
     suspect: AtomicBool,
 }
 
 /// How long one window of recent latencies lasts; the hedge delay reads two of them.
 const RECENT_WINDOW: Duration = Duration::from_secs(30);
+/// How long a computed hedge delay is reused before the percentile is read again.
+const HEDGE_RECOMPUTE: Duration = Duration::from_secs(1);
+
+/// Two rotating windows of latencies, and the hedge delay last read from them.
+struct Recent {
+    current: Histogram<u64>,
+    previous: Histogram<u64>,
+    started: Instant,
+    /// Where the two windows are merged to read a percentile (kept, so nothing is allocated).
+    scratch: Histogram<u64>,
+    /// The last delay computed and when; a cache miss reuses it for up to a second instead of
+    /// walking two histograms (about 180 KiB) each time.
+    cached: Option<(Instant, Duration)>,
+}
 
 fn histogram() -> Histogram<u64> {
     // 1 µs .. 1 h, 3 significant digits: fixed bounds, so recording never fails.
@@ -94,11 +110,18 @@ impl Vault {
             gate,
             write_gate,
             latency: Mutex::new(histogram()),
-            recent: Mutex::new((histogram(), histogram(), Instant::now())),
+            recent: Mutex::new(Recent {
+                current: histogram(),
+                previous: histogram(),
+                started: Instant::now(),
+                scratch: histogram(),
+                cached: None,
+            }),
             probe_streak: AtomicU32::new(0),
             probe_failures: AtomicU32::new(0),
             hedges_lost: AtomicU32::new(0),
-            last_probe: Mutex::new(None),
+            last_probe_ms: AtomicU64::new(0),
+            born: Instant::now(),
             suspect: AtomicBool::new(false),
         }
     }
@@ -111,35 +134,66 @@ impl Vault {
             .unwrap_or_else(|p| p.into_inner())
             .saturating_record(us);
         let mut r = self.recent.lock().unwrap_or_else(|p| p.into_inner());
-        self.rotate(&mut r);
-        r.0.saturating_record(us);
+        Self::rotate(&mut r);
+        r.current.saturating_record(us);
     }
 
-    fn rotate(&self, r: &mut (Histogram<u64>, Histogram<u64>, Instant)) {
-        let elapsed = r.2.elapsed();
+    fn rotate(r: &mut Recent) {
+        let elapsed = r.started.elapsed();
         if elapsed >= RECENT_WINDOW {
             if elapsed >= 2 * RECENT_WINDOW {
-                r.1.reset();
+                r.previous.reset();
             } else {
-                std::mem::swap(&mut r.0, &mut r.1);
+                std::mem::swap(&mut r.current, &mut r.previous);
             }
-            r.0.reset();
-            r.2 = Instant::now();
+            r.current.reset();
+            r.started = Instant::now();
+            r.cached = None;
         }
     }
 
     /// The hedge delay: the `percentile` of the last one to two windows of latencies, within
     /// `[floor, ceiling]`; `default` until `min_samples` latencies are known (tower's model).
+    /// Read again at most once a second; no allocation.
     pub(crate) fn hedge_delay(&self, cfg: &crate::config::HedgeConfig) -> Duration {
         let mut r = self.recent.lock().unwrap_or_else(|p| p.into_inner());
-        self.rotate(&mut r);
-        let n = r.0.len() + r.1.len();
+        Self::rotate(&mut r);
+        let n = r.current.len() + r.previous.len();
         if n < cfg.min_samples {
             return cfg.default_delay;
         }
-        let mut both = r.0.clone();
-        let _ = both.add(&r.1);
-        Duration::from_micros(both.value_at_quantile(cfg.percentile)).clamp(cfg.floor, cfg.ceiling)
+        let now = Instant::now();
+        if let Some((at, d)) = r.cached {
+            if now.saturating_duration_since(at) < HEDGE_RECOMPUTE {
+                return d;
+            }
+        }
+        let r = &mut *r;
+        r.scratch.reset();
+        let _ = r.scratch.add(&r.current);
+        let _ = r.scratch.add(&r.previous);
+        let d = Duration::from_micros(r.scratch.value_at_quantile(cfg.percentile))
+            .clamp(cfg.floor, cfg.ceiling);
+        r.cached = Some((now, d));
+        d
+    }
+
+    /// Claims the next probe of this vault if none was made within `interval`; lock-free.
+    pub(crate) fn claim_probe(&self, interval: Duration) -> bool {
+        let now = self.born.elapsed().as_millis() as u64 + 1;
+        let last = self.last_probe_ms.load(Ordering::Relaxed);
+        if last != 0 && now.saturating_sub(last) < interval.as_millis() as u64 {
+            return false;
+        }
+        self.last_probe_ms
+            .compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+    }
+
+    /// A probe starts now.
+    pub(crate) fn mark_probed(&self) {
+        let now = self.born.elapsed().as_millis() as u64 + 1;
+        self.last_probe_ms.store(now, Ordering::Relaxed);
     }
 
     /// A probe (or trial read) succeeded.
@@ -211,5 +265,73 @@ impl Vault {
                 Duration::from_micros(h.max())
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::breaker::Breaker;
+    use crate::config::HedgeConfig;
+    use crate::events::Events;
+    use crate::store::MemoryStore;
+
+    fn vault() -> Vault {
+        let gate = || VaultGate::new(100, Duration::from_secs(10), 1.0);
+        Vault::new(
+            "weu".into(),
+            Access::ReadWrite,
+            std::sync::Arc::new(MemoryStore::new("weu")),
+            Breaker::new(
+                "weu".into(),
+                3,
+                Duration::from_secs(1),
+                Duration::from_secs(1),
+                1,
+                Events::new(),
+            ),
+            gate(),
+            gate(),
+        )
+    }
+
+    /// Hardening item 17: every cache miss merged two 180 KiB histograms (11-23 µs) to read the
+    /// hedge delay; now it is read at most once a second.
+    #[test]
+    fn the_hedge_delay_is_read_at_most_once_a_second() {
+        crate::sim::run_virtual(async {
+            let v = vault();
+            let cfg = HedgeConfig::default();
+            assert_eq!(v.hedge_delay(&cfg), cfg.default_delay);
+            for _ in 0..50 {
+                v.record_latency(Duration::from_millis(40));
+            }
+            let d = v.hedge_delay(&cfg);
+            assert!(
+                d >= Duration::from_millis(39) && d <= Duration::from_millis(41),
+                "{d:?}"
+            );
+            for _ in 0..500 {
+                v.record_latency(Duration::from_millis(400));
+            }
+            assert_eq!(v.hedge_delay(&cfg), d, "reused within the second");
+            tokio::time::advance(HEDGE_RECOMPUTE).await;
+            let d2 = v.hedge_delay(&cfg);
+            assert!(d2 >= Duration::from_millis(399), "{d2:?}");
+        })
+        .unwrap();
+    }
+
+    #[test]
+    fn a_probe_is_claimed_once_per_interval() {
+        crate::sim::run_virtual(async {
+            let v = vault();
+            let i = Duration::from_secs(2);
+            assert!(v.claim_probe(i));
+            assert!(!v.claim_probe(i));
+            tokio::time::advance(i).await;
+            assert!(v.claim_probe(i));
+        })
+        .unwrap();
     }
 }
