@@ -26,6 +26,7 @@ use tokio::time::Instant;
 
 use crate::breaker::{BreakerState, Outcome};
 use crate::client::{FetchError, Inner};
+use crate::clock::later;
 use crate::error::{Error, StoreErrorKind};
 use crate::events::Event;
 use crate::name::SecretName;
@@ -140,63 +141,35 @@ async fn until_shutdown(
 
 async fn refresher(weak: Weak<Inner>, mut shutdown: watch::Receiver<()>) {
     loop {
-        let (due, next) = {
+        let next = {
             let Some(inner) = weak.upgrade() else { return };
             let now = Instant::now();
-            let interval = inner.config.cache.refresh_interval;
-            let idle_after = inner.config.refresh.idle_after(interval);
-            let mut due = Vec::new();
-            let mut gone = Vec::new();
-            let mut next: Option<Instant> = None;
-            for (key, entry) in inner.cached_latest() {
-                // Refresh what callers read; an unread secret stays cached as last-known-good
-                // and its next read fetches it, so refresh work follows the working set.
-                let read = entry.last_read().is_some_and(|t| now - t <= idle_after);
-                if !read {
-                    // Past its staleness cap it can never be served again: drop it.
-                    if now - entry.fetched_at > inner.config.staleness_cap(&key) {
-                        gone.push((key, entry));
+            let due = inner.due_refreshes(now);
+            if !due.is_empty() {
+                let concurrency = inner.config.refresh.concurrency as usize;
+                let batch = futures::stream::iter(due).for_each_concurrent(concurrency, |key| {
+                    let inner = inner.clone();
+                    async move {
+                        let _ = inner.refresh_key(&key, false).await;
                     }
-                    continue;
+                });
+                if !until_shutdown(batch, &mut shutdown).await {
+                    return;
                 }
-                let at = entry.refresh_at();
-                if at <= now {
-                    due.push(key);
-                } else {
-                    next = Some(next.map_or(at, |n| n.min(at)));
-                }
+                continue;
             }
-            // The map's order is random per process; the simulator needs the same order (and
-            // so the same draws) from the same seed.
-            due.sort_unstable();
-            inner.cache.evict(&gone);
-            // Batch wake-ups: one scan per granule, not one per entry.
+            // Batch wake-ups: at most one per granule, however many entries fall due.
+            let interval = inner.config.cache.refresh_interval;
             let granule = (interval / 10).min(Duration::from_secs(1));
-            let next = next.map(|n| n.max(crate::clock::later(now, granule)));
-            (due, next)
+            let next = inner.cache.next_due().map(|n| n.max(later(now, granule)));
+            next.unwrap_or_else(|| later(now, interval))
         };
-        if !due.is_empty() {
-            let Some(inner) = weak.upgrade() else { return };
-            let concurrency = inner.config.refresh.concurrency as usize;
-            let batch = futures::stream::iter(due).for_each_concurrent(concurrency, |key| {
-                let inner = inner.clone();
-                async move {
-                    let _ = inner.refresh_key(&key).await;
-                }
-            });
-            if !until_shutdown(batch, &mut shutdown).await {
-                return;
-            }
-            continue;
-        }
         let wake = {
             let Some(inner) = weak.upgrade() else { return };
-            let horizon = inner.config.cache.refresh_interval;
-            let until = next.unwrap_or_else(|| crate::clock::later(Instant::now(), horizon));
             tokio::select! {
                 biased;
-                _ = tokio::time::sleep_until(until) => true,
-                _ = inner.refresh_wake.notified() => true,
+                _ = tokio::time::sleep_until(next) => true,
+                _ = inner.cache.wake.notified() => true,
                 _ = shutdown.changed() => false,
             }
         };
@@ -207,6 +180,53 @@ async fn refresher(weak: Weak<Inner>, mut shutdown: watch::Receiver<()>) {
 }
 
 impl Inner {
+    /// Takes what the schedule says is due at `now` and decides each: a secret callers read
+    /// within `refresh.idle_after` is refreshed (returned, in schedule order); an unread one is
+    /// kept as last-known-good until its staleness cap and then dropped (with its drift
+    /// record); a pinned version is dropped once nobody has read it for `idle_after`. Costs
+    /// what is due, not what is cached.
+    fn due_refreshes(&self, now: Instant) -> Vec<Box<str>> {
+        let idle_after = self
+            .config
+            .refresh
+            .idle_after(self.config.cache.refresh_interval);
+        let mut refresh = Vec::new();
+        for (at, key) in self.cache.due(now) {
+            let Some(entry) = self.cache.get(&key) else {
+                continue; // removed since
+            };
+            let read_at = entry.last_read();
+            let read = read_at.is_some_and(|t| now.saturating_duration_since(t) <= idle_after);
+            let cap = self.config.staleness_cap(crate::cache::name_of(&key));
+            let expires = later(entry.fetched_at, cap);
+            if key.contains('/') {
+                // A pinned version: never refreshed. Dropped when idle or past its cap.
+                if !read || now >= expires {
+                    self.cache.evict(&key, &entry);
+                } else {
+                    let idle_at = later(read_at.unwrap_or(now), idle_after);
+                    self.cache.schedule(&key, idle_at.min(expires));
+                }
+                continue;
+            }
+            if at < entry.refresh_at() && at < expires {
+                continue; // a stale item: the entry was replaced or re-scheduled since
+            }
+            if read {
+                refresh.push(key);
+            } else if now >= expires {
+                // Past its staleness cap it can never be served again: drop it.
+                if self.cache.evict(&key, &entry) {
+                    crate::lock(&self.drift).remove(&*key);
+                }
+            } else {
+                // Unread: refresh work follows the working set. Look again when it expires.
+                self.cache.schedule(&key, expires);
+            }
+        }
+        refresh
+    }
+
     /// One probe of vault `idx`: canary read or a listing, under the probe timeout.
     pub(crate) async fn probe(&self, idx: usize) {
         let v = &self.vaults[idx];
@@ -269,12 +289,20 @@ impl Inner {
 
     /// Fetches the latest version of the secret cached under `key`, replacing the cached value.
     /// On failure the last-known-good value stays and its next refresh backs off.
-    pub(crate) async fn refresh_key(&self, key: &str) -> Result<Arc<Entry>, Error> {
+    /// `foreground`: a caller asked for it (`refresh_now`), not the refresher.
+    pub(crate) async fn refresh_key(
+        &self,
+        key: &str,
+        foreground: bool,
+    ) -> Result<Arc<Entry>, Error> {
         let name = SecretName::new(key)?;
         let before = self.cache.get(key);
         let fetched = self
             .cache
-            .single_flight(key, || self.fetch(&name, None, key, true))
+            .single_flight(key, foreground, |urgency, started| {
+                let name = &name;
+                async move { self.fetch(name, None, key, &urgency, started).await }
+            })
             .await;
         match fetched {
             Ok(entry) => {
@@ -293,6 +321,7 @@ impl Inner {
                     let base = self.config.retry.backoff_max;
                     let cap = self.config.cache.refresh_interval / 2;
                     old.back_off(base, cap);
+                    self.cache.schedule(key, old.refresh_at());
                     tracing::info!(secret = %name, error = %error, "background refresh failed; keeping last-known-good");
                     self.events.emit(Event::RefreshFailed {
                         secret: name.key().clone(),

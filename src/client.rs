@@ -9,13 +9,13 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use futures::StreamExt;
 use secrecy::{ExposeSecret, SecretString};
-use tokio::sync::{broadcast, watch, Notify};
+use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::breaker::{Breaker, BreakerState};
 use crate::budget::{RetryBudget, VaultGate};
-use crate::cache::{self, Cache};
+use crate::cache::{self, Cache, Urgency};
 use crate::config::{Access, Config};
 use crate::error::{Attempt, AttemptFailure, Error, Kind, StoreError, StoreErrorKind};
 use crate::events::{Event, Events};
@@ -47,8 +47,6 @@ pub(crate) struct Inner {
     pub(crate) drift: Mutex<BTreeMap<String, Vec<String>>>,
     /// Key of the hash that compares contents across vaults; never leaves the process.
     pub(crate) drift_key: RandomState,
-    /// Wakes the refresher when a new secret enters the cache.
-    pub(crate) refresh_wake: Notify,
     /// Closes when the last [`FailoverClient`] clone is dropped (its [`Lifeline`] goes):
     /// background tasks stop, even in the middle of a vault call.
     pub(crate) shutdown: watch::Receiver<()>,
@@ -216,19 +214,19 @@ impl FailoverClientBuilder {
         );
         let rng = Mutex::new(fastrand::Rng::with_seed(c.breaker.seed ^ 0x5eed));
         let (tx, shutdown) = watch::channel(());
+        let longest_fetch = c.timeouts.deadline;
         let client = FailoverClient {
             _life: Arc::new(Lifeline { _tx: tx }),
             inner: Arc::new(Inner {
                 config: self.config,
                 vaults,
                 router,
-                cache: Cache::new(),
+                cache: Cache::new(longest_fetch),
                 budget,
                 rng,
                 events,
                 drift: Mutex::new(BTreeMap::new()),
                 drift_key: RandomState::new(),
-                refresh_wake: Notify::new(),
                 shutdown,
             }),
         };
@@ -404,8 +402,12 @@ impl FailoverClient {
                 format!("version id {version:?} must be letters, digits and dashes"),
             ));
         }
+        // A version's content never changes: a held version is served without asking, within
+        // the staleness cap (a disabled or purged version is noticed once it is asked again).
         if let Some(entry) = self.inner.cache.get(&cache::key(name.key(), Some(version))) {
-            if entry.fetched_at.elapsed() <= self.inner.config.cache.refresh_interval {
+            let age = entry.fetched_at.elapsed();
+            if age <= self.inner.config.staleness_cap(name.key()) {
+                entry.touch(age);
                 return Ok(Secret::new(entry, Freshness::Fresh));
             }
         }
@@ -419,7 +421,14 @@ impl FailoverClient {
         let fetched = self
             .inner
             .cache
-            .single_flight(&key, || self.inner.fetch(&name, version, &key, false))
+            .single_flight(&key, true, |urgency, started| {
+                let (name, key) = (&name, &key);
+                async move {
+                    self.inner
+                        .fetch(name, version, key, &urgency, started)
+                        .await
+                }
+            })
             .instrument(span)
             .await;
         self.inner.nudge_failback();
@@ -439,7 +448,7 @@ impl FailoverClient {
     pub async fn refresh_now(&self, name: &str) -> Result<Secret, Error> {
         let name = SecretName::new(name)?;
         self.inner
-            .refresh_key(name.key())
+            .refresh_key(name.key(), true)
             .await
             .map(|e| Secret::new(e, Freshness::Fresh))
     }
@@ -451,7 +460,7 @@ impl FailoverClient {
         let concurrency = self.inner.config.refresh.concurrency as usize;
         let results: Vec<(String, Result<Arc<Entry>, Error>)> = futures::stream::iter(keys)
             .map(|k| async move {
-                let r = self.inner.refresh_key(&k).await;
+                let r = self.inner.refresh_key(&k, true).await;
                 (k.to_string(), r)
             })
             .buffer_unordered(concurrency)
@@ -633,6 +642,7 @@ impl FailoverClient {
                 Box::pin(async move { s.set(&n, &sent).await })
             })
             .await?;
+        self.inner.cache.wrote(name.key());
         let region = self.inner.vaults[idx].name.clone();
         let value = Arc::try_unwrap(value).unwrap_or_else(|a| (*a).clone());
         // Read-your-writes for secrets this client reads; a write-only name is not cached
@@ -655,14 +665,17 @@ impl FailoverClient {
             Box::pin(async move { s.delete(&n).await })
         })
         .await?;
-        self.inner.cache.remove_all(name.key());
+        self.inner.cache.wrote(name.key());
+        self.inner.forget(name.key());
         Ok(())
     }
 
     /// Lists secret properties (no values) from the first vault in route order that answers.
     pub async fn list_secret_properties(&self) -> Result<Vec<SecretProperties>, Error> {
         self.inner
-            .try_regions("list", false, |s| Box::pin(async move { s.list().await }))
+            .try_regions("list", &Urgency::new(true), |s| {
+                Box::pin(async move { s.list().await })
+            })
             .await
             .map(|(_, l)| l)
             .map_err(|e| e.error)
@@ -737,11 +750,41 @@ impl Inner {
         Arc::new(Entry::new(value, version, region, Instant::now(), at, read))
     }
 
-    /// Inserts into the cache and wakes the refresher for a new key.
-    pub(crate) fn cache_insert(&self, key: &str, entry: Arc<Entry>) {
-        if self.cache.insert(key, entry) {
-            self.refresh_wake.notify_one();
+    /// When the refresher should next look at `entry`: a latest value at its refresh time;
+    /// a pinned version (never refreshed: its content cannot change) when it would go idle.
+    pub(crate) fn check_at(&self, key: &str, entry: &Entry) -> Instant {
+        if key.contains('/') {
+            let idle = self
+                .config
+                .refresh
+                .idle_after(self.config.cache.refresh_interval);
+            crate::clock::later(entry.fetched_at, idle)
+        } else {
+            entry.refresh_at()
         }
+    }
+
+    /// Inserts a value this client wrote (or holds for certain) into the cache.
+    pub(crate) fn cache_insert(&self, key: &str, entry: Arc<Entry>) {
+        let at = self.check_at(key, &entry);
+        self.cache.insert(key, entry, at);
+    }
+
+    /// Inserts what a fetch begun at `started` read, unless a write finished since.
+    pub(crate) fn cache_fetched(&self, key: &str, entry: Arc<Entry>, started: Instant) {
+        let at = self.check_at(key, &entry);
+        if !self.cache.insert_fetched(key, entry, started, at) {
+            tracing::debug!(
+                key,
+                "a write finished during this read: its answer is not cached"
+            );
+        }
+    }
+
+    /// Forgets `name` and every version of it, and its drift record.
+    pub(crate) fn forget(&self, name_key: &str) {
+        self.cache.remove_all(name_key);
+        crate::lock(&self.drift).remove(name_key);
     }
 
     /// Answers a failed fetch from last-known-good, if it is within the cap.
@@ -775,11 +818,6 @@ impl Inner {
             )),
             None => Err(error),
         }
-    }
-
-    /// The current secrets with their refresh schedule (for the refresher).
-    pub(crate) fn cached_latest(&self) -> Vec<(Box<str>, Arc<Entry>)> {
-        self.cache.latest()
     }
 }
 

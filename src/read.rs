@@ -11,6 +11,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::time::Instant;
 
 use crate::breaker::{BreakerState, Outcome, Permit};
+use crate::cache::Urgency;
 use crate::client::{FetchError, Fetched, Inner};
 use crate::clock::later;
 use crate::error::{Attempt, AttemptFailure, Error, Kind, StoreError, StoreErrorKind};
@@ -56,17 +57,19 @@ struct Call {
 }
 
 impl Inner {
-    /// Reads `name` from the vaults and caches it. `background`: a refresh, which leaves a
-    /// reserve of each vault's budget to callers' reads and does not hedge.
+    /// Reads `name` from the vaults and caches it, unless a write finished after the fetch
+    /// `started`. A background `urgency` (a refresh nobody waits for) leaves a reserve of each
+    /// vault's budget to callers' reads and does not hedge, until a caller joins.
     pub(crate) async fn fetch(
         &self,
         name: &SecretName,
         version: Option<&str>,
         key: &str,
-        background: bool,
+        urgency: &Urgency,
+        started: Instant,
     ) -> Fetched {
         let result = self
-            .try_regions(name.as_str(), background, |store| {
+            .try_regions(name.as_str(), urgency, |store| {
                 let (name, version) = (name.clone(), version.map(str::to_string));
                 Box::pin(async move { store.get(&name, version.as_deref()).await })
             })
@@ -91,9 +94,9 @@ impl Inner {
                     value,
                     version.into(),
                     self.vaults[idx].name.clone(),
-                    !background,
+                    !urgency.is_background(),
                 );
-                self.cache_insert(key, entry.clone());
+                self.cache_fetched(key, entry.clone(), started);
                 Ok(entry)
             }
             Err(e) => {
@@ -101,7 +104,7 @@ impl Inner {
                 // exist says nothing about the secret's latest value or other versions.
                 if e.error.is_not_found() && !e.maskable {
                     match version {
-                        None => self.cache.remove_all(name.key()),
+                        None => self.forget(name.key()),
                         Some(_) => self.cache.remove(key),
                     }
                 }
@@ -115,7 +118,7 @@ impl Inner {
         &self,
         order: &mut impl Iterator<Item = usize>,
         call: &mut Call,
-        background: bool,
+        urgency: &Urgency,
         hedge: bool,
     ) -> Next {
         let cfg = &self.config;
@@ -135,7 +138,7 @@ impl Inner {
                     .push(Attempt::new(v.name.clone(), AttemptFailure::BreakerOpen));
                 continue;
             };
-            let admitted = if background {
+            let admitted = if urgency.is_background() {
                 v.gate.try_take_above(cfg.refresh.reserve_for_reads)
             } else {
                 v.gate.try_take()
@@ -202,7 +205,7 @@ impl Inner {
     pub(crate) async fn try_regions<T, F>(
         &self,
         what: &str,
-        background: bool,
+        urgency: &Urgency,
         call_store: F,
     ) -> Result<(usize, T), FetchError>
     where
@@ -218,8 +221,10 @@ impl Inner {
             secondary_not_found: false,
             earliest_unthrottle: None,
         };
-        let hedging = cfg.hedge.enabled && !background;
+        let hedging = cfg.hedge.enabled && !urgency.is_background();
         let mut hedges_left = u32::from(hedging);
+        // A background fetch that a caller joined may hedge from then on (once).
+        let mut may_raise = cfg.hedge.enabled && !hedging;
         self.budget.deposit();
         'rounds: for round in 0u32.. {
             let route = self.router.load();
@@ -237,12 +242,13 @@ impl Inner {
             // one the hedge sent in this round replaced: only that one can lose the race.
             let mut replaced: Option<usize> = None;
             let mut hedged_for: Option<usize> = None;
+            let mut replaced_at = Instant::now();
             let mut hedge_at: Option<Instant> = None;
             let mut sent_this_round = 0;
             call.earliest_unthrottle = None;
             loop {
                 if in_flight.is_empty() {
-                    match self.next_vault(&mut order, &mut call, background, false) {
+                    match self.next_vault(&mut order, &mut call, urgency, false) {
                         Next::Send(idx, permit) => {
                             let store = self.vaults[idx].store.clone();
                             in_flight.push(self.attempt(
@@ -253,6 +259,7 @@ impl Inner {
                             ));
                             pending.push(idx);
                             replaced = Some(idx);
+                            replaced_at = Instant::now();
                             sent_this_round += 1;
                             hedge_at = (hedges_left > 0 && order.peek().is_some()).then(|| {
                                 later(Instant::now(), self.vaults[idx].hedge_delay(&cfg.hedge))
@@ -271,9 +278,19 @@ impl Inner {
                 let (idx, res) = tokio::select! {
                     biased;
                     Some(done) = in_flight.next() => done,
+                    _ = urgency.raised(), if may_raise => {
+                        // A caller joined this refresh: from now on it reads as a caller would.
+                        may_raise = false;
+                        hedges_left = 1;
+                        if hedge_at.is_none() && pending.len() == 1 && order.peek().is_some() {
+                            let idx = pending[0];
+                            hedge_at = Some(later(replaced_at, self.vaults[idx].hedge_delay(&cfg.hedge)));
+                        }
+                        continue;
+                    }
                     _ = hedge_timer => {
                         hedge_at = None;
-                        match self.next_vault(&mut order, &mut call, background, true) {
+                        match self.next_vault(&mut order, &mut call, urgency, true) {
                             Next::Send(idx, permit) => {
                                 hedges_left -= 1;
                                 tracing::debug!(op = what, to = %self.vaults[idx].name, "hedging read");

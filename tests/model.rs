@@ -17,8 +17,8 @@ use async_trait::async_trait;
 use keyvault_failover::sim::run_virtual;
 use keyvault_failover::store::{Fault, MemoryStore};
 use keyvault_failover::{
-    Access, BreakerState, Config, FailoverClient, Freshness, SecretName, SecretProperties,
-    SecretStore, StoreError, StoredSecret,
+    Access, AttemptFailure, BreakerState, Config, FailoverClient, Freshness, SecretName,
+    SecretProperties, SecretStore, StoreError, StoredSecret,
 };
 use proptest::prelude::*;
 use secrecy::SecretString;
@@ -247,7 +247,16 @@ async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                         let (ver, _) = w.stores[0].current(&format!("s{s}")).unwrap();
                         prop_assert_eq!(written.version(), ver.as_str());
                     }
-                    Err(e) if e.is_read_only() => prop_assert_eq!(&before, &after),
+                    // Refused before sending (read-only, or the vault's Retry-After or write
+                    // budget): no attempt reached a store, and nothing was written anywhere.
+                    Err(e)
+                        if e.is_read_only()
+                            || e.attempts()
+                                .iter()
+                                .all(|a| !matches!(a.failure(), AttemptFailure::Store(_))) =>
+                    {
+                        prop_assert_eq!(&before, &after)
+                    }
                     Err(_) => prop_assert_eq!(after[0], before[0] + 1),
                 }
             }
