@@ -196,7 +196,7 @@ impl Inner {
                 continue; // removed since
             };
             let read_at = entry.last_read();
-            let read = read_at.is_some_and(|t| now.saturating_duration_since(t) <= idle_after);
+            let read = read_at.is_some_and(|t| now.saturating_duration_since(t) < idle_after);
             let cap = self.config.staleness_cap(crate::cache::name_of(&key));
             let expires = later(entry.fetched_at, cap);
             if key.contains('/') {
@@ -204,6 +204,7 @@ impl Inner {
                 if !read || now >= expires {
                     self.cache.evict(&key, &entry);
                 } else {
+                    // Strictly later than now (`read` says so): the refresher cannot spin.
                     let idle_at = later(read_at.unwrap_or(now), idle_after);
                     self.cache.schedule(&key, idle_at.min(expires));
                 }

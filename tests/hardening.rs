@@ -444,3 +444,149 @@ fn dropping_the_client_stops_all_vault_traffic() {
     })
     .unwrap();
 }
+
+/// Item 7: a caller that joined a background refresh got background semantics (no hedge):
+/// 2 s instead of about 150 ms with a blackholed primary.
+#[test]
+fn a_caller_joining_a_background_refresh_gets_a_hedged_read() {
+    run_virtual(async {
+        let r = rig_with(2, |b| {
+            b.refresh_interval(Duration::from_secs(1))
+                .attempt_timeout(Duration::from_secs(2))
+        });
+        r.seed_all("db", "v");
+        r.client.get_secret("db").await.unwrap();
+        r.store("weu").set_fault(Some(Fault::Hang));
+        // The refresh starts between 0.5 s and 1 s and hangs on weu for up to 2 s.
+        advance(Duration::from_millis(1050)).await;
+        let gets = r.store("weu").gets();
+        assert_eq!(gets, 2, "the background refresh is waiting on weu");
+        let t0 = tokio::time::Instant::now();
+        let s = r.client.get_secret("db").await.unwrap();
+        let waited = t0.elapsed();
+        assert_eq!(s.region(), "neu");
+        assert!(waited < Duration::from_millis(300), "waited {waited:?}");
+    })
+    .unwrap();
+}
+
+/// A store that reads its answer at once and delivers it after a one-shot delay: a read that
+/// was answered before a write and arrives after it.
+struct LateAnswer {
+    inner: Arc<MemoryStore>,
+    delay_next_get: std::sync::Mutex<Option<Duration>>,
+}
+
+#[async_trait]
+impl SecretStore for LateAnswer {
+    async fn get(&self, n: &SecretName, v: Option<&str>) -> Result<StoredSecret, StoreError> {
+        let answer = self.inner.get(n, v).await;
+        let delay = self.delay_next_get.lock().unwrap().take();
+        if let Some(d) = delay {
+            tokio::time::sleep(d).await;
+        }
+        answer
+    }
+    async fn set(&self, n: &SecretName, v: &SecretString) -> Result<String, StoreError> {
+        self.inner.set(n, v).await
+    }
+    async fn delete(&self, n: &SecretName) -> Result<(), StoreError> {
+        self.inner.delete(n).await
+    }
+    async fn list(&self) -> Result<Vec<SecretProperties>, StoreError> {
+        self.inner.list().await
+    }
+}
+
+/// Item 8: a read that started before `set_secret` and landed after it put the old value in
+/// the cache as fresh, and a read begun after the write joined the old read's flight.
+#[test]
+fn read_your_writes_survives_a_late_read() {
+    run_virtual(async {
+        let weu = Arc::new(MemoryStore::new("weu"));
+        weu.insert("db", "v1");
+        let store = Arc::new(LateAnswer {
+            inner: weu.clone(),
+            delay_next_get: std::sync::Mutex::new(None),
+        });
+        let config = Config::builder()
+            .region("weu", "https://app-weu.vault.azure.net", Access::ReadWrite)
+            .probing(false)
+            .background_refresh(false)
+            .hedging(false)
+            .refresh_interval(Duration::from_secs(60))
+            .build()
+            .unwrap();
+        let client = FailoverClient::builder(config)
+            .store("weu", store.clone())
+            .build()
+            .unwrap();
+        *store.delay_next_get.lock().unwrap() = Some(Duration::from_millis(300));
+        let c = client.clone();
+        let early = tokio::spawn(async move { c.get_secret("db").await });
+        advance(Duration::from_millis(10)).await;
+        client
+            .set_secret("db", "v2".to_string().into())
+            .await
+            .unwrap();
+        let after = client.get_secret("db").await.unwrap();
+        assert_eq!(after.expose(), "v2", "a read begun after the write sees it");
+        let early = early.await.unwrap().unwrap();
+        assert_eq!(
+            early.expose(),
+            "v1",
+            "the early read got what the vault said then"
+        );
+        assert_eq!(client.get_secret("db").await.unwrap().expose(), "v2");
+        // The same for a delete: the late answer is not cached.
+        *store.delay_next_get.lock().unwrap() = Some(Duration::from_millis(300));
+        let c = client.clone();
+        let early = tokio::spawn(async move { c.refresh_now("db").await });
+        advance(Duration::from_millis(10)).await;
+        client.delete_secret("db").await.unwrap();
+        let _ = early.await.unwrap();
+        assert!(
+            client.get_cached("db").is_none(),
+            "a deleted secret is not cached again"
+        );
+        assert!(client.get_secret("db").await.unwrap_err().is_not_found());
+    })
+    .unwrap();
+}
+
+/// Item 11: pinned versions were re-fetched although versions never change, and never evicted
+/// (held 3 h past a 60 s cap); the drift map was never pruned.
+#[test]
+fn pinned_versions_and_drift_records_are_bounded() {
+    run_virtual(async {
+        let r = rig_with(2, |b| {
+            b.refresh_interval(Duration::from_secs(1))
+                .refresh_idle_after(Duration::from_secs(10))
+                .staleness_cap(Duration::from_secs(60))
+        });
+        let v1 = r.store("weu").insert("pinned", "p1");
+        r.store("weu").insert("db", "left");
+        r.store("neu").insert("db", "right");
+        r.client.get_secret_version("pinned", &v1).await.unwrap();
+        advance(5 * S).await;
+        let gets = r.store("weu").gets();
+        let s = r.client.get_secret_version("pinned", &v1).await.unwrap();
+        assert!(!s.is_stale());
+        assert_eq!(
+            r.store("weu").gets(),
+            gets,
+            "a held version is not asked again"
+        );
+        r.client.get_secret("db").await.unwrap();
+        advance(3 * S).await;
+        assert!(
+            r.client.health().drift().contains_key("db"),
+            "the refresh found the vaults differ"
+        );
+        advance(300 * S).await;
+        let h = r.client.health();
+        assert_eq!(h.cached_secrets(), 0, "nothing read for 5 minutes is held");
+        assert!(h.drift().is_empty(), "drift records go with their secrets");
+    })
+    .unwrap();
+}
