@@ -20,6 +20,7 @@ use crate::config::{Access, Config};
 use crate::error::{Attempt, AttemptFailure, Error, Kind, StoreError, StoreErrorKind};
 use crate::events::{Event, Events};
 use crate::name::{SecretName, MAX_NAME_LEN};
+use crate::read::Limits;
 use crate::router::{Failback, Mode, Router};
 use crate::secret::{Entry, Freshness, Secret, SecretProperties, Written, MAX_VALUE_LEN};
 use crate::store::SecretStore;
@@ -671,11 +672,16 @@ impl FailoverClient {
     }
 
     /// Lists secret properties (no values) from the first vault in route order that answers.
+    /// Each page is bounded by the attempt timeout (the transport's); the whole listing by
+    /// `timeouts.list`, and a listing that takes long is not held against the vault.
     pub async fn list_secret_properties(&self) -> Result<Vec<SecretProperties>, Error> {
         self.inner
-            .try_regions("list", &Urgency::new(true), |s| {
-                Box::pin(async move { s.list().await })
-            })
+            .try_regions(
+                "list",
+                &Urgency::new(true),
+                Limits::listing(&self.inner.config),
+                |s| Box::pin(async move { s.list().await }),
+            )
             .await
             .map(|(_, l)| l)
             .map_err(|e| e.error)

@@ -78,6 +78,9 @@ pub(crate) struct Timeouts {
     pub(crate) attempt: Duration,
     #[serde(with = "humantime_serde")]
     pub(crate) deadline: Duration,
+    /// A whole listing (many pages, each bounded by `attempt`).
+    #[serde(with = "humantime_serde")]
+    pub(crate) list: Duration,
 }
 
 impl Default for Timeouts {
@@ -85,6 +88,7 @@ impl Default for Timeouts {
         Timeouts {
             attempt: Duration::from_secs(2),
             deadline: Duration::from_secs(6),
+            list: Duration::from_secs(300),
         }
     }
 }
@@ -465,6 +469,7 @@ impl Config {
         let t = &self.timeouts;
         nonzero("timeouts.attempt", t.attempt)?;
         nonzero("timeouts.deadline", t.deadline)?;
+        ordered("timeouts.attempt", t.attempt, "timeouts.list", t.list)?;
         if t.deadline < t.attempt {
             return bad(format!(
                 "timeouts.deadline ({:?}) is shorter than timeouts.attempt ({:?})",
@@ -616,6 +621,7 @@ impl Config {
         let mut v: Vec<(String, Duration, Duration)> = [
             ("timeouts.attempt", t.attempt, MAX_TIMEOUT),
             ("timeouts.deadline", t.deadline, MAX_TIMEOUT),
+            ("timeouts.list", t.list, MAX_TIMEOUT),
             ("breaker.open_base", b.open_base, MAX_TIMEOUT),
             ("breaker.open_max", b.open_max, MAX_TIMEOUT),
             ("retry.backoff_base", r.backoff_base, MAX_TIMEOUT),
@@ -739,6 +745,10 @@ impl ConfigBuilder {
     setter!(
         /// Overall deadline of one call, all regions and retries included. Default 6 s.
         deadline: Duration => timeouts.deadline);
+    setter!(
+        /// Time for a whole listing (`list_secret_properties`), each page bounded by the attempt
+        /// timeout. Default 5 min (a vault of 100,000 secrets is 4,000 pages).
+        list_timeout: Duration => timeouts.list);
     setter!(
         /// Consecutive failures that open a vault's breaker. Default 5.
         failure_threshold: u32 => breaker.failure_threshold);

@@ -29,6 +29,44 @@ pub(crate) fn outcome_of<T>(res: &Result<T, StoreError>) -> Outcome {
 type AttemptFuture<'a, T> =
     Pin<Box<dyn Future<Output = (usize, Result<T, StoreError>)> + Send + 'a>>;
 
+/// The time limits of one kind of call.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    /// One attempt against one vault.
+    attempt: Duration,
+    /// The whole call, all vaults and retries.
+    deadline: Duration,
+    /// Whether running out of time counts against the vault's breaker.
+    slow_is_failure: bool,
+    /// Whether the call may be hedged.
+    hedge: bool,
+}
+
+impl Limits {
+    /// A secret read: `timeouts.attempt` per attempt, `timeouts.deadline` in all, hedged.
+    pub(crate) fn read(cfg: &crate::config::Config) -> Self {
+        Limits {
+            attempt: cfg.timeouts.attempt,
+            deadline: cfg.timeouts.deadline,
+            slow_is_failure: true,
+            hedge: true,
+        }
+    }
+
+    /// A full listing: many pages, each bounded by the transport's per-request timeout (the
+    /// attempt timeout); the whole listing by `timeouts.list`. A large vault's listing taking
+    /// long is not a vault failure, so running out of time is not recorded on the breaker
+    /// (a page that fails, fails as usual).
+    pub(crate) fn listing(cfg: &crate::config::Config) -> Self {
+        Limits {
+            attempt: cfg.timeouts.list,
+            deadline: cfg.timeouts.list,
+            slow_is_failure: false,
+            hedge: false,
+        }
+    }
+}
+
 /// What choosing the next vault to send to came to.
 enum Next {
     /// A permit for vault `idx`.
@@ -69,10 +107,15 @@ impl Inner {
         started: Instant,
     ) -> Fetched {
         let result = self
-            .try_regions(name.as_str(), urgency, |store| {
-                let (name, version) = (name.clone(), version.map(str::to_string));
-                Box::pin(async move { store.get(&name, version.as_deref()).await })
-            })
+            .try_regions(
+                name.as_str(),
+                urgency,
+                Limits::read(&self.config),
+                |store| {
+                    let (name, version) = (name.clone(), version.map(str::to_string));
+                    Box::pin(async move { store.get(&name, version.as_deref()).await })
+                },
+            )
             .await;
         match result {
             Ok((idx, stored)) => {
@@ -177,16 +220,13 @@ impl Inner {
         idx: usize,
         permit: Permit,
         deadline: Instant,
+        limits: Limits,
         fut: BoxFuture<'static, Result<T, StoreError>>,
     ) -> AttemptFuture<'a, T> {
         Box::pin(async move {
             let v = &self.vaults[idx];
             let t0 = Instant::now();
-            let limit = self
-                .config
-                .timeouts
-                .attempt
-                .min(deadline.saturating_duration_since(t0));
+            let limit = limits.attempt.min(deadline.saturating_duration_since(t0));
             let res = match tokio::time::timeout(limit, fut).await {
                 Ok(r) => r,
                 Err(_) => Err(StoreError::new(
@@ -194,8 +234,16 @@ impl Inner {
                     format!("no answer within {}ms", limit.as_millis()),
                 )),
             };
-            v.record_latency(t0.elapsed());
-            self.settle(idx, permit, outcome_of(&res));
+            let outcome = match &res {
+                Err(e) if *e.kind() == StoreErrorKind::Timeout && !limits.slow_is_failure => {
+                    Outcome::NotRecorded
+                }
+                _ => {
+                    v.record_latency(t0.elapsed());
+                    outcome_of(&res)
+                }
+            };
+            self.settle(idx, permit, outcome);
             (idx, res)
         })
     }
@@ -206,6 +254,7 @@ impl Inner {
         &self,
         what: &str,
         urgency: &Urgency,
+        limits: Limits,
         call_store: F,
     ) -> Result<(usize, T), FetchError>
     where
@@ -214,17 +263,17 @@ impl Inner {
     {
         let cfg = &self.config;
         let mut call = Call {
-            deadline: later(Instant::now(), cfg.timeouts.deadline),
+            deadline: later(Instant::now(), limits.deadline),
             attempts: Vec::new(),
             sent: 0,
             tried: 0,
             secondary_not_found: false,
             earliest_unthrottle: None,
         };
-        let hedging = cfg.hedge.enabled && !urgency.is_background();
+        let hedging = cfg.hedge.enabled && limits.hedge && !urgency.is_background();
         let mut hedges_left = u32::from(hedging);
         // A background fetch that a caller joined may hedge from then on (once).
-        let mut may_raise = cfg.hedge.enabled && !hedging;
+        let mut may_raise = cfg.hedge.enabled && limits.hedge && !hedging;
         self.budget.deposit();
         'rounds: for round in 0u32.. {
             let route = self.router.load();
@@ -255,6 +304,7 @@ impl Inner {
                                 idx,
                                 permit,
                                 call.deadline,
+                                limits,
                                 call_store(store),
                             ));
                             pending.push(idx);
@@ -295,7 +345,7 @@ impl Inner {
                                 hedges_left -= 1;
                                 tracing::debug!(op = what, to = %self.vaults[idx].name, "hedging read");
                                 let store = self.vaults[idx].store.clone();
-                                in_flight.push(self.attempt(idx, permit, call.deadline, call_store(store)));
+                                in_flight.push(self.attempt(idx, permit, call.deadline, limits, call_store(store)));
                                 pending.push(idx);
                                 hedged_for = replaced;
                                 sent_this_round += 1;

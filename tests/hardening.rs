@@ -590,3 +590,32 @@ fn pinned_versions_and_drift_records_are_bounded() {
     })
     .unwrap();
 }
+
+/// Item 5: the whole multi-page listing ran under one attempt timeout, and the timeout counted
+/// against the breaker: listing a large vault opened healthy breakers.
+#[test]
+fn a_slow_listing_succeeds_and_opens_no_breaker() {
+    run_virtual(async {
+        let r = rig(2, |b| b.list_timeout(Duration::from_secs(60)));
+        r.seed_all("db", "v");
+        for _ in 0..4 {
+            // 3 s for the listing (many pages), against a 500 ms attempt timeout.
+            r.store("weu").script([Some(Fault::Delay(3 * S))]);
+            let l = r
+                .client
+                .list_secret_properties()
+                .await
+                .expect("a slow listing is a listing");
+            assert_eq!(l.len(), 1);
+        }
+        assert_eq!(r.breaker("weu"), BreakerState::Closed);
+        // A listing that runs out of its own limit fails, still without blaming the vault.
+        r.store("weu").script([Some(Fault::Hang)]);
+        r.store("neu").script([Some(Fault::Hang)]);
+        let e = r.client.list_secret_properties().await.unwrap_err();
+        assert!(e.is_timeout(), "{e}");
+        assert_eq!(r.breaker("weu"), BreakerState::Closed);
+        assert_eq!(r.client.get_secret("db").await.unwrap().region(), "weu");
+    })
+    .unwrap();
+}
