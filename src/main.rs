@@ -358,6 +358,7 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 }
                 if let Some(a) = emu.admin_addr() {
                     println!("admin http://{a}/vaults  (PUT /vaults/<region>/fault {{\"fault\":\"refuse\"}})");
+                    println!("admin token {}  (send it as: Authorization: Bearer <token>)", emu.admin_token());
                 }
                 println!("resolve each vault host to its address and trust the CA certificate");
                 match duration {

@@ -193,7 +193,43 @@ async fn the_admin_endpoint_lists_vaults_and_switches_faults() {
         .unwrap();
     let admin = emu.admin_addr().expect("admin enabled");
     assert!(admin.ip().is_loopback());
-    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let token = emu.admin_token().to_string();
+    assert!(token.len() >= 32);
+    // Without the token, with a wrong one, or with a Host that is not the loopback address
+    // (a browser page after DNS rebinding): refused.
+    let bare = reqwest::Client::builder().no_proxy().build().unwrap();
+    let r = bare
+        .get(format!("http://{admin}/vaults"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = bare
+        .put(format!("http://{admin}/vaults/weu/fault"))
+        .bearer_auth("guess")
+        .body(r#"{"fault": "refuse"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = bare
+        .get(format!("http://{admin}/vaults"))
+        .bearer_auth(&token)
+        .header("host", format!("evil.example:{}", admin.port()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {token}").parse().unwrap(),
+    );
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .default_headers(headers)
+        .build()
+        .unwrap();
     let vaults: Value = http
         .get(format!("http://{admin}/vaults"))
         .send()
@@ -242,4 +278,224 @@ async fn the_admin_endpoint_lists_vaults_and_switches_faults() {
     assert_eq!(s, 200);
     assert!(t.elapsed() >= Duration::from_millis(250));
     emu.apply_fault("weu", VaultFault::Up).await.unwrap();
+}
+
+/// Behaviour checked against the Key Vault REST reference (hardening issue, emulator part):
+/// version listing, disabled secrets, exp/nbf, soft-delete conflicts, recover and purge, and a
+/// Retry-After that is never short.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_emulator_answers_as_key_vault_does() {
+    use reqwest::Method;
+    let emu = Emulator::builder().vault("weu").start().await.unwrap();
+    let put = |v: serde_json::Value| Some(serde_json::to_vec(&v).unwrap());
+
+    // Versions: GET /secrets/{name}/versions lists every version, paged.
+    for i in 0..3 {
+        let (s, _, _) = call(
+            &emu,
+            Method::PUT,
+            &format!("/secrets/db?{API}"),
+            put(serde_json::json!({
+                "value": format!("v{i}"),
+                "attributes": {"exp": 4_102_444_800i64, "nbf": 1_700_000_000i64}
+            })),
+            true,
+        )
+        .await;
+        assert_eq!(s, 200);
+    }
+    let (s, v, _) = call(
+        &emu,
+        Method::GET,
+        &format!("/secrets/db/versions?{API}&maxresults=2"),
+        None,
+        true,
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["value"].as_array().unwrap().len(), 2);
+    assert!(v["value"][0]["id"]
+        .as_str()
+        .unwrap()
+        .contains("/secrets/db/"));
+    assert!(
+        v["value"][0].get("value").is_none(),
+        "a listing carries no values"
+    );
+    let next = v["nextLink"].as_str().expect("a second page");
+    let path = next.trim_start_matches("https://app-weu.vault.azure.net");
+    let (s, v, _) = call(&emu, Method::GET, path, None, true).await;
+    assert_eq!((s, v["value"].as_array().unwrap().len()), (200, 1));
+    assert!(v["nextLink"].is_null());
+
+    // exp and nbf sent on PUT are kept.
+    let (_, v, _) = call(
+        &emu,
+        Method::GET,
+        &format!("/secrets/db/?{API}"),
+        None,
+        true,
+    )
+    .await;
+    assert_eq!(v["attributes"]["exp"], 4_102_444_800i64);
+    assert_eq!(v["attributes"]["nbf"], 1_700_000_000i64);
+
+    // A disabled secret's value: 403 Forbidden, inner code SecretDisabled.
+    assert!(emu.set_enabled("weu", "db", false));
+    let (s, v, _) = call(
+        &emu,
+        Method::GET,
+        &format!("/secrets/db/?{API}"),
+        None,
+        true,
+    )
+    .await;
+    assert_eq!((s, code(&v)), (403, "Forbidden"));
+    assert_eq!(v["error"]["innererror"]["code"], "SecretDisabled");
+    emu.set_enabled("weu", "db", true);
+
+    // Soft delete: the name cannot be reused (409) until purged; it can be read, recovered.
+    let (s, _, _) = call(
+        &emu,
+        Method::DELETE,
+        &format!("/secrets/db?{API}"),
+        None,
+        true,
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (s, v, _) = call(
+        &emu,
+        Method::PUT,
+        &format!("/secrets/db?{API}"),
+        put(serde_json::json!({"value": "x"})),
+        true,
+    )
+    .await;
+    assert_eq!((s, code(&v)), (409, "Conflict"));
+    let (s, v, _) = call(
+        &emu,
+        Method::GET,
+        &format!("/deletedsecrets/db?{API}"),
+        None,
+        true,
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert!(v["recoveryId"]
+        .as_str()
+        .unwrap()
+        .ends_with("/deletedsecrets/db"));
+    assert!(
+        v.get("value").is_none(),
+        "a deleted secret's value is not served"
+    );
+    let (s, v, _) = call(
+        &emu,
+        Method::GET,
+        &format!("/deletedsecrets?{API}"),
+        None,
+        true,
+    )
+    .await;
+    assert_eq!((s, v["value"].as_array().unwrap().len()), (200, 1));
+    let (s, v, _) = call(
+        &emu,
+        Method::POST,
+        &format!("/deletedsecrets/db/recover?{API}"),
+        None,
+        true,
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert_eq!(v["value"], "v2");
+    assert_eq!(emu.current("weu", "db").unwrap().0, "v2");
+    let (s, _, _) = call(
+        &emu,
+        Method::DELETE,
+        &format!("/secrets/db?{API}"),
+        None,
+        true,
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (s, _, _) = call(
+        &emu,
+        Method::DELETE,
+        &format!("/deletedsecrets/db?{API}"),
+        None,
+        true,
+    )
+    .await;
+    assert_eq!(s, 204, "purged");
+    let (s, v, _) = call(
+        &emu,
+        Method::GET,
+        &format!("/deletedsecrets/db?{API}"),
+        None,
+        true,
+    )
+    .await;
+    assert_eq!((s, code(&v)), (404, "SecretNotFound"));
+    let (s, _, _) = call(
+        &emu,
+        Method::PUT,
+        &format!("/secrets/db?{API}"),
+        put(serde_json::json!({"value": "new"})),
+        true,
+    )
+    .await;
+    assert_eq!(s, 200, "a purged name can be reused");
+    let (s, v, _) = call(
+        &emu,
+        Method::POST,
+        &format!("/deletedsecrets/none/recover?{API}"),
+        None,
+        true,
+    )
+    .await;
+    assert_eq!((s, code(&v)), (404, "SecretNotFound"));
+}
+
+/// The vault's limit answers 429 with a Retry-After rounded up: waiting exactly that long
+/// finds a free slot (rounded down, an SDK obeying it met one more 429).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_is_never_short() {
+    use reqwest::Method;
+    let emu = Emulator::builder()
+        .vault("weu")
+        .throttle(2, Duration::from_millis(1500))
+        .start()
+        .await
+        .unwrap();
+    emu.insert("weu", "db", "v");
+    let t0 = std::time::Instant::now();
+    for _ in 0..2 {
+        let (s, _, _) = call(
+            &emu,
+            Method::GET,
+            &format!("/secrets/db/?{API}"),
+            None,
+            true,
+        )
+        .await;
+        assert_eq!(s, 200);
+    }
+    let (s, _, h) = call(
+        &emu,
+        Method::GET,
+        &format!("/secrets/db/?{API}"),
+        None,
+        true,
+    )
+    .await;
+    assert_eq!(s, 429);
+    let ra: u64 = h["retry-after"].to_str().unwrap().parse().unwrap();
+    // The slot frees between 1.0 s and 1.5 s from now when the three requests took under
+    // half a second: rounded up that is 2, rounded down it was 1.
+    if t0.elapsed() < Duration::from_millis(500) {
+        assert_eq!(ra, 2, "rounded up");
+    } else {
+        assert!(ra >= 1);
+    }
 }

@@ -20,6 +20,8 @@ pub(crate) struct Version {
     pub(crate) tags: BTreeMap<String, String>,
     pub(crate) enabled: bool,
     pub(crate) created: i64,
+    pub(crate) exp: Option<i64>,
+    pub(crate) nbf: Option<i64>,
 }
 
 pub(crate) struct Record {
@@ -30,7 +32,9 @@ pub(crate) struct Record {
 /// The secrets of one vault. Names are case-insensitive, as in Key Vault.
 pub(crate) struct Data {
     secrets: HashMap<String, Record>,
-    deleted: HashMap<String, i64>,
+    /// Soft-deleted secrets with their deletion time: recoverable or purgeable, and their
+    /// names cannot be reused until purged (409 Conflict).
+    deleted: HashMap<String, (Record, i64)>,
     next: u64,
     salt: u64,
 }
@@ -41,6 +45,21 @@ pub(crate) struct NewVersion {
     pub(crate) content_type: Option<String>,
     pub(crate) tags: BTreeMap<String, String>,
     pub(crate) enabled: bool,
+    pub(crate) exp: Option<i64>,
+    pub(crate) nbf: Option<i64>,
+}
+
+impl NewVersion {
+    pub(crate) fn copy(&self) -> NewVersion {
+        NewVersion {
+            value: self.value.clone(),
+            content_type: self.content_type.clone(),
+            tags: self.tags.clone(),
+            enabled: self.enabled,
+            exp: self.exp,
+            nbf: self.nbf,
+        }
+    }
 }
 
 impl Data {
@@ -61,9 +80,28 @@ impl Data {
         format!("{:016x}{:016x}", rng.u64(..), n)
     }
 
+    /// Enables or disables the latest version of `name`; says whether it exists.
+    pub(crate) fn set_enabled(&mut self, name: &str, enabled: bool) -> bool {
+        match self
+            .secrets
+            .get_mut(&name.to_ascii_lowercase())
+            .and_then(|r| r.versions.last_mut())
+        {
+            Some(v) => {
+                v.enabled = enabled;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Whether `name` is soft-deleted (a new version is refused until it is purged).
+    pub(crate) fn is_deleted(&self, name: &str) -> bool {
+        self.deleted.contains_key(&name.to_ascii_lowercase())
+    }
+
     pub(crate) fn set(&mut self, name: &str, v: NewVersion) -> &Version {
         let id = self.version_id();
-        self.deleted.remove(&name.to_ascii_lowercase());
         let rec = self
             .secrets
             .entry(name.to_ascii_lowercase())
@@ -78,6 +116,8 @@ impl Data {
             tags: v.tags,
             enabled: v.enabled,
             created: unix_now(),
+            exp: v.exp,
+            nbf: v.nbf,
         });
         rec.versions.last().expect("just pushed")
     }
@@ -91,10 +131,47 @@ impl Data {
         Some((rec, v))
     }
 
-    pub(crate) fn delete(&mut self, name: &str) -> Option<Record> {
-        let rec = self.secrets.remove(&name.to_ascii_lowercase())?;
-        self.deleted.insert(name.to_ascii_lowercase(), unix_now());
-        Some(rec)
+    /// Soft-deletes `name`; returns the deleted record and when.
+    pub(crate) fn delete(&mut self, name: &str) -> Option<(&Record, i64)> {
+        let key = name.to_ascii_lowercase();
+        let rec = self.secrets.remove(&key)?;
+        let now = unix_now();
+        self.deleted.insert(key.clone(), (rec, now));
+        self.deleted.get(&key).map(|(r, t)| (r, *t))
+    }
+
+    /// A soft-deleted secret.
+    pub(crate) fn deleted(&self, name: &str) -> Option<(&Record, i64)> {
+        self.deleted
+            .get(&name.to_ascii_lowercase())
+            .map(|(r, t)| (r, *t))
+    }
+
+    /// Soft-deleted secrets in name order, from `skip`, at most `max`; and whether more follow.
+    pub(crate) fn deleted_page(&self, skip: usize, max: usize) -> (Vec<(&Record, i64)>, bool) {
+        let mut names: Vec<&String> = self.deleted.keys().collect();
+        names.sort();
+        let total = names.len();
+        let page = names
+            .into_iter()
+            .skip(skip)
+            .take(max)
+            .filter_map(|k| self.deleted.get(k).map(|(r, t)| (r, *t)))
+            .collect();
+        (page, skip + max < total)
+    }
+
+    /// Brings a soft-deleted secret back; returns its latest version.
+    pub(crate) fn recover(&mut self, name: &str) -> Option<(&Record, &Version)> {
+        let key = name.to_ascii_lowercase();
+        let (rec, _) = self.deleted.remove(&key)?;
+        self.secrets.insert(key.clone(), rec);
+        self.get(&key, None)
+    }
+
+    /// Removes a soft-deleted secret for good; says whether there was one.
+    pub(crate) fn purge(&mut self, name: &str) -> bool {
+        self.deleted.remove(&name.to_ascii_lowercase()).is_some()
     }
 
     /// Names in order, from `skip`, at most `max`; and whether more follow.
@@ -120,13 +197,20 @@ impl Data {
 }
 
 fn attributes(v: &Version) -> Value {
-    json!({
+    let mut a = json!({
         "enabled": v.enabled,
         "created": v.created,
         "updated": v.created,
         "recoveryLevel": "Recoverable+Purgeable",
         "recoverableDays": 90,
-    })
+    });
+    if let Some(exp) = v.exp {
+        a["exp"] = json!(exp);
+    }
+    if let Some(nbf) = v.nbf {
+        a["nbf"] = json!(nbf);
+    }
+    a
 }
 
 /// The SecretBundle of one version.
@@ -156,16 +240,33 @@ pub(crate) fn item(base: &str, r: &Record, v: &Version) -> Value {
     b
 }
 
-/// The DeletedSecretBundle.
-pub(crate) fn deleted(base: &str, r: &Record) -> Value {
-    let now = unix_now();
+/// The SecretItem of one version, as `GET /secrets/{name}/versions` lists it.
+pub(crate) fn version_item(base: &str, r: &Record, v: &Version) -> Value {
+    let mut b = json!({
+        "id": format!("{base}/secrets/{}/{}", r.name, v.id),
+        "attributes": attributes(v),
+        "tags": v.tags,
+    });
+    if let Some(ct) = &v.content_type {
+        b["contentType"] = json!(ct);
+    }
+    b
+}
+
+/// The DeletedSecretBundle (or, as a listing shows it, the DeletedSecretItem) of a secret
+/// deleted at `at`. No value: a deleted secret's value is not served.
+pub(crate) fn deleted(base: &str, r: &Record, at: i64, item: bool) -> Value {
     let last = r.versions.last();
-    json!({
+    let mut b = json!({
         "id": format!("{base}/secrets/{}/{}", r.name, last.map_or("", |v| v.id.as_str())),
         "recoveryId": format!("{base}/deletedsecrets/{}", r.name),
-        "deletedDate": now,
-        "scheduledPurgeDate": now + 90 * 24 * 3600,
+        "deletedDate": at,
+        "scheduledPurgeDate": at + 90 * 24 * 3600,
         "attributes": last.map(attributes),
         "tags": last.map(|v| json!(v.tags)),
-    })
+    });
+    if item {
+        b["id"] = json!(format!("{base}/secrets/{}", r.name));
+    }
+    b
 }

@@ -256,8 +256,9 @@ impl EmulatorBuilder {
                 .unwrap_or_else(|p| p.into_inner())
                 .push((t, *lag));
         }
+        let admin_token: Arc<str> = admin::new_token()?.into();
         let admin_addr = if self.admin {
-            Some(admin::start(states.clone(), shutdown.subscribe()).await?)
+            Some(admin::start(states.clone(), admin_token.clone(), shutdown.subscribe()).await?)
         } else {
             None
         };
@@ -266,6 +267,7 @@ impl EmulatorBuilder {
             ca_pem: tls.ca_pem,
             cert_path,
             admin_addr,
+            admin_token,
             _shutdown: shutdown,
         })
     }
@@ -277,6 +279,7 @@ pub struct Emulator {
     ca_pem: String,
     cert_path: Option<PathBuf>,
     admin_addr: Option<SocketAddr>,
+    admin_token: Arc<str>,
     _shutdown: watch::Sender<bool>,
 }
 
@@ -340,6 +343,12 @@ impl Emulator {
         self.admin_addr
     }
 
+    /// The token every admin request must carry (`Authorization: Bearer <token>`): random per
+    /// start. (Not a Key Vault credential: it only switches this emulator's faults.)
+    pub fn admin_token(&self) -> &str {
+        &self.admin_token
+    }
+
     /// The emulator's CA certificate, PEM.
     pub fn ca_pem(&self) -> &str {
         &self.ca_pem
@@ -399,10 +408,18 @@ impl Emulator {
                     content_type: None,
                     tags: BTreeMap::new(),
                     enabled: true,
+                    exp: None,
+                    nbf: None,
                 },
             )
             .id
             .clone()
+    }
+
+    /// Enables or disables the latest version of `name` (a disabled secret's value is
+    /// refused with 403 `Forbidden`, inner code `SecretDisabled`); says whether it exists.
+    pub fn set_enabled(&self, region: &str, name: &str, enabled: bool) -> bool {
+        self.state(region).data().set_enabled(name, enabled)
     }
 
     /// The current value and version of `name` in `region`.

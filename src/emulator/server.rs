@@ -24,6 +24,10 @@ use crate::error::Error;
 use crate::name::MAX_NAME_LEN;
 use crate::secret::MAX_VALUE_LEN;
 
+/// Open connections per vault at most; more are dropped at accept.
+const MAX_CONNECTIONS: usize = 1024;
+/// Time a client has to send a request's headers.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest request body read; anything larger answers 413 without being buffered.
 const MAX_BODY: usize = 1024 * 1024;
 /// Key Vault's largest page.
@@ -94,6 +98,7 @@ pub(crate) async fn serve(
 ) {
     let mut fault = state.fault.subscribe();
     let mut listener = Some(listener);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         if *fault.borrow_and_update() == VaultFault::Refuse {
             listener = None;
@@ -120,7 +125,15 @@ pub(crate) async fn serve(
             tokio::select! {
                 acc = l.accept() => {
                     if let Ok((tcp, _)) = acc {
-                        tokio::spawn(connection(state.clone(), tcp, tls.clone(), shutdown.clone()));
+                        // Over the cap the connection is dropped: bounded memory, whatever
+                        // a client opens.
+                        if let Ok(slot) = slots.clone().try_acquire_owned() {
+                            let (st, tls, sd) = (state.clone(), tls.clone(), shutdown.clone());
+                            tokio::spawn(async move {
+                                connection(st, tcp, tls, sd).await;
+                                drop(slot);
+                            });
+                        }
                     }
                 }
                 r = fault.changed() => {
@@ -167,6 +180,8 @@ async fn connection(
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .keep_alive(true)
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
         .serve_connection(TokioIo::new(stream), service);
     tokio::select! {
         _ = conn => {}
@@ -249,7 +264,8 @@ fn admit(state: &VaultState) -> Result<(), u64> {
     } else {
         let oldest = log.front().copied().unwrap_or(now);
         let wait = state.window.saturating_sub(now.duration_since(oldest));
-        Err(wait.as_secs().max(1))
+        // Rounded up: a client that waits exactly this long finds a free slot.
+        Err(wait.as_millis().div_ceil(1000).max(1) as u64)
     }
 }
 
@@ -265,6 +281,8 @@ struct SetBody {
 #[derive(Deserialize)]
 struct SetAttributes {
     enabled: Option<bool>,
+    exp: Option<i64>,
+    nbf: Option<i64>,
 }
 
 async fn handle(state: Arc<VaultState>, req: Request<Incoming>) -> Response<Body> {
@@ -407,7 +425,6 @@ async fn route(
     query: &[(String, String)],
     body: Incoming,
 ) -> Response<Body> {
-    let q = |k: &str| qget(query, k);
     let bad_name = || {
         error(
             StatusCode::BAD_REQUEST,
@@ -417,38 +434,14 @@ async fn route(
     };
     match (segments, &method) {
         (["secrets"], &Method::GET) | (["secrets", ""], &Method::GET) => {
-            let max = match q("maxresults").map(str::parse::<usize>) {
-                None => MAX_PAGE,
-                Some(Ok(n)) if (1..=MAX_PAGE).contains(&n) => n,
-                Some(_) => {
-                    return error(
-                        StatusCode::BAD_REQUEST,
-                        "BadParameter",
-                        "maxresults must be between 1 and 25.",
-                    )
-                }
-            };
-            let skip = match q("$skiptoken").map(str::parse::<usize>) {
-                None => 0,
-                Some(Ok(n)) => n,
-                Some(Err(_)) => {
-                    return error(
-                        StatusCode::BAD_REQUEST,
-                        "BadParameter",
-                        "Invalid $skiptoken.",
-                    )
-                }
+            let (max, skip) = match paging(query) {
+                Ok(p) => p,
+                Err(r) => return r,
             };
             let data = state.data();
             let (page, more) = data.page(skip, max);
             let value: Vec<Value> = page.iter().map(|(r, v)| data::item(base, r, v)).collect();
-            let next = more.then(|| {
-                format!(
-                    "{base}/secrets?api-version={}&$skiptoken={}&maxresults={max}",
-                    q("api-version").unwrap_or(""),
-                    skip + max
-                )
-            });
+            let next = more.then(|| next_link(base, "secrets", query, skip + max, max));
             full(StatusCode::OK, json!({ "value": value, "nextLink": next }))
         }
         (["secrets", name], &Method::GET) | (["secrets", name, ""], &Method::GET) => {
@@ -456,17 +449,95 @@ async fn route(
                 return bad_name();
             }
             match state.data().get(name, None) {
+                Some((_, v)) if !v.enabled => disabled(),
                 Some((r, v)) => full(StatusCode::OK, data::bundle(base, r, v)),
                 None => not_found(name),
             }
+        }
+        (["secrets", name, "versions"], &Method::GET) => {
+            if !valid_name(name) {
+                return bad_name();
+            }
+            let (max, skip) = match paging(query) {
+                Ok(p) => p,
+                Err(r) => return r,
+            };
+            let data = state.data();
+            let Some((r, _)) = data.get(name, None) else {
+                return not_found(name);
+            };
+            let value: Vec<Value> = r
+                .versions
+                .iter()
+                .skip(skip)
+                .take(max)
+                .map(|v| data::version_item(base, r, v))
+                .collect();
+            let more = skip + max < r.versions.len();
+            let next = more.then(|| {
+                next_link(
+                    base,
+                    &format!("secrets/{}/versions", r.name),
+                    query,
+                    skip + max,
+                    max,
+                )
+            });
+            full(StatusCode::OK, json!({ "value": value, "nextLink": next }))
         }
         (["secrets", name, version], &Method::GET) => {
             if !valid_name(name) {
                 return bad_name();
             }
             match state.data().get(name, Some(version)) {
+                Some((_, v)) if !v.enabled => disabled(),
                 Some((r, v)) => full(StatusCode::OK, data::bundle(base, r, v)),
                 None => not_found(name),
+            }
+        }
+        (["deletedsecrets"], &Method::GET) | (["deletedsecrets", ""], &Method::GET) => {
+            let (max, skip) = match paging(query) {
+                Ok(p) => p,
+                Err(r) => return r,
+            };
+            let data = state.data();
+            let (page, more) = data.deleted_page(skip, max);
+            let value: Vec<Value> = page
+                .iter()
+                .map(|(r, at)| data::deleted(base, r, *at, true))
+                .collect();
+            let next = more.then(|| next_link(base, "deletedsecrets", query, skip + max, max));
+            full(StatusCode::OK, json!({ "value": value, "nextLink": next }))
+        }
+        (["deletedsecrets", name], &Method::GET) => {
+            if !valid_name(name) {
+                return bad_name();
+            }
+            match state.data().deleted(name) {
+                Some((r, at)) => full(StatusCode::OK, data::deleted(base, r, at, false)),
+                None => deleted_not_found(name),
+            }
+        }
+        (["deletedsecrets", name, "recover"], &Method::POST) => {
+            if !valid_name(name) {
+                return bad_name();
+            }
+            match state.data().recover(name) {
+                Some((r, v)) => full(StatusCode::OK, data::bundle(base, r, v)),
+                None => deleted_not_found(name),
+            }
+        }
+        (["deletedsecrets", name], &Method::DELETE) => {
+            if !valid_name(name) {
+                return bad_name();
+            }
+            if state.data().purge(name) {
+                Response::builder()
+                    .status(StatusCode::NO_CONTENT)
+                    .body(empty())
+                    .unwrap_or_else(|_| Response::new(empty()))
+            } else {
+                deleted_not_found(name)
             }
         }
         (["secrets", name], &Method::PUT) => {
@@ -507,41 +578,54 @@ async fn route(
                     "Secret value exceeds the 25 KB limit.",
                 );
             }
-            let new = || NewVersion {
-                value: value.clone(),
+            let attrs = parsed.attributes.as_ref();
+            let new = NewVersion {
+                value,
                 content_type: parsed.content_type.clone(),
                 tags: parsed.tags.clone().unwrap_or_default(),
-                enabled: parsed
-                    .attributes
-                    .as_ref()
-                    .and_then(|a| a.enabled)
-                    .unwrap_or(true),
+                enabled: attrs.and_then(|a| a.enabled).unwrap_or(true),
+                exp: attrs.and_then(|a| a.exp),
+                nbf: attrs.and_then(|a| a.nbf),
             };
             let body = {
                 let mut data = state.data();
-                let id = data.set(name, new()).id.clone();
+                if data.is_deleted(name) {
+                    return error(
+                        StatusCode::CONFLICT,
+                        "Conflict",
+                        &format!(
+                            "Secret {name} is currently in a deleted but recoverable state, and its \
+                             name cannot be reused; in this state, the secret can only be recovered \
+                             or purged."
+                        ),
+                    );
+                }
+                let id = data.set(name, new.copy()).id.clone();
                 let r = data
                     .get(name, Some(&id))
                     .map(|(r, v)| data::bundle(base, r, v));
                 r.unwrap_or(Value::Null)
             };
-            replicate(state, name, Some(new()));
+            replicate(state, name, Some(new));
             full(StatusCode::OK, body)
         }
         (["secrets", name], &Method::DELETE) => {
             if !valid_name(name) {
                 return bad_name();
             }
-            let removed = state.data().delete(name);
+            let removed = state
+                .data()
+                .delete(name)
+                .map(|(r, at)| data::deleted(base, r, at, false));
             match removed {
-                Some(r) => {
+                Some(body) => {
                     replicate(state, name, None);
-                    full(StatusCode::OK, data::deleted(base, &r))
+                    full(StatusCode::OK, body)
                 }
                 None => not_found(name),
             }
         }
-        (["secrets", ..], _) => error(
+        (["secrets", ..], _) | (["deletedsecrets", ..], _) => error(
             StatusCode::METHOD_NOT_ALLOWED,
             "MethodNotAllowed",
             "The requested method is not allowed on this resource.",
@@ -552,6 +636,68 @@ async fn route(
             "The requested resource was not found.",
         ),
     }
+}
+
+/// `maxresults` (1..=25, default 25) and `$skiptoken` of a listing, or the 400 to answer.
+#[allow(clippy::result_large_err)]
+fn paging(query: &[(String, String)]) -> Result<(usize, usize), Response<Body>> {
+    let max = match qget(query, "maxresults").map(str::parse::<usize>) {
+        None => MAX_PAGE,
+        Some(Ok(n)) if (1..=MAX_PAGE).contains(&n) => n,
+        Some(_) => {
+            return Err(error(
+                StatusCode::BAD_REQUEST,
+                "BadParameter",
+                "maxresults must be between 1 and 25.",
+            ))
+        }
+    };
+    let skip = match qget(query, "$skiptoken").map(str::parse::<usize>) {
+        None => 0,
+        Some(Ok(n)) => n,
+        Some(Err(_)) => {
+            return Err(error(
+                StatusCode::BAD_REQUEST,
+                "BadParameter",
+                "Invalid $skiptoken.",
+            ))
+        }
+    };
+    Ok((max, skip))
+}
+
+/// The `nextLink` of a listing at `path`.
+fn next_link(
+    base: &str,
+    path: &str,
+    query: &[(String, String)],
+    skip: usize,
+    max: usize,
+) -> String {
+    format!(
+        "{base}/{path}?api-version={}&$skiptoken={skip}&maxresults={max}",
+        qget(query, "api-version").unwrap_or("")
+    )
+}
+
+/// What Key Vault answers for a disabled secret's value.
+fn disabled() -> Response<Body> {
+    full(
+        StatusCode::FORBIDDEN,
+        json!({ "error": {
+            "code": "Forbidden",
+            "message": "Operation get is not allowed on a disabled secret.",
+            "innererror": { "code": "SecretDisabled" }
+        }}),
+    )
+}
+
+fn deleted_not_found(name: &str) -> Response<Body> {
+    error(
+        StatusCode::NOT_FOUND,
+        "SecretNotFound",
+        &format!("Deleted Secret not found: {name}"),
+    )
 }
 
 /// A query parameter, decoded (`%24skiptoken` is `$skiptoken`).
@@ -579,12 +725,7 @@ fn replicate(state: &VaultState, name: &str, version: Option<NewVersion>) {
         .clone();
     for (to, lag) in replicas {
         let name = name.to_string();
-        let version = version.as_ref().map(|v| NewVersion {
-            value: v.value.clone(),
-            content_type: v.content_type.clone(),
-            tags: v.tags.clone(),
-            enabled: v.enabled,
-        });
+        let version = version.as_ref().map(NewVersion::copy);
         tokio::spawn(async move {
             tokio::time::sleep(lag).await;
             let mut data = to.data();
