@@ -65,6 +65,48 @@ pub fn http_client(timeout: Duration) -> Result<reqwest::Client, Error> {
         .map_err(|e| Error::config(format!("cannot build the HTTP client: {e}")))
 }
 
+/// The largest response body read from a vault, in bytes. Key Vault's answers are a few KiB
+/// (a secret is at most 25 KiB, a listing page 25 items); the SDK itself reads any body whole
+/// into memory, so a larger one is cut off here and the answer counts as malformed.
+pub const MAX_RESPONSE_BODY: usize = 1024 * 1024;
+
+/// The transport, with every response body bounded to [`MAX_RESPONSE_BODY`].
+#[derive(Debug)]
+struct Bounded {
+    inner: Arc<reqwest::Client>,
+}
+
+#[async_trait]
+impl azure_core::http::HttpClient for Bounded {
+    async fn execute_request(
+        &self,
+        request: &azure_core::http::Request,
+    ) -> azure_core::Result<azure_core::http::AsyncRawResponse> {
+        use futures::StreamExt;
+        let rsp = azure_core::http::HttpClient::execute_request(&*self.inner, request).await?;
+        let (status, headers, body) = rsp.deconstruct();
+        let mut seen = 0usize;
+        let bounded = body.map(move |chunk| {
+            let chunk = chunk?;
+            seen = seen.saturating_add(chunk.len());
+            if seen > MAX_RESPONSE_BODY {
+                return Err(azure_core::Error::with_message(
+                    ErrorKind::DataConversion,
+                    format!(
+                        "response body larger than {MAX_RESPONSE_BODY} bytes: not read further"
+                    ),
+                ));
+            }
+            Ok(chunk)
+        });
+        Ok(azure_core::http::AsyncRawResponse::new(
+            status,
+            headers,
+            Box::pin(bounded),
+        ))
+    }
+}
+
 /// One vault through the real SDK.
 pub struct AzureStore {
     client: SecretClient,
@@ -90,7 +132,9 @@ impl AzureStore {
         let options = SecretClientOptions {
             client_options: ClientOptions {
                 retry: RetryOptions::none(),
-                transport: Some(Transport::new(Arc::new(http))),
+                transport: Some(Transport::new(Arc::new(Bounded {
+                    inner: Arc::new(http),
+                }))),
                 ..Default::default()
             },
             ..Default::default()

@@ -81,6 +81,26 @@ pub enum VaultFault {
     Truncated,
     /// Answers are 200 with a body that is not JSON.
     Malformed,
+    /// Every authorized request is answered with exactly this: any status, an optional
+    /// `Retry-After` (sent as given, when it is a valid header value), and `body` repeated
+    /// `repeat` times (at most 16 MiB in all). For tests of what a server may say.
+    Answer {
+        /// HTTP status (an invalid one is sent as 500).
+        status: u16,
+        /// `Retry-After`, verbatim.
+        #[serde(default)]
+        retry_after: Option<String>,
+        /// The body, repeated.
+        #[serde(default)]
+        body: String,
+        /// How many times `body` is repeated.
+        #[serde(default = "one")]
+        repeat: u32,
+    },
+}
+
+fn one() -> u32 {
+    1
 }
 
 /// Counters of one emulated vault.

@@ -357,6 +357,12 @@ async fn handle(state: Arc<VaultState>, req: Request<Incoming>) -> Response<Body
         VaultFault::Forbidden => {
             return error(StatusCode::FORBIDDEN, "Forbidden", "The user, group or application does not have secrets permission on this key vault.");
         }
+        VaultFault::Answer {
+            status,
+            retry_after,
+            body,
+            repeat,
+        } => return answer(status, retry_after.as_deref(), &body, repeat),
         VaultFault::ReadOnly if is_write => {
             return error(
                 StatusCode::FORBIDDEN,
@@ -678,6 +684,25 @@ fn next_link(
         "{base}/{path}?api-version={}&$skiptoken={skip}&maxresults={max}",
         qget(query, "api-version").unwrap_or("")
     )
+}
+
+/// Largest body an `Answer` fault sends.
+const MAX_ANSWER: usize = 16 * 1024 * 1024;
+
+/// The answer of a `VaultFault::Answer`.
+fn answer(status: u16, retry_after: Option<&str>, body: &str, repeat: u32) -> Response<Body> {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let times = (repeat as usize).min(MAX_ANSWER / body.len().max(1));
+    let mut r = Response::builder().status(status);
+    if let Some(v) = retry_after.and_then(|v| http::HeaderValue::from_str(v).ok()) {
+        r = r.header(http::header::RETRY_AFTER, v);
+    }
+    r.body(
+        Full::new(Bytes::from(body.repeat(times)))
+            .map_err(|never| match never {})
+            .boxed(),
+    )
+    .unwrap_or_else(|_| Response::new(empty()))
 }
 
 /// What Key Vault answers for a disabled secret's value.
