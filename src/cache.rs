@@ -89,6 +89,8 @@ struct Flight<R> {
 }
 
 type Map = papaya::HashMap<Box<str>, Arc<Entry>>;
+/// Scheduled checks, earliest first.
+type Schedule = BinaryHeap<Reverse<(Instant, Box<str>)>>;
 
 pub(crate) struct Cache<R> {
     map: Map,
@@ -100,7 +102,7 @@ pub(crate) struct Cache<R> {
     writes: Mutex<HashMap<Box<str>, Instant>>,
     /// How long a record in `writes` must be kept: longer than any fetch can take.
     write_memory: Duration,
-    schedule: Mutex<BinaryHeap<Reverse<(Instant, Box<str>)>>>,
+    schedule: Mutex<Schedule>,
     /// Wakes the refresher when an insert becomes the earliest scheduled item.
     pub(crate) wake: Notify,
 }
