@@ -6,6 +6,8 @@
 //! * no value is served older than its staleness cap (stale) or the refresh interval (fresh),
 //! * every value returned was held by the vault of the region it names,
 //! * writes succeed only on the primary and a refused write sends nothing,
+//! * reads racing a write never leave an older value in the cache after it (read-your-writes),
+//! * with hedging on and latencies changing under it, all of the above still hold,
 //! * with every vault healthy and time to recover, a read succeeds.
 
 mod common;
@@ -85,6 +87,10 @@ enum Op {
     Read(usize),
     ConcurrentReads(usize, usize),
     Write(usize),
+    /// Reads of one secret in flight while the client writes it.
+    RacingWrite(usize, usize),
+    /// A vault's latency (slow vaults make hedged reads race).
+    SetLatency(usize, u64),
     Rotate(usize),
     Advance(u64),
 }
@@ -110,6 +116,8 @@ fn op() -> impl Strategy<Value = Op> {
         4 => (0..SECRETS).prop_map(Op::Read),
         1 => (0..SECRETS, 2usize..8).prop_map(|(s, n)| Op::ConcurrentReads(s, n)),
         2 => (0..SECRETS).prop_map(Op::Write),
+        1 => (0..SECRETS, 1usize..6).prop_map(|(s, n)| Op::RacingWrite(s, n)),
+        1 => (0..REGIONS.len(), 1u64..600).prop_map(|(r, ms)| Op::SetLatency(r, ms)),
         1 => (0..SECRETS).prop_map(Op::Rotate),
         3 => (1u64..20_000).prop_map(Op::Advance),
     ]
@@ -260,6 +268,35 @@ async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     Err(_) => prop_assert_eq!(after[0], before[0] + 1),
                 }
             }
+            Op::RacingWrite(s, n) => {
+                let name = format!("s{s}");
+                let tasks: Vec<_> = (0..n)
+                    .map(|_| {
+                        let (c, name) = (w.client.clone(), name.clone());
+                        tokio::spawn(async move { c.refresh_now(&name).await })
+                    })
+                    .collect();
+                tokio::task::yield_now().await;
+                w.counter += 1;
+                let value = format!("w{}-{s}", w.counter);
+                let wrote = w.client.set_secret(&name, value.clone().into()).await;
+                for t in tasks {
+                    let r = t.await.expect("a read task panicked");
+                    check_read(&w, &name, r)?;
+                }
+                if wrote.is_ok() {
+                    if let Some(cached) = w.client.get_cached(&name) {
+                        prop_assert_eq!(
+                            cached.expose(),
+                            value.as_str(),
+                            "a read that raced the write left an older value cached"
+                        );
+                    }
+                }
+            }
+            Op::SetLatency(r, ms) => w.stores[r].set_latency(
+                keyvault_failover::store::Latency::Fixed(Duration::from_millis(ms)),
+            ),
             Op::Rotate(s) => {
                 w.counter += 1;
                 for st in &w.stores {
@@ -283,6 +320,7 @@ async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     // Liveness: heal everything, give the breakers time, and reads must succeed.
     for s in &w.stores {
         s.set_fault(None);
+        s.set_latency(keyvault_failover::store::Latency::Fixed(Duration::from_millis(1)));
     }
     // Up to 4 s of breaker backoff, 3 probes 1 s apart, a 10 s dwell: 60 s is ample.
     for _ in 0..12 {
