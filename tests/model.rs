@@ -35,6 +35,9 @@ type Slot = Arc<Mutex<Option<FailoverClient>>>;
 /// A MemoryStore that checks the client's invariants as each request arrives.
 struct Watched {
     inner: Arc<MemoryStore>,
+    /// Time a read's answer spends on the way back: the vault reads the value first, the
+    /// client sees it this much later (a write may land in between).
+    transit: Arc<Mutex<Duration>>,
     index: usize,
     client: Slot,
     violations: Arc<Mutex<Vec<String>>>,
@@ -65,7 +68,10 @@ impl Watched {
 impl SecretStore for Watched {
     async fn get(&self, n: &SecretName, v: Option<&str>) -> Result<StoredSecret, StoreError> {
         self.check("get");
-        self.inner.get(n, v).await
+        let answer = self.inner.get(n, v).await;
+        let transit = *self.transit.lock().unwrap();
+        tokio::time::sleep(transit).await;
+        answer
     }
     async fn set(&self, n: &SecretName, v: &SecretString) -> Result<String, StoreError> {
         self.check("set");
@@ -126,6 +132,7 @@ fn op() -> impl Strategy<Value = Op> {
 struct World {
     client: FailoverClient,
     stores: Vec<Arc<MemoryStore>>,
+    transits: Vec<Arc<Mutex<Duration>>>,
     violations: Arc<Mutex<Vec<String>>>,
     slot: Slot,
     counter: u64,
@@ -162,12 +169,17 @@ fn world() -> World {
         .enumerate()
         .map(|(i, r)| Arc::new(MemoryStore::with_seed(r, i as u64)))
         .collect();
+    let transits: Vec<Arc<Mutex<Duration>>> = REGIONS
+        .iter()
+        .map(|_| Arc::new(Mutex::new(Duration::ZERO)))
+        .collect();
     let mut cb = FailoverClient::builder(config);
     for (i, (r, s)) in REGIONS.iter().zip(&stores).enumerate() {
         cb = cb.store(
             r,
             Arc::new(Watched {
                 inner: s.clone(),
+                transit: transits[i].clone(),
                 index: i,
                 client: slot.clone(),
                 violations: violations.clone(),
@@ -184,6 +196,7 @@ fn world() -> World {
     World {
         client,
         stores,
+        transits,
         violations,
         slot,
         counter: 0,
@@ -294,9 +307,7 @@ async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     }
                 }
             }
-            Op::SetLatency(r, ms) => w.stores[r].set_latency(
-                keyvault_failover::store::Latency::Fixed(Duration::from_millis(ms)),
-            ),
+            Op::SetLatency(r, ms) => *w.transits[r].lock().unwrap() = Duration::from_millis(ms),
             Op::Rotate(s) => {
                 w.counter += 1;
                 for st in &w.stores {
@@ -320,7 +331,9 @@ async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     // Liveness: heal everything, give the breakers time, and reads must succeed.
     for s in &w.stores {
         s.set_fault(None);
-        s.set_latency(keyvault_failover::store::Latency::Fixed(Duration::from_millis(1)));
+    }
+    for t in &w.transits {
+        *t.lock().unwrap() = Duration::ZERO;
     }
     // Up to 4 s of breaker backoff, 3 probes 1 s apart, a 10 s dwell: 60 s is ample.
     for _ in 0..12 {
