@@ -232,21 +232,28 @@ impl Inner {
     pub(crate) async fn probe(&self, idx: usize) {
         let v = &self.vaults[idx];
         v.mark_probed();
-        let Some(permit) = v.breaker.try_acquire() else {
-            return; // open: the breaker decides when a trial is due
-        };
+        // An open breaker gates callers, not the prober: probes are cheap and are how recovery
+        // is seen, so an unavailable vault is probed at the unhealthy interval whatever its
+        // breaker's backoff says, and a good probe closes the breaker. (Gated, a 20 s outage
+        // cost a minute of failed reads after it.) With the breaker closed or its trial due,
+        // the probe is the trial.
+        let permit = v.breaker.try_acquire();
         if !v.gate.try_take() {
             return; // throttled or over budget: throttling is not an outage
         }
         let p = &self.config.probe;
         let store = v.store.clone();
+        // Probe what callers do: a GET of the canary, else of a secret this client has read
+        // (a vault whose GETs fail while its listing answers is not healthy); a listing only
+        // before any secret was read.
+        let target = match &p.canary {
+            Some(c) => SecretName::new(c).ok(),
+            None => crate::lock(&self.probe_target).clone(),
+        };
         let t0 = Instant::now();
         let res = tokio::time::timeout(p.timeout, async {
-            match &p.canary {
-                Some(c) => match SecretName::new(c) {
-                    Ok(name) => store.get(&name, None).await.map(|_| ()),
-                    Err(_) => Ok(()), // validated at build; unreachable
-                },
+            match &target {
+                Some(name) => store.probe_read(name).await,
                 None => store.probe().await,
             }
         })
@@ -272,6 +279,7 @@ impl Inner {
         tracing::debug!(
             region = %v.name,
             ?outcome,
+            trial = permit.is_some(),
             error = ?res.as_ref().map(|r| r.as_ref().err().map(|e| e.kind())),
             elapsed_ms = elapsed.as_millis() as u64,
             "probe"
@@ -285,7 +293,16 @@ impl Inner {
             }
             Outcome::NotRecorded => {}
         }
-        self.settle(idx, permit, outcome);
+        match permit {
+            Some(permit) => self.settle(idx, permit, outcome),
+            None => {
+                if outcome == Outcome::Success {
+                    v.answered();
+                    v.breaker.recovered();
+                }
+                self.router.refresh(&self.vaults);
+            }
+        }
     }
 
     /// Fetches the latest version of the secret cached under `key`, replacing the cached value.

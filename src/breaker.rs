@@ -249,6 +249,16 @@ impl Breaker {
         }
     }
 
+    /// A health probe sent outside the breaker's gate (the breaker was open) succeeded: the
+    /// vault is back, close the breaker now rather than after the open interval.
+    pub(crate) fn recovered(&self) {
+        sync_breaker_clock();
+        let _d = crate::lock(&self.shared.decide);
+        if self.state() != BreakerState::Closed {
+            self.shared.machine.reset();
+        }
+    }
+
     /// Records a call's outcome and gives the permit back. An outcome from an earlier epoch
     /// (the breaker changed state while the call was in flight) is dropped.
     pub(crate) fn record(&self, permit: Permit, outcome: Outcome) {

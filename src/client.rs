@@ -48,6 +48,8 @@ pub(crate) struct Inner {
     pub(crate) drift: Mutex<BTreeMap<String, Vec<String>>>,
     /// Key of the hash that compares contents across vaults; never leaves the process.
     pub(crate) drift_key: RandomState,
+    /// The secret the prober reads when no canary is configured: the last one a vault served.
+    pub(crate) probe_target: Mutex<Option<SecretName>>,
     /// Closes when the last [`FailoverClient`] clone is dropped (its [`Lifeline`] goes):
     /// background tasks stop, even in the middle of a vault call.
     pub(crate) shutdown: watch::Receiver<()>,
@@ -228,6 +230,7 @@ impl FailoverClientBuilder {
                 events,
                 drift: Mutex::new(BTreeMap::new()),
                 drift_key: RandomState::new(),
+                probe_target: Mutex::new(None),
                 shutdown,
             }),
         };

@@ -140,6 +140,12 @@ impl Inner {
                     !urgency.is_background(),
                 );
                 self.cache_fetched(key, entry.clone(), started);
+                if !key.contains('/') {
+                    let mut t = crate::lock(&self.probe_target);
+                    if t.as_ref() != Some(name) {
+                        *t = Some(name.clone());
+                    }
+                }
                 Ok(entry)
             }
             Err(e) => {

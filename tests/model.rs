@@ -1,7 +1,8 @@
 //! Property test: random sequences of vault faults, reads, writes, rotations and time steps,
 //! checked against a reference model and the client's invariants:
 //!
-//! * no request reaches a vault whose breaker is open (checked by the store as it is called),
+//! * no caller's request reaches a vault whose breaker is open (checked by the store as it is
+//!   called; health probes are exempt: they are how recovery is seen),
 //! * no write reaches a read-only vault,
 //! * no value is served older than its staleness cap (stale) or the refresh interval (fresh),
 //! * every value returned was held by the vault of the region it names,
@@ -84,6 +85,13 @@ impl SecretStore for Watched {
     async fn list(&self) -> Result<Vec<SecretProperties>, StoreError> {
         self.check("list");
         self.inner.list().await
+    }
+    // Probes are exempt from the breaker check: an open breaker gates callers, not the prober.
+    async fn probe(&self) -> Result<(), StoreError> {
+        self.inner.list().await.map(|_| ())
+    }
+    async fn probe_read(&self, n: &SecretName) -> Result<(), StoreError> {
+        self.inner.get(n, None).await.map(|_| ())
     }
 }
 

@@ -376,4 +376,14 @@ impl SecretStore for Tap {
         self.check();
         self.vault.list().await
     }
+
+    // Health probes are not checked: an open breaker gates callers, and probing an
+    // unavailable vault is how its recovery is seen.
+    async fn probe(&self) -> Result<(), StoreError> {
+        self.vault.list().await.map(|_| ())
+    }
+
+    async fn probe_read(&self, name: &SecretName) -> Result<(), StoreError> {
+        self.vault.get(name, None).await.map(|_| ())
+    }
 }
