@@ -241,6 +241,26 @@ impl FailoverClientBuilder {
     }
 }
 
+/// Options of one read ([`FailoverClient::get_secret_with`]).
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct ReadOptions {
+    deadline: Option<Duration>,
+}
+
+impl ReadOptions {
+    /// The defaults: the configured deadline (`timeouts.deadline`).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// This call's deadline (shorter than `timeouts.deadline` to take effect).
+    pub fn deadline(mut self, d: Duration) -> Self {
+        self.deadline = Some(d);
+        self
+    }
+}
+
 /// A point-in-time view of the client's health.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Health {
@@ -356,6 +376,49 @@ impl FailoverClient {
         // Boxed: the slow path's state would otherwise make every cache hit's future
         // (moved on each poll) a kilobyte.
         Box::pin(self.read(SecretName::new(name)?, None)).await
+    }
+
+    /// Reads the latest version of `name` like [`get_secret`](Self::get_secret), within the
+    /// options' deadline for this call: past it, the last-known-good value (stale, within its
+    /// cap) if one is held, else an error that says the deadline passed
+    /// ([`Error::is_timeout`]). The vault call itself goes on for other callers of the same
+    /// secret (it is shared) and is bounded by `timeouts.deadline`.
+    ///
+    /// ```
+    /// # keyvault_failover::sim::run_virtual(async {
+    /// use std::{sync::Arc, time::Duration};
+    /// use keyvault_failover::{store::{Fault, MemoryStore}, Access, Config, FailoverClient, ReadOptions};
+    /// let weu = Arc::new(MemoryStore::new("weu"));
+    /// weu.insert("db", "hunter2");
+    /// weu.set_fault(Some(Fault::Hang));
+    /// let config = Config::builder()
+    ///     .region("weu", "https://app-weu.vault.azure.net", Access::ReadWrite)
+    ///     .build()?;
+    /// let client = FailoverClient::builder(config).store("weu", weu).build()?;
+    /// let opts = ReadOptions::new().deadline(Duration::from_millis(300));
+    /// let e = client.get_secret_with("db", &opts).await.unwrap_err();
+    /// assert!(e.is_timeout());
+    /// # Ok::<(), keyvault_failover::Error>(())
+    /// # }).unwrap().unwrap();
+    /// ```
+    pub async fn get_secret_with(&self, name: &str, opts: &ReadOptions) -> Result<Secret, Error> {
+        if let Some(s) = self.get_cached(name) {
+            return Ok(s);
+        }
+        let name = SecretName::new(name)?;
+        let Some(d) = opts.deadline else {
+            return Box::pin(self.read(name, None)).await;
+        };
+        match tokio::time::timeout(d, Box::pin(self.read(name.clone(), None))).await {
+            Ok(r) => r,
+            Err(_) => {
+                let error = Error::deadline(format!(
+                    "no answer for secret `{name}` within this call's deadline of {}",
+                    humantime::format_duration(round_ms(d))
+                ));
+                self.inner.stale(&name, name.key(), error)
+            }
+        }
     }
 
     /// The latest version of `name` if a vault confirmed it within the refresh interval,
@@ -797,7 +860,12 @@ impl Inner {
     }
 
     /// Answers a failed fetch from last-known-good, if it is within the cap.
-    fn stale(&self, name: &SecretName, key: &str, error: Error) -> Result<Secret, Error> {
+    pub(crate) fn stale(
+        &self,
+        name: &SecretName,
+        key: &str,
+        error: Error,
+    ) -> Result<Secret, Error> {
         let cap = self.config.staleness_cap(name.key());
         match self.cache.get(key) {
             Some(entry) if entry.fetched_at.elapsed() <= cap => {

@@ -81,6 +81,9 @@ pub(crate) struct Timeouts {
     /// A whole listing (many pages, each bounded by `attempt`).
     #[serde(with = "humantime_serde")]
     pub(crate) list: Duration,
+    /// A read with nothing cached, when no vault is available, waits up to its deadline for
+    /// one to come back (true) or fails at once (false).
+    pub(crate) wait_for_recovery: bool,
 }
 
 impl Default for Timeouts {
@@ -89,6 +92,7 @@ impl Default for Timeouts {
             attempt: Duration::from_secs(2),
             deadline: Duration::from_secs(6),
             list: Duration::from_secs(300),
+            wait_for_recovery: true,
         }
     }
 }
@@ -749,6 +753,12 @@ impl ConfigBuilder {
         /// Time for a whole listing (`list_secret_properties`), each page bounded by the attempt
         /// timeout. Default 5 min (a vault of 100,000 secrets is 4,000 pages).
         list_timeout: Duration => timeouts.list);
+    setter!(
+        /// When no vault is available and a read has no last-known-good value: wait up to the
+        /// deadline for a vault to come back (`true`, the default: a short outage costs a slow
+        /// read, not a failed one, as with the plain SDK's retries), or fail at once (`false`).
+        /// Definitive answers (401, 403, the primary's 404) never wait.
+        wait_for_recovery: bool => timeouts.wait_for_recovery);
     setter!(
         /// Consecutive failures that open a vault's breaker. Default 5.
         failure_threshold: u32 => breaker.failure_threshold);

@@ -266,6 +266,8 @@ struct Inner {
     attempts: Vec<Attempt>,
     source: Option<StoreError>,
     outcome_unknown: bool,
+    /// The caller's deadline for this call passed.
+    deadline: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -289,6 +291,7 @@ impl Error {
                 attempts: Vec::new(),
                 source: None,
                 outcome_unknown: false,
+                deadline: false,
             }),
         }
     }
@@ -306,6 +309,7 @@ impl Error {
                 attempts,
                 source,
                 outcome_unknown: false,
+                deadline: false,
             }),
         }
     }
@@ -319,6 +323,7 @@ impl Error {
             attempts: a.attempts.clone(),
             source: a.source.clone(),
             outcome_unknown: a.outcome_unknown,
+            deadline: a.deadline,
         });
         Error {
             inner: Arc::new(Inner {
@@ -343,6 +348,20 @@ impl Error {
         Error::new(Kind::Config, message)
     }
 
+    /// The caller's deadline passed before any vault answered.
+    pub(crate) fn deadline(message: impl Into<String>) -> Self {
+        Error {
+            inner: Arc::new(Inner {
+                kind: Kind::Unavailable,
+                message: message.into(),
+                attempts: Vec::new(),
+                source: None,
+                outcome_unknown: false,
+                deadline: true,
+            }),
+        }
+    }
+
     /// Invalid configuration (from the builder or a TOML file).
     pub fn is_config(&self) -> bool {
         self.inner.kind == Kind::Config
@@ -364,8 +383,9 @@ impl Error {
         self.inner.kind == Kind::ReadOnly
     }
 
-    /// The secret does not exist (answered by the writable primary, or by a secondary
-    /// when no last-known-good value was held).
+    /// The secret does not exist: the writable primary said so. (A secondary's 404 while the
+    /// primary could not be asked is [`is_unavailable`](Self::is_unavailable): it may be
+    /// replication lag.)
     pub fn is_not_found(&self) -> bool {
         self.inner.kind == Kind::NotFound
     }
@@ -385,9 +405,9 @@ impl Error {
         self.inner.kind == Kind::Rejected
     }
 
-    /// Every attempt that failed ended in a timeout.
+    /// The call's deadline passed, or every attempt that failed ended in a timeout.
     pub fn is_timeout(&self) -> bool {
-        self.has_store_kind(|k| matches!(k, StoreErrorKind::Timeout))
+        self.inner.deadline || self.has_store_kind(|k| matches!(k, StoreErrorKind::Timeout))
     }
 
     /// At least one region was throttled during this call.

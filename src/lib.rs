@@ -70,7 +70,7 @@ pub mod sim;
 pub mod store;
 
 pub use breaker::BreakerState;
-pub use client::{FailoverClient, FailoverClientBuilder, Health, RegionHealth};
+pub use client::{FailoverClient, FailoverClientBuilder, Health, ReadOptions, RegionHealth};
 pub use config::{Access, Config, ConfigBuilder, CredentialKind, Region};
 pub use error::{Attempt, AttemptFailure, Error, StoreError, StoreErrorKind, MAX_MESSAGE_LEN};
 pub use events::Event;

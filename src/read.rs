@@ -40,6 +40,9 @@ pub(crate) struct Limits {
     slow_is_failure: bool,
     /// Whether the call may be hedged.
     hedge: bool,
+    /// With every breaker open, wait (up to the deadline) for a vault to come back instead of
+    /// failing at once: a cold read, with nothing to fall back on.
+    wait_for_vault: bool,
 }
 
 impl Limits {
@@ -50,6 +53,16 @@ impl Limits {
             deadline: cfg.timeouts.deadline,
             slow_is_failure: true,
             hedge: true,
+            wait_for_vault: false,
+        }
+    }
+
+    /// A read with no last-known-good value to fall back on: it waits for a vault when
+    /// `timeouts.wait_for_recovery` says so.
+    pub(crate) fn cold_read(cfg: &crate::config::Config) -> Self {
+        Limits {
+            wait_for_vault: cfg.timeouts.wait_for_recovery,
+            ..Limits::read(cfg)
         }
     }
 
@@ -63,6 +76,7 @@ impl Limits {
             deadline: cfg.timeouts.list,
             slow_is_failure: false,
             hedge: false,
+            wait_for_vault: false,
         }
     }
 }
@@ -106,16 +120,18 @@ impl Inner {
         urgency: &Urgency,
         started: Instant,
     ) -> Fetched {
+        // Nothing held to fall back on, and a caller waits for it: better late than failed.
+        let cold = !urgency.is_background() && self.cache.get(key).is_none();
+        let limits = if cold {
+            Limits::cold_read(&self.config)
+        } else {
+            Limits::read(&self.config)
+        };
         let result = self
-            .try_regions(
-                name.as_str(),
-                urgency,
-                Limits::read(&self.config),
-                |store| {
-                    let (name, version) = (name.clone(), version.map(str::to_string));
-                    Box::pin(async move { store.get(&name, version.as_deref()).await })
-                },
-            )
+            .try_regions(name.as_str(), urgency, limits, |store| {
+                let (name, version) = (name.clone(), version.map(str::to_string));
+                Box::pin(async move { store.get(&name, version.as_deref()).await })
+            })
             .await;
         match result {
             Ok((idx, stored)) => {
@@ -440,6 +456,17 @@ impl Inner {
                 Duration::from_millis(rng.u64(0..=ms))
             } else if let Some(t) = call.earliest_unthrottle {
                 t.saturating_duration_since(Instant::now())
+            } else if limits.wait_for_vault {
+                // Every breaker refused: wait for a vault to come back (a probe closes its
+                // breaker and the route moves), looking again at least every unhealthy-probe
+                // interval, up to the deadline.
+                let left = call.deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                let look = cfg.probe.unhealthy_interval.min(left);
+                let _ = tokio::time::timeout(look, self.router.available()).await;
+                continue;
             } else {
                 break; // every breaker is open: no point waiting out the deadline
             };
@@ -448,20 +475,29 @@ impl Inner {
             }
             tokio::time::sleep(wait).await;
         }
-        // Every vault that answered said 404 (the primary could not be asked): with no
-        // last-known-good value, "not found" is the best answer there is.
-        let kind = if call.secondary_not_found {
-            Kind::NotFound
+        // A secondary said 404 while the primary could not be asked: that is replication lag
+        // as likely as absence (secondaries are separate vaults the customer keeps in sync), so
+        // it is unavailability, not "not found", and it says so.
+        let message = if call.secondary_not_found {
+            let said: Vec<&str> = call
+                .attempts
+                .iter()
+                .filter(|a| {
+                    matches!(a.failure(), AttemptFailure::Store(e) if *e.kind() == StoreErrorKind::NotFound)
+                })
+                .map(|a| a.region())
+                .collect();
+            format!(
+                "no region could serve `{what}`: {} answered not found while the primary region {} \
+                 could not be asked; the secret may not be replicated there yet",
+                said.join(", "),
+                self.vaults[0].name
+            )
         } else {
-            Kind::Unavailable
+            format!("no region could serve `{what}`")
         };
         Err(FetchError {
-            error: Error::with_attempts(
-                kind,
-                format!("no region could serve `{what}`"),
-                call.attempts,
-                None,
-            ),
+            error: Error::with_attempts(Kind::Unavailable, message, call.attempts, None),
             maskable: true,
         })
     }

@@ -53,6 +53,8 @@ pub(crate) struct Router {
     changes: AtomicU64,
     failback: Failback,
     events: Events,
+    /// Woken when the route gains an active vault (reads waiting for one go on).
+    available: tokio::sync::Notify,
 }
 
 impl Router {
@@ -64,6 +66,7 @@ impl Router {
             changes: AtomicU64::new(0),
             failback,
             events,
+            available: tokio::sync::Notify::new(),
         }
     }
 
@@ -100,7 +103,15 @@ impl Router {
             to: name(next),
             mode: next.mode,
         });
+        if next.active.is_some() {
+            self.available.notify_waiters();
+        }
         true
+    }
+
+    /// Resolves when the route next gains an active vault.
+    pub(crate) async fn available(&self) {
+        self.available.notified().await
     }
 
     fn next(&self, vaults: &[Vault], prev: Route, since: Instant) -> Route {

@@ -65,9 +65,15 @@ fn not_found_from_a_secondary_while_the_primary_is_down_prefers_last_known_good(
         let s = r.client.get_secret("fresh-secret").await.unwrap();
         assert!(s.is_stale());
         assert_eq!(s.expose(), "only-in-primary");
-        // With nothing held, the secondary's 404 is reported as not found.
+        // With nothing held, the secondary's 404 while the primary cannot be asked is
+        // unavailability (it may be replication lag), not "not found" (issue 9, item 4).
         let e = r.client.get_secret("unknown").await.unwrap_err();
-        assert!(e.is_not_found(), "{e}");
+        assert!(e.is_unavailable() && !e.is_not_found(), "{e}");
+        let text = e.to_string();
+        assert!(
+            text.contains("neu") && text.contains("weu") && text.contains("replicated"),
+            "{text}"
+        );
     })
     .unwrap();
 }
