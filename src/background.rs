@@ -235,9 +235,14 @@ impl Inner {
         // An open breaker gates callers, not the prober: probes are cheap and are how recovery
         // is seen, so an unavailable vault is probed at the unhealthy interval whatever its
         // breaker's backoff says, and a good probe closes the breaker. (Gated, a 20 s outage
-        // cost a minute of failed reads after it.) With the breaker closed or its trial due,
-        // the probe is the trial.
-        let permit = v.breaker.try_acquire();
+        // cost a minute of failed reads after it.) A probe of a closed vault records on its
+        // breaker as any call; a probe of an open one does not take the half-open trial (a
+        // failed trial would re-open it every backoff interval: the breaker would flap).
+        let permit = if v.breaker.state() == BreakerState::Closed {
+            v.breaker.try_acquire()
+        } else {
+            None
+        };
         if !v.gate.try_take() {
             return; // throttled or over budget: throttling is not an outage
         }
@@ -294,7 +299,7 @@ impl Inner {
             Outcome::NotRecorded => {}
         }
         match permit {
-            Some(permit) => self.settle(idx, permit, outcome),
+            Some(permit) => self.settle_as(idx, permit, outcome, false),
             None => {
                 if outcome == Outcome::Success {
                     v.answered();

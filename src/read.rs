@@ -505,6 +505,12 @@ impl Inner {
     /// Records a call's outcome on vault `idx`: its breaker, its probe streak, and the route,
     /// which may change with it. Every call's outcome goes through here.
     pub(crate) fn settle(&self, idx: usize, permit: Permit, outcome: Outcome) {
+        self.settle_as(idx, permit, outcome, true)
+    }
+
+    /// [`settle`](Self::settle) for a call that is a caller's (`caller`), or a health probe,
+    /// which does not count in the outlier detection of callers' outcomes.
+    pub(crate) fn settle_as(&self, idx: usize, permit: Permit, outcome: Outcome, caller: bool) {
         let v = &self.vaults[idx];
         match outcome {
             Outcome::Failure => v.call_failed(),
@@ -512,7 +518,38 @@ impl Inner {
             Outcome::NotRecorded => {}
         }
         v.breaker.record(permit, outcome);
+        if caller
+            && outcome != Outcome::NotRecorded
+            && v.caller_outcome(outcome == Outcome::Success)
+        {
+            self.eject_if_elsewhere(idx);
+        }
         self.router.refresh(&self.vaults);
+    }
+
+    /// Vault `idx` fails a share of callers' calls (a grey failure its probes may not show):
+    /// if it carries the route and another vault is trusted, take it off the route for a while
+    /// (its breaker opens; probes go on, and the ejection keeps it from taking the route back
+    /// too soon). With nowhere better to go, trying it beats refusing (Envoy's panic threshold).
+    fn eject_if_elsewhere(&self, idx: usize) {
+        let successes = self.config.probe.failback_successes;
+        let elsewhere = self
+            .vaults
+            .iter()
+            .enumerate()
+            .any(|(i, v)| i != idx && v.trusted(successes, Duration::ZERO));
+        let v = &self.vaults[idx];
+        // A hard failure is the breaker's to catch (it has, if it is open): ejection is for
+        // the vault whose breaker stays closed while it fails a share of calls.
+        if !elsewhere
+            || self.router.load().active != Some(idx)
+            || v.breaker.state() != BreakerState::Closed
+        {
+            return;
+        }
+        let d = v.eject();
+        tracing::warn!(region = %v.name, ejected_for_s = d.as_secs(), "vault fails too many callers' calls: ejected");
+        v.breaker.trip();
     }
 
     /// A hedge to another vault won while vault `idx` was still silent. A cancelled loser is

@@ -124,7 +124,7 @@ impl Router {
         if since.elapsed() >= self.failback.dwell {
             let better = vaults[..active]
                 .iter()
-                .position(|v| v.trusted(self.failback.successes));
+                .position(|v| v.trusted(self.failback.successes, self.failback.dwell));
             if better.is_some() {
                 return route_to(vaults, better);
             }
@@ -139,7 +139,7 @@ impl Router {
     fn best(&self, vaults: &[Vault]) -> Option<usize> {
         vaults
             .iter()
-            .position(|v| v.trusted(self.failback.successes))
+            .position(|v| v.trusted(self.failback.successes, Duration::ZERO))
             .or_else(|| first_closed(vaults, vaults.len()))
     }
 

@@ -35,7 +35,31 @@ pub(crate) struct Vault {
     born: Instant,
     /// A call or probe failed since the vault last proved itself with a run of good probes.
     suspect: AtomicBool,
+    /// Callers' outcomes over the last one to two windows, and ejections (outlier detection).
+    outcomes: Mutex<Outcomes>,
 }
+
+/// Callers' successes and failures against one vault, in two rotating windows, and when the
+/// vault was last ejected for failing too many of them (Envoy's outlier detection: a vault
+/// that fails a share of real calls is taken off the route for a while, however its probes do).
+struct Outcomes {
+    current: (u32, u32),
+    previous: (u32, u32),
+    started: Instant,
+    ejections: u32,
+    ejected_until: Option<Instant>,
+    last_failure: Option<Instant>,
+}
+
+/// One window of callers' outcomes.
+const OUTCOME_WINDOW: Duration = Duration::from_secs(30);
+/// Failed calls in the last windows before the failure rate counts.
+const OUTLIER_MIN_FAILURES: u32 = 5;
+/// Share of failed calls that makes a vault an outlier.
+const OUTLIER_FAILURE_RATE: f64 = 0.2;
+/// First ejection; each further one in a row is longer by this much, up to `EJECT_MAX`.
+const EJECT_BASE: Duration = Duration::from_secs(30);
+const EJECT_MAX: Duration = Duration::from_secs(300);
 
 /// How long one window of recent latencies lasts; the hedge delay reads two of them.
 const RECENT_WINDOW: Duration = Duration::from_secs(30);
@@ -123,6 +147,14 @@ impl Vault {
             last_probe_ms: AtomicU64::new(0),
             born: Instant::now(),
             suspect: AtomicBool::new(false),
+            outcomes: Mutex::new(Outcomes {
+                current: (0, 0),
+                previous: (0, 0),
+                started: Instant::now(),
+                ejections: 0,
+                ejected_until: None,
+                last_failure: None,
+            }),
         }
     }
 
@@ -228,11 +260,67 @@ impl Vault {
         self.probe_streak.store(0, Ordering::Relaxed);
     }
 
-    /// Whether traffic may move to this vault: its breaker is closed and it has not failed
-    /// since it last passed `successes` probes in a row (a vault that never failed is trusted).
-    pub(crate) fn trusted(&self, successes: u32) -> bool {
-        self.breaker.state() == crate::breaker::BreakerState::Closed
-            && (!self.suspect.load(Ordering::Relaxed) || self.probe_streak() >= successes)
+    /// Whether traffic may move to this vault: its breaker is closed, it has not failed since
+    /// it last passed `successes` probes in a row (a vault that never failed is trusted), it is
+    /// not ejected for failing callers, and no caller's call to it failed within `quiet`.
+    pub(crate) fn trusted(&self, successes: u32, quiet: Duration) -> bool {
+        if self.breaker.state() != crate::breaker::BreakerState::Closed
+            || (self.suspect.load(Ordering::Relaxed) && self.probe_streak() < successes)
+        {
+            return false;
+        }
+        let now = Instant::now();
+        let o = crate::lock(&self.outcomes);
+        o.ejected_until.is_none_or(|t| now >= t)
+            && o.last_failure
+                .is_none_or(|t| now.saturating_duration_since(t) >= quiet)
+    }
+
+    /// Records a caller's call outcome; says whether the vault now fails so large a share of
+    /// callers' calls (at least 5, and 20 %, over the last 30 to 60 s) that it should be ejected.
+    pub(crate) fn caller_outcome(&self, ok: bool) -> bool {
+        let now = Instant::now();
+        let mut o = crate::lock(&self.outcomes);
+        let elapsed = now.saturating_duration_since(o.started);
+        if elapsed >= OUTCOME_WINDOW {
+            o.previous = if elapsed >= 2 * OUTCOME_WINDOW {
+                (0, 0)
+            } else {
+                o.current
+            };
+            o.current = (0, 0);
+            o.started = now;
+        }
+        if ok {
+            o.current.0 += 1;
+            return false;
+        }
+        o.current.1 += 1;
+        o.last_failure = Some(now);
+        let failed = o.current.1 + o.previous.1;
+        let total = failed + o.current.0 + o.previous.0;
+        failed >= OUTLIER_MIN_FAILURES
+            && f64::from(failed) >= OUTLIER_FAILURE_RATE * f64::from(total)
+            && o.ejected_until.is_none_or(|t| now >= t)
+    }
+
+    /// Ejects the vault from the route for 30 s × the ejections in a row (at most 5 min), and
+    /// forgets the outcomes that led to it. Returns how long.
+    pub(crate) fn eject(&self) -> Duration {
+        let now = Instant::now();
+        let mut o = crate::lock(&self.outcomes);
+        // Ejections "in a row": a vault that stayed good for the longest ejection starts over.
+        if o.ejected_until
+            .is_some_and(|t| now.saturating_duration_since(t) > EJECT_MAX)
+        {
+            o.ejections = 0;
+        }
+        o.ejections = o.ejections.saturating_add(1);
+        let d = EJECT_BASE.saturating_mul(o.ejections).min(EJECT_MAX);
+        o.ejected_until = Some(crate::clock::later(now, d));
+        o.current = (0, 0);
+        o.previous = (0, 0);
+        d
     }
 
     /// Consecutive failed probes.

@@ -131,3 +131,100 @@ fn a_per_call_deadline_is_kept() {
     })
     .unwrap();
 }
+
+/// Reads `secrets` names round-robin every 100 ms for `secs` seconds; returns the share of
+/// samples on which `region` was active, the route changes, `region`'s breaker openings and
+/// the failed reads.
+async fn steady_reads(
+    r: &common::Rig,
+    secrets: usize,
+    secs: u64,
+    region: &str,
+) -> (f64, u64, u32, u32) {
+    use keyvault_failover::Event;
+    let mut rx = r.client.subscribe();
+    let changes0 = r.client.health().route_changes();
+    let (mut on, mut samples, mut opened, mut failed) = (0u32, 0u32, 0u32, 0u32);
+    for i in 0..secs * 10 {
+        if r.client
+            .get_secret(&format!("s{}", i as usize % secrets))
+            .await
+            .is_err()
+        {
+            failed += 1;
+        }
+        samples += 1;
+        if r.client.active_region().as_deref() == Some(region) {
+            on += 1;
+        }
+        advance(Duration::from_millis(100)).await;
+        while let Ok(e) = rx.try_recv() {
+            if let Event::Breaker {
+                region: reg,
+                state: BreakerState::Open,
+            } = e
+            {
+                if &*reg == region {
+                    opened += 1;
+                }
+            }
+        }
+    }
+    let changes = r.client.health().route_changes() - changes0;
+    let share = f64::from(on) / f64::from(samples);
+    eprintln!(
+        "{region} active {:.1} %, {changes} route changes, breaker opened {opened} times, {failed} failed reads",
+        share * 100.0
+    );
+    (share, changes, opened, failed)
+}
+
+/// The primary answers 503 to secret GETs while its listing answers (a partial outage).
+/// Before: the listing probe kept calling it healthy; over 5 minutes the route moved 6 times
+/// and its breaker opened 45 times.
+#[test]
+fn a_get_only_partial_outage_neither_flaps_the_route_nor_the_breaker() {
+    run_virtual(async {
+        let r = rig_with(2, |b| b.refresh_interval(Duration::from_secs(2)));
+        for i in 0..50 {
+            r.seed_all(&format!("s{i}"), "v");
+        }
+        r.client.get_secret("s0").await.unwrap();
+        r.store("weu").set_get_fault(Some(Fault::ServerError(503)));
+        let (on_weu, changes, opened, failed) = steady_reads(&r, 50, 300, "weu").await;
+        assert_eq!(failed, 0, "every read served");
+        assert!(changes <= 2, "{changes} route changes");
+        assert!(opened <= 3, "weu's breaker opened {opened} times");
+        assert!(
+            on_weu < 0.05,
+            "weu active {:.0} % of the time",
+            on_weu * 100.0
+        );
+    })
+    .unwrap();
+}
+
+/// The primary fails a third of its GETs (grey failure). Before: it was made active again for
+/// 106 s of 300 s. Callers' failure rate ejects it, and it is not trusted for failback while
+/// callers' calls to it fail.
+#[test]
+fn a_grey_failure_is_not_trusted_for_failback() {
+    run_virtual(async {
+        let r = rig_with(2, |b| b.refresh_interval(Duration::from_secs(2)));
+        for i in 0..50 {
+            r.seed_all(&format!("s{i}"), "v");
+        }
+        r.client.get_secret("s0").await.unwrap();
+        r.store("weu")
+            .fail_every_nth_get(Some((3, Fault::ServerError(503))));
+        let (on_weu, changes, _, failed) = steady_reads(&r, 50, 300, "weu").await;
+        assert_eq!(failed, 0, "every read served");
+        assert!(
+            on_weu < 0.25,
+            "weu active {:.0} % of the time",
+            on_weu * 100.0
+        );
+        assert!(changes <= 5, "{changes} route changes in 5 minutes");
+    })
+    .unwrap();
+}

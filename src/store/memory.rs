@@ -59,6 +59,11 @@ struct State {
     secrets: HashMap<String, (String, Vec<Version>)>,
     next_version: u64,
     fault: Option<Fault>,
+    /// A fault for secret GETs only (listings and writes are spared): a partial outage.
+    get_fault: Option<Fault>,
+    /// Every n-th GET fails with this fault (grey failure), counted from `gets_seen`.
+    get_fail_every: Option<(u64, Fault)>,
+    gets_seen: u64,
     script: VecDeque<Option<Fault>>,
     latency: Latency,
     rng: fastrand::Rng,
@@ -115,6 +120,9 @@ impl MemoryStore {
                 secrets: HashMap::new(),
                 next_version: 1,
                 fault: None,
+                get_fault: None,
+                get_fail_every: None,
+                gets_seen: 0,
                 script: VecDeque::new(),
                 latency: Latency::Fixed(Duration::from_millis(1)),
                 rng: fastrand::Rng::with_seed(seed),
@@ -179,6 +187,19 @@ impl MemoryStore {
         self.lock().fault = fault;
     }
 
+    /// Sets (or clears) a fault for secret GETs only; listings (and so the listing probe) and
+    /// writes answer normally: a partial outage.
+    pub fn set_get_fault(&self, fault: Option<Fault>) {
+        self.lock().get_fault = fault;
+    }
+
+    /// Makes every `n`-th GET fail with `fault` (`None`: stop): a grey failure, `1/n` of GETs.
+    pub fn fail_every_nth_get(&self, every: Option<(u64, Fault)>) {
+        let mut st = self.lock();
+        st.get_fail_every = every.filter(|(n, _)| *n > 0);
+        st.gets_seen = 0;
+    }
+
     /// Queues one outcome per upcoming call (`None`: behave normally); once the queue is
     /// empty the standing fault of [`MemoryStore::set_fault`] applies again.
     pub fn script(&self, outcomes: impl IntoIterator<Item = Option<Fault>>) {
@@ -211,13 +232,21 @@ impl MemoryStore {
     }
 
     /// Decides this call's fault and latency, then waits the latency.
-    async fn enter(&self) -> Result<(), StoreError> {
+    async fn enter(&self, get: bool) -> Result<(), StoreError> {
         let (fault, latency) = {
             let mut st = self.lock();
-            let fault = match st.script.pop_front() {
+            let mut fault = match st.script.pop_front() {
                 Some(f) => f,
                 None => st.fault.clone(),
             };
+            if get && fault.is_none() {
+                st.gets_seen += 1;
+                let nth = match &st.get_fail_every {
+                    Some((n, f)) if st.gets_seen % n == 0 => Some(f.clone()),
+                    _ => None,
+                };
+                fault = st.get_fault.clone().or(nth);
+            }
             let latency = match st.latency {
                 Latency::Fixed(d) => d,
                 Latency::Uniform(lo, hi) => {
@@ -275,7 +304,7 @@ impl SecretStore for MemoryStore {
         version: Option<&str>,
     ) -> Result<StoredSecret, StoreError> {
         self.gets.fetch_add(1, Ordering::Relaxed);
-        self.enter().await?;
+        self.enter(true).await?;
         let st = self.lock();
         let (_, versions) = st
             .secrets
@@ -291,7 +320,7 @@ impl SecretStore for MemoryStore {
 
     async fn set(&self, name: &SecretName, value: &SecretString) -> Result<String, StoreError> {
         self.writes.fetch_add(1, Ordering::Relaxed);
-        self.enter().await?;
+        self.enter(false).await?;
         let mut st = self.lock();
         if st.read_only {
             return Err(StoreError::new(
@@ -304,7 +333,7 @@ impl SecretStore for MemoryStore {
 
     async fn delete(&self, name: &SecretName) -> Result<(), StoreError> {
         self.writes.fetch_add(1, Ordering::Relaxed);
-        self.enter().await?;
+        self.enter(false).await?;
         let mut st = self.lock();
         if st.read_only {
             return Err(StoreError::new(
@@ -320,7 +349,7 @@ impl SecretStore for MemoryStore {
 
     async fn list(&self) -> Result<Vec<SecretProperties>, StoreError> {
         self.lists.fetch_add(1, Ordering::Relaxed);
-        self.enter().await?;
+        self.enter(false).await?;
         let st = self.lock();
         let mut out: Vec<SecretProperties> = st
             .secrets
