@@ -441,6 +441,19 @@ impl Inner {
             }
             drop(in_flight);
             if call.sent >= cfg.retry.max_attempts {
+                // A cold read that spent its attempts on a total outage still does not give up
+                // before its deadline: it waits for the route to gain a vault (nothing is sent
+                // meanwhile), then has one more attempt.
+                let left = call.deadline.saturating_duration_since(Instant::now());
+                if limits.wait_for_vault
+                    && !left.is_zero()
+                    && tokio::time::timeout(left, self.router.available())
+                        .await
+                        .is_ok()
+                {
+                    call.sent = cfg.retry.max_attempts - 1;
+                    continue;
+                }
                 break;
             }
             // Before the next round: full-jitter backoff after sent failures; when only

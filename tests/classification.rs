@@ -99,7 +99,12 @@ fn malformed_answers_and_resets_count_as_failures_and_fail_over() {
 #[test]
 fn retries_are_bounded_by_attempts_and_budget() {
     run_virtual(async {
-        let r = rig(2, |b| b.max_attempts(4).failure_threshold(1000));
+        // Fail fast (no waiting for recovery): this counts what 200 calls in 2 s send.
+        let r = rig(2, |b| {
+            b.max_attempts(4)
+                .failure_threshold(1000)
+                .wait_for_recovery(false)
+        });
         r.seed_all("db", "v");
         for s in &r.stores {
             s.set_fault(Some(Fault::ServerError(503)));

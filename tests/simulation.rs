@@ -56,6 +56,7 @@ reproducible! {
     flapping_primary_is_reproducible => "flapping-primary",
     total_outage_is_reproducible => "total-outage",
     rotation_during_outage_is_reproducible => "rotation-during-outage",
+    short_total_outage_is_reproducible => "short-total-outage",
     fleet_cold_start_is_reproducible => "fleet-cold-start",
 }
 

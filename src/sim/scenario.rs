@@ -35,6 +35,10 @@ const BUILTIN: &[(&str, &str)] = &[
         include_str!("../../simulations/rotation-during-outage.toml"),
     ),
     (
+        "short-total-outage",
+        include_str!("../../simulations/short-total-outage.toml"),
+    ),
+    (
         "fleet-cold-start",
         include_str!("../../simulations/fleet-cold-start.toml"),
     ),

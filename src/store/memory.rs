@@ -242,7 +242,7 @@ impl MemoryStore {
             if get && fault.is_none() {
                 st.gets_seen += 1;
                 let nth = match &st.get_fail_every {
-                    Some((n, f)) if st.gets_seen % n == 0 => Some(f.clone()),
+                    Some((n, f)) if st.gets_seen.is_multiple_of(*n) => Some(f.clone()),
                     _ => None,
                 };
                 fault = st.get_fault.clone().or(nth);
