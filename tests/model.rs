@@ -8,7 +8,8 @@
 //! * every value returned was held by the vault of the region it names,
 //! * writes succeed only on the primary and a refused write sends nothing,
 //! * reads racing a write never leave an older value in the cache after it (read-your-writes),
-//! * with hedging on and latencies changing under it, all of the above still hold,
+//! * with hedging on and latencies changing under it, and with GET-only faults that a listing
+//!   probe would not see, all of the above still hold,
 //! * with every vault healthy and time to recover, a read succeeds.
 
 mod common;
@@ -98,6 +99,8 @@ impl SecretStore for Watched {
 #[derive(Debug, Clone)]
 enum Op {
     SetFault(usize, Option<Fault>),
+    /// A fault on secret GETs only: listings (the probe before any read) still answer.
+    SetGetFault(usize, Option<Fault>),
     Read(usize),
     ConcurrentReads(usize, usize),
     Write(usize),
@@ -127,6 +130,7 @@ fn fault() -> impl Strategy<Value = Option<Fault>> {
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         2 => (0..REGIONS.len(), fault()).prop_map(|(r, f)| Op::SetFault(r, f)),
+        1 => (0..REGIONS.len(), fault()).prop_map(|(r, f)| Op::SetGetFault(r, f)),
         4 => (0..SECRETS).prop_map(Op::Read),
         1 => (0..SECRETS, 2usize..8).prop_map(|(s, n)| Op::ConcurrentReads(s, n)),
         2 => (0..SECRETS).prop_map(Op::Write),
@@ -241,6 +245,7 @@ async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     for op in ops {
         match op {
             Op::SetFault(r, f) => w.stores[r].set_fault(f),
+            Op::SetGetFault(r, f) => w.stores[r].set_get_fault(f),
             Op::Read(s) => {
                 let name = format!("s{s}");
                 let r = w.client.get_secret(&name).await;
@@ -339,6 +344,7 @@ async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     // Liveness: heal everything, give the breakers time, and reads must succeed.
     for s in &w.stores {
         s.set_fault(None);
+        s.set_get_fault(None);
     }
     for t in &w.transits {
         *t.lock().unwrap() = Duration::ZERO;

@@ -149,16 +149,7 @@ impl Data {
 
     /// Soft-deleted secrets in name order, from `skip`, at most `max`; and whether more follow.
     pub(crate) fn deleted_page(&self, skip: usize, max: usize) -> (Vec<(&Record, i64)>, bool) {
-        let mut names: Vec<&String> = self.deleted.keys().collect();
-        names.sort();
-        let total = names.len();
-        let page = names
-            .into_iter()
-            .skip(skip)
-            .take(max)
-            .filter_map(|k| self.deleted.get(k).map(|(r, t)| (r, *t)))
-            .collect();
-        (page, skip + max < total)
+        page_of(&self.deleted, skip, max, |(r, t)| Some((r, *t)))
     }
 
     /// Brings a soft-deleted secret back; returns its latest version.
@@ -176,24 +167,34 @@ impl Data {
 
     /// Names in order, from `skip`, at most `max`; and whether more follow.
     pub(crate) fn page(&self, skip: usize, max: usize) -> (Vec<(&Record, &Version)>, bool) {
-        let mut names: Vec<&String> = self.secrets.keys().collect();
-        names.sort();
-        let total = names.len();
-        let page = names
-            .into_iter()
-            .skip(skip)
-            .take(max)
-            .filter_map(|k| {
-                let r = &self.secrets[k];
-                r.versions.last().map(|v| (r, v))
-            })
-            .collect();
-        (page, skip + max < total)
+        page_of(&self.secrets, skip, max, |r| {
+            r.versions.last().map(|v| (r, v))
+        })
     }
 
     pub(crate) fn len(&self) -> usize {
         self.secrets.len()
     }
+}
+
+/// One page of `map` in key order: from `skip`, at most `max`, each through `item`; and whether
+/// more follow.
+fn page_of<'a, V, T>(
+    map: &'a HashMap<String, V>,
+    skip: usize,
+    max: usize,
+    item: impl Fn(&'a V) -> Option<T>,
+) -> (Vec<T>, bool) {
+    let mut names: Vec<&String> = map.keys().collect();
+    names.sort();
+    let total = names.len();
+    let page = names
+        .into_iter()
+        .skip(skip)
+        .take(max)
+        .filter_map(|k| map.get(k).and_then(&item))
+        .collect();
+    (page, skip + max < total)
 }
 
 fn attributes(v: &Version) -> Value {
