@@ -298,6 +298,9 @@ impl Inner {
         let mut may_raise = cfg.hedge.enabled && limits.hedge && !hedging;
         self.budget.deposit();
         'rounds: for round in 0u32.. {
+            // Registered before this round's attempts, so that a vault coming back while they
+            // fail is not missed by a wait below.
+            let mut recovered = std::pin::pin!(self.router.available());
             let route = self.router.load();
             let mut order = route
                 .active
@@ -443,15 +446,19 @@ impl Inner {
             if call.sent >= cfg.retry.max_attempts {
                 // A cold read that spent its attempts on a total outage still does not give up
                 // before its deadline: it waits for the route to gain a vault (nothing is sent
-                // meanwhile), then has one more attempt.
+                // meanwhile), then tries each region once more.
                 let left = call.deadline.saturating_duration_since(Instant::now());
                 if limits.wait_for_vault
                     && !left.is_zero()
-                    && tokio::time::timeout(left, self.router.available())
+                    && tokio::time::timeout(left, recovered.as_mut())
                         .await
                         .is_ok()
                 {
-                    call.sent = cfg.retry.max_attempts - 1;
+                    // One attempt per region again (the first after a recovery can still meet
+                    // a connection the outage broke).
+                    let regions = u32::try_from(self.vaults.len()).unwrap_or(u32::MAX);
+                    call.sent = cfg.retry.max_attempts.saturating_sub(regions);
+                    call.tried = 0;
                     continue;
                 }
                 break;
@@ -478,7 +485,7 @@ impl Inner {
                     break;
                 }
                 let look = cfg.probe.unhealthy_interval.min(left);
-                let _ = tokio::time::timeout(look, self.router.available()).await;
+                let _ = tokio::time::timeout(look, recovered.as_mut()).await;
                 continue;
             } else {
                 break; // every breaker is open: no point waiting out the deadline

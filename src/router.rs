@@ -109,9 +109,10 @@ impl Router {
         true
     }
 
-    /// Resolves when the route next gains an active vault.
-    pub(crate) async fn available(&self) {
-        self.available.notified().await
+    /// Resolves when the route next gains an active vault (from the moment it is called, even
+    /// before it is first polled).
+    pub(crate) fn available(&self) -> tokio::sync::futures::Notified<'_> {
+        self.available.notified()
     }
 
     fn next(&self, vaults: &[Vault], prev: Route, since: Instant) -> Route {
