@@ -97,6 +97,21 @@ fn bit(idx: usize) -> u64 {
     1u64 << idx.min(63)
 }
 
+/// The most attempts one error lists: a call that waits out a long deadline for a vault to
+/// come back goes through many rounds, and its error must stay readable and bounded.
+const MAX_LISTED_ATTEMPTS: usize = 32;
+
+impl Call {
+    /// Records one region's part in the call; past `MAX_LISTED_ATTEMPTS`, the first half and
+    /// the latest ones are kept.
+    fn note(&mut self, a: Attempt) {
+        if self.attempts.len() >= MAX_LISTED_ATTEMPTS {
+            self.attempts.remove(MAX_LISTED_ATTEMPTS / 2);
+        }
+        self.attempts.push(a);
+    }
+}
+
 /// State of one call across rounds.
 struct Call {
     deadline: Instant,
@@ -199,8 +214,7 @@ impl Inner {
                 return Next::Stop;
             }
             let Some(permit) = v.breaker.try_acquire() else {
-                call.attempts
-                    .push(Attempt::new(v.name.clone(), AttemptFailure::BreakerOpen));
+                call.note(Attempt::new(v.name.clone(), AttemptFailure::BreakerOpen));
                 continue;
             };
             let admitted = if urgency.is_background() {
@@ -213,8 +227,7 @@ impl Inner {
                     call.earliest_unthrottle =
                         Some(call.earliest_unthrottle.map_or(t, |e| e.min(t)));
                 }
-                call.attempts
-                    .push(Attempt::new(v.name.clone(), AttemptFailure::Throttled));
+                call.note(Attempt::new(v.name.clone(), AttemptFailure::Throttled));
                 continue;
             }
             // The first attempt at another vault after a failure is failover, not a retry: it
@@ -222,7 +235,7 @@ impl Inner {
             // call). Same-vault retries and speculative hedges draw on the budget.
             let free = hedge || call.tried & bit(idx) == 0;
             if call.sent > 0 && !free && !self.budget.withdraw() {
-                call.attempts.push(Attempt::new(
+                call.note(Attempt::new(
                     v.name.clone(),
                     AttemptFailure::BudgetExhausted,
                 ));
@@ -417,8 +430,7 @@ impl Inner {
                     StoreErrorKind::Auth { .. } | StoreErrorKind::Rejected { .. }
                 ) || (idx == 0 && *e.kind() == StoreErrorKind::NotFound);
                 if definitive && from_hedge && !in_flight.is_empty() {
-                    call.attempts
-                        .push(Attempt::new(v.name.clone(), AttemptFailure::Store(e)));
+                    call.note(Attempt::new(v.name.clone(), AttemptFailure::Store(e)));
                     continue;
                 }
                 match e.kind() {
@@ -439,8 +451,7 @@ impl Inner {
                     }
                     _ => {}
                 }
-                call.attempts
-                    .push(Attempt::new(v.name.clone(), AttemptFailure::Store(e)));
+                call.note(Attempt::new(v.name.clone(), AttemptFailure::Store(e)));
             }
             drop(in_flight);
             if call.sent >= cfg.retry.max_attempts {
@@ -450,9 +461,7 @@ impl Inner {
                 let left = call.deadline.saturating_duration_since(Instant::now());
                 if limits.wait_for_vault
                     && !left.is_zero()
-                    && tokio::time::timeout(left, recovered.as_mut())
-                        .await
-                        .is_ok()
+                    && tokio::time::timeout(left, recovered.as_mut()).await.is_ok()
                 {
                     // One attempt per region again (the first after a recovery can still meet
                     // a connection the outage broke).

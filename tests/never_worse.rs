@@ -228,3 +228,26 @@ fn a_grey_failure_is_not_trusted_for_failback() {
     })
     .unwrap();
 }
+
+/// A cold read that waits out a long deadline goes through many rounds; its error stays
+/// bounded (at most 32 regions' parts listed, the first and the latest).
+#[test]
+fn a_long_wait_gives_a_bounded_error() {
+    run_virtual(async {
+        let r = rig_with(2, |b| {
+            b.attempt_timeout(Duration::from_millis(100))
+                .deadline(Duration::from_secs(600))
+                .probe_unhealthy_interval(Duration::from_millis(200))
+                .probe_interval(Duration::from_millis(200))
+        });
+        r.seed_all("db", "v");
+        for s in &r.stores {
+            s.set_fault(Some(Fault::Refuse));
+        }
+        let e = r.client.get_secret("db").await.unwrap_err();
+        assert!(e.is_unavailable());
+        assert!(e.attempts().len() <= 32, "{}", e.attempts().len());
+        assert!(e.to_string().len() < 4096, "{}", e.to_string().len());
+    })
+    .unwrap();
+}
