@@ -59,19 +59,22 @@ pub enum BenchScenario {
     Throttle,
     /// Every region refuses connections.
     AllDown,
+    /// The primary answers 503 to secret GETs while its listing answers.
+    Partial,
     /// The primary refuses and every secret is rotated at the fault's start.
     Rotation,
 }
 
 impl BenchScenario {
     /// Every scenario, in report order.
-    pub const ALL: [BenchScenario; 7] = [
+    pub const ALL: [BenchScenario; 8] = [
         BenchScenario::Healthy,
         BenchScenario::Refuse,
         BenchScenario::Blackhole,
         BenchScenario::Slow,
         BenchScenario::Throttle,
         BenchScenario::AllDown,
+        BenchScenario::Partial,
         BenchScenario::Rotation,
     ];
 
@@ -84,6 +87,7 @@ impl BenchScenario {
             BenchScenario::Slow => "slow",
             BenchScenario::Throttle => "throttle",
             BenchScenario::AllDown => "all-down",
+            BenchScenario::Partial => "partial",
             BenchScenario::Rotation => "rotation",
         }
     }
@@ -113,6 +117,7 @@ impl BenchScenario {
             BenchScenario::Slow => "the primary answers 2 s late",
             BenchScenario::Throttle => "the primary answers 429, Retry-After 10 s",
             BenchScenario::AllDown => "every region refuses connections",
+            BenchScenario::Partial => "the primary answers 503 to secret GETs; its listing answers",
             BenchScenario::Rotation => "the primary refuses; every secret rotated as it goes down",
         }
     }
@@ -133,6 +138,7 @@ impl BenchScenario {
             BenchScenario::AllDown => {
                 vec![("weu", VaultFault::Refuse), ("neu", VaultFault::Refuse)]
             }
+            BenchScenario::Partial => vec![("weu", VaultFault::GetErrors)],
         }
     }
 }

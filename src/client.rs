@@ -717,7 +717,7 @@ impl FailoverClient {
         if self.inner.cache.get(name.key()).is_some() {
             let entry = self
                 .inner
-                .entry(value, version.as_str().into(), region.clone(), false);
+                .written_entry(value, version.as_str().into(), region.clone());
             self.inner.cache_insert(name.key(), entry);
         }
         Ok(Written::new(region, version))
@@ -814,12 +814,29 @@ impl Inner {
         region: Arc<str>,
         read: bool,
     ) -> Arc<Entry> {
-        let t = self.config.cache.refresh_interval.as_millis() as u64;
-        let at = {
-            let mut rng = self.rng.lock().unwrap_or_else(|p| p.into_inner());
-            rng.u64(t / 2..=t.max(1))
-        };
+        let at = self.first_refresh_ms();
         Arc::new(Entry::new(value, version, region, Instant::now(), at, read))
+    }
+
+    /// When a new entry is first refreshed: drawn in [T/2, T] of the refresh interval.
+    fn first_refresh_ms(&self) -> u64 {
+        let t = self.config.cache.refresh_interval.as_millis() as u64;
+        let mut rng = self.rng.lock().unwrap_or_else(|p| p.into_inner());
+        rng.u64(t / 2..=t.max(1))
+    }
+
+    /// The cache entry of a value this client just wrote to the primary: newer than any copy a
+    /// secondary held before the write.
+    pub(crate) fn written_entry(
+        &self,
+        value: SecretString,
+        version: Arc<str>,
+        region: Arc<str>,
+    ) -> Arc<Entry> {
+        let at = self.first_refresh_ms();
+        let mut e = Entry::new(value, version, region, Instant::now(), at, false);
+        e.authoritative = true;
+        Arc::new(e)
     }
 
     /// When the refresher should next look at `entry`: a latest value at its refresh time;

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use futures::stream::{FuturesUnordered, StreamExt};
+use secrecy::ExposeSecret;
 use tokio::time::Instant;
 
 use crate::breaker::{BreakerState, Outcome, Permit};
@@ -164,10 +165,34 @@ impl Inner {
                         maskable: true,
                     });
                 }
+                let v = &self.vaults[idx];
+                // Read-your-writes across a failover: a secondary's copy that differs from the
+                // value this client wrote to the primary is the older one (replication lag). The
+                // written value stays, served as last-known-good (stale) until a vault that has
+                // it answers, and the difference is recorded as drift.
+                if v.access != crate::config::Access::ReadWrite && !key.contains('/') {
+                    if let Some(cur) = self.cache.get(key) {
+                        if cur.authoritative && cur.value.expose_secret() != value.expose_secret() {
+                            self.note_lag(name, &v.name);
+                            return Err(FetchError {
+                                error: Error::new(
+                                    Kind::Unavailable,
+                                    format!(
+                                        "region {} holds an older copy of `{name}` than the one \
+                                         this client wrote to region {} (replication lag): the \
+                                         written value is kept",
+                                        v.name, cur.region
+                                    ),
+                                ),
+                                maskable: true,
+                            });
+                        }
+                    }
+                }
                 let entry = self.entry(
                     value,
                     version.into(),
-                    self.vaults[idx].name.clone(),
+                    v.name.clone(),
                     !urgency.is_background(),
                 );
                 self.cache_fetched(key, entry.clone(), started);
@@ -190,6 +215,20 @@ impl Inner {
                 }
                 Err(e)
             }
+        }
+    }
+
+    /// `region` served an older copy of `name` than the one held: record it as drift.
+    fn note_lag(&self, name: &SecretName, region: &Arc<str>) {
+        let mut drift = crate::lock(&self.drift);
+        let regions = drift.entry(name.key().to_string()).or_default();
+        if !regions.iter().any(|r| r.as_str() == &**region) {
+            regions.push(region.to_string());
+            tracing::warn!(secret = %name, region = %region, "a secondary holds an older copy");
+            self.events.emit(crate::events::Event::Drift {
+                secret: name.key().clone(),
+                regions: regions.iter().map(|r| Arc::from(r.as_str())).collect(),
+            });
         }
     }
 

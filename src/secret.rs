@@ -97,6 +97,9 @@ pub(crate) struct Entry {
     /// When a caller last read this value, in ms after `fetched_at` (negative: before it was
     /// fetched; `i64::MIN`: never).
     last_read_ms: AtomicI64,
+    /// Written by this client to the primary: a secondary's different copy is older, not newer
+    /// (it cannot have seen the write yet), until the primary answers again.
+    pub(crate) authoritative: bool,
 }
 
 impl Entry {
@@ -116,6 +119,7 @@ impl Entry {
             refresh_after_ms: AtomicU64::new(refresh_after_ms),
             refresh_failures: AtomicU32::new(0),
             last_read_ms: AtomicI64::new(if read { 0 } else { i64::MIN }),
+            authoritative: false,
         }
     }
 

@@ -499,3 +499,23 @@ async fn retry_after_is_never_short() {
         assert!(ra >= 1);
     }
 }
+
+/// `GetErrors`: a partial outage, secret GETs fail while the listing answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_get_only_fault_spares_the_listing() {
+    use reqwest::Method;
+    let emu = Emulator::builder().vault("weu").start().await.unwrap();
+    emu.insert("weu", "db", "v");
+    emu.set_fault("weu", VaultFault::GetErrors);
+    let (s, v, _) = call(
+        &emu,
+        Method::GET,
+        &format!("/secrets/db/?{API}"),
+        None,
+        true,
+    )
+    .await;
+    assert_eq!((s, code(&v)), (503, "ServiceUnavailable"));
+    let (s, v, _) = call(&emu, Method::GET, &format!("/secrets?{API}"), None, true).await;
+    assert_eq!((s, v["value"].as_array().map(Vec::len)), (200, Some(1)));
+}

@@ -378,3 +378,17 @@ proptest! {
         run_virtual(run(ops)).unwrap()?;
     }
 }
+
+/// A case the model found: both vaults' answers arrive as late as the attempt timeout, and a
+/// read races a write. After the write, the cache must not hold an older value.
+#[test]
+fn regression_a_read_racing_a_write_with_late_answers() {
+    run_virtual(run(vec![
+        Op::SetLatency(1, 400),
+        Op::Read(1),
+        Op::SetLatency(0, 400),
+        Op::RacingWrite(1, 1),
+    ]))
+    .unwrap()
+    .unwrap();
+}

@@ -81,6 +81,9 @@ pub enum VaultFault {
     Truncated,
     /// Answers are 200 with a body that is not JSON.
     Malformed,
+    /// Secret GETs (`GET /secrets/{name}/…`) answer 503; listings and writes work: a partial
+    /// outage that a listing probe does not see.
+    GetErrors,
     /// Every authorized request is answered with exactly this: any status, an optional
     /// `Retry-After` (sent as given, when it is a valid header value), and `body` repeated
     /// `repeat` times (at most 16 MiB in all). For tests of what a server may say.

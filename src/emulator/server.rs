@@ -343,6 +343,15 @@ async fn handle(state: Arc<VaultState>, req: Request<Incoming>) -> Response<Body
                 );
             }
         }
+        VaultFault::GetErrors
+            if method == Method::GET && segments.len() >= 2 && segments[0] == "secrets" =>
+        {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailable",
+                "The service is temporarily unavailable.",
+            );
+        }
         VaultFault::Throttle { retry_after_secs } => {
             state.counters.throttled.fetch_add(1, Ordering::Relaxed);
             return throttled(retry_after_secs);
