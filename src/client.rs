@@ -655,6 +655,9 @@ impl FailoverClient {
             });
         v.record_latency(t0.elapsed());
         inner.settle(idx, permit, crate::read::outcome_of(&res));
+        // Sent: whatever came back (even a timeout, whose outcome is unknown), a read that began
+        // before now may hold the old value and must not be cached.
+        inner.cache.wrote(name.key());
         res.map(|t| (idx, t)).map_err(|e| {
             tracing::info!(region = %v.name, op, secret = %name, error = %e, "write failed");
             if matches!(e.kind(), StoreErrorKind::Throttled { .. }) || e.retry_after().is_some() {
@@ -709,7 +712,6 @@ impl FailoverClient {
                 Box::pin(async move { s.set(&n, &sent).await })
             })
             .await?;
-        self.inner.cache.wrote(name.key());
         let region = self.inner.vaults[idx].name.clone();
         let value = Arc::try_unwrap(value).unwrap_or_else(|a| (*a).clone());
         // Read-your-writes for secrets this client reads; a write-only name is not cached
@@ -732,7 +734,6 @@ impl FailoverClient {
             Box::pin(async move { s.delete(&n).await })
         })
         .await?;
-        self.inner.cache.wrote(name.key());
         self.inner.forget(name.key());
         Ok(())
     }

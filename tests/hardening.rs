@@ -476,6 +476,8 @@ fn a_caller_joining_a_background_refresh_gets_a_hedged_read() {
 struct LateAnswer {
     inner: Arc<MemoryStore>,
     delay_next_get: std::sync::Mutex<Option<Duration>>,
+    /// Apply the next write, then never answer it (its outcome is unknown to the client).
+    lose_next_write_answer: AtomicU32,
 }
 
 #[async_trait]
@@ -489,7 +491,11 @@ impl SecretStore for LateAnswer {
         answer
     }
     async fn set(&self, n: &SecretName, v: &SecretString) -> Result<String, StoreError> {
-        self.inner.set(n, v).await
+        let r = self.inner.set(n, v).await;
+        if self.lose_next_write_answer.swap(0, Ordering::SeqCst) == 1 {
+            std::future::pending::<()>().await;
+        }
+        r
     }
     async fn delete(&self, n: &SecretName) -> Result<(), StoreError> {
         self.inner.delete(n).await
@@ -497,6 +503,50 @@ impl SecretStore for LateAnswer {
     async fn list(&self) -> Result<Vec<SecretProperties>, StoreError> {
         self.inner.list().await
     }
+}
+
+/// Item 8, a write whose outcome is unknown: it was applied, its answer never came (timeout).
+/// A read that began before it must not be cached either.
+#[test]
+fn a_read_racing_a_timed_out_write_is_not_cached() {
+    run_virtual(async {
+        let weu = Arc::new(MemoryStore::new("weu"));
+        weu.insert("db", "v1");
+        let store = Arc::new(LateAnswer {
+            inner: weu.clone(),
+            delay_next_get: std::sync::Mutex::new(Some(Duration::from_millis(800))),
+            lose_next_write_answer: AtomicU32::new(1),
+        });
+        let config = Config::builder()
+            .region("weu", "https://app-weu.vault.azure.net", Access::ReadWrite)
+            .probing(false)
+            .background_refresh(false)
+            .hedging(false)
+            .attempt_timeout(Duration::from_millis(500))
+            .deadline(Duration::from_secs(2))
+            .refresh_interval(Duration::from_secs(60))
+            .build()
+            .unwrap();
+        let client = FailoverClient::builder(config)
+            .store("weu", store.clone())
+            .build()
+            .unwrap();
+        let c = client.clone();
+        let early = tokio::spawn(async move { c.get_secret("db").await });
+        advance(Duration::from_millis(10)).await;
+        let e = client
+            .set_secret("db", "v2".to_string().into())
+            .await
+            .unwrap_err();
+        assert!(e.is_outcome_unknown(), "{e}");
+        let _ = early.await.unwrap();
+        assert!(
+            client.get_cached("db").is_none(),
+            "the value read before the write is not cached"
+        );
+        assert_eq!(client.get_secret("db").await.unwrap().expose(), "v2");
+    })
+    .unwrap();
 }
 
 /// Item 8: a read that started before `set_secret` and landed after it put the old value in
@@ -509,6 +559,7 @@ fn read_your_writes_survives_a_late_read() {
         let store = Arc::new(LateAnswer {
             inner: weu.clone(),
             delay_next_get: std::sync::Mutex::new(None),
+            lose_next_write_answer: AtomicU32::new(0),
         });
         let config = Config::builder()
             .region("weu", "https://app-weu.vault.azure.net", Access::ReadWrite)
