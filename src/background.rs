@@ -269,8 +269,7 @@ impl Inner {
             // The vault answered: alive, whatever it thinks of the canary.
             Ok(Err(e)) if *e.kind() == StoreErrorKind::NotFound => Outcome::Success,
             Ok(Err(e)) => {
-                if matches!(e.kind(), StoreErrorKind::Throttled { .. }) || e.retry_after().is_some()
-                {
+                if e.asks_to_wait() {
                     self.throttled(idx, e.retry_after());
                 }
                 e.kind().verdict().into()

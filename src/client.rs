@@ -660,7 +660,7 @@ impl FailoverClient {
         inner.cache.wrote(name.key());
         res.map(|t| (idx, t)).map_err(|e| {
             tracing::info!(region = %v.name, op, secret = %name, error = %e, "write failed");
-            if matches!(e.kind(), StoreErrorKind::Throttled { .. }) || e.retry_after().is_some() {
+            if e.asks_to_wait() {
                 inner.throttled(idx, e.retry_after());
             }
             let kind = match e.kind() {

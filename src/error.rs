@@ -174,6 +174,12 @@ impl StoreError {
         self
     }
 
+    /// Whether the vault asked to be left alone for a while: a 429 (with or without
+    /// `Retry-After`) or any answer carrying `Retry-After` (a 503 may).
+    pub(crate) fn asks_to_wait(&self) -> bool {
+        matches!(self.kind, StoreErrorKind::Throttled { .. }) || self.retry_after.is_some()
+    }
+
     /// How long the vault asked to be left alone (`Retry-After` on a 429 or 503), as it said
     /// it: the client caps it (`throttle.max_retry_after`) before obeying.
     pub fn retry_after(&self) -> Option<Duration> {

@@ -479,10 +479,7 @@ impl Inner {
                     StoreErrorKind::NotFound => call.secondary_not_found = true,
                     // A 429, or a 503 that says when to come back: keep off the vault that long
                     // (capped), and wait for it if nothing else answers.
-                    StoreErrorKind::Throttled { .. } | StoreErrorKind::Server { .. }
-                        if e.retry_after().is_some()
-                            || matches!(e.kind(), StoreErrorKind::Throttled { .. }) =>
-                    {
+                    _ if e.asks_to_wait() => {
                         let ra = self.throttled(idx, e.retry_after());
                         let t = later(Instant::now(), ra);
                         call.earliest_unthrottle =
