@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use azure_core::credentials::TokenCredential;
+use azure_core::credentials::{AccessToken, TokenCredential, TokenRequestOptions};
 use azure_core::error::ErrorKind;
 use azure_core::http::{ClientOptions, RetryOptions, Transport};
 use azure_security_keyvault_secrets::models::{
@@ -52,7 +52,97 @@ pub fn credential(kind: CredentialKind) -> Result<Arc<dyn TokenCredential>, Erro
         CredentialKind::ManagedIdentity => {
             azure_identity::ManagedIdentityCredential::new(None).map_err(e)?
         }
+        CredentialKind::None => Arc::new(StaticCredential),
     })
+}
+
+/// A credential that hands out a fixed placeholder bearer token valid for an hour
+/// ([`CredentialKind::None`]): for the emulator, which checks that a token is sent, not what
+/// it is. Key Vault answers 401 to it.
+#[derive(Debug, Default)]
+pub struct StaticCredential;
+
+#[async_trait]
+impl TokenCredential for StaticCredential {
+    async fn get_token(
+        &self,
+        _scopes: &[&str],
+        _options: Option<TokenRequestOptions<'_>>,
+    ) -> azure_core::Result<AccessToken> {
+        Ok(AccessToken::new(
+            "emulator-token",
+            azure_core::time::OffsetDateTime::now_utc() + azure_core::time::Duration::hours(1),
+        ))
+    }
+}
+
+/// The largest CA bundle read, in bytes.
+const MAX_CA_BUNDLE: u64 = 1024 * 1024;
+
+/// The HTTP client a configuration asks for: the attempt timeout, its CA bundle (trusted
+/// instead of the system's roots) and every region's address override.
+///
+/// # Errors
+/// [`Error::is_config`] when the CA bundle cannot be read, is larger than 1 MiB or holds no
+/// certificate, or a region's URL has no host.
+pub fn http_client_for(config: &Config) -> Result<reqwest::Client, Error> {
+    let t = config.timeouts.attempt;
+    let mut b = reqwest::Client::builder().timeout(t).connect_timeout(t);
+    if let Some(path) = config.ca_bundle() {
+        let bad = |m: String| Error::config(format!("ca_bundle {}: {m}", path.display()));
+        let len = std::fs::metadata(path)
+            .map_err(|e| bad(e.to_string()))?
+            .len();
+        if len > MAX_CA_BUNDLE {
+            return Err(bad(format!("{len} bytes, more than 1 MiB")));
+        }
+        let pem = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| bad(e.to_string()))?;
+        if certs.is_empty() {
+            return Err(bad("no PEM certificate in it".into()));
+        }
+        b = b.tls_certs_only(certs);
+    }
+    for r in config.regions() {
+        if let Some(addr) = r.address() {
+            let url = url::Url::parse(r.url())
+                .map_err(|e| Error::config(format!("region {}: {e}", r.name())))?;
+            let host = url
+                .host_str()
+                .ok_or_else(|| Error::config(format!("region {}: url has no host", r.name())))?;
+            b = b.resolve(host, addr);
+        }
+    }
+    b.build()
+        .map_err(|e| Error::config(format!("cannot build the HTTP client: {e}")))
+}
+
+/// One [`AzureStore`] per region of `config`, each with its credential (the region's own, or
+/// the client's), over [`http_client_for`]: what [`connect_with_config`] builds the client
+/// from, and what the CLI probes.
+///
+/// # Errors
+/// As [`http_client_for`] and [`credential`].
+pub fn stores_for(config: &Config) -> Result<Vec<(String, Arc<AzureStore>)>, Error> {
+    let http = http_client_for(config)?;
+    let mut creds: Vec<(CredentialKind, Arc<dyn TokenCredential>)> = Vec::new();
+    let mut out = Vec::new();
+    for r in config.regions() {
+        let kind = r.credential().unwrap_or(config.credential());
+        let cred = match creds.iter().find(|(k, _)| *k == kind) {
+            Some((_, c)) => c.clone(),
+            None => {
+                let c = credential(kind)?;
+                creds.push((kind, c.clone()));
+                c
+            }
+        };
+        out.push((
+            r.name().to_string(),
+            Arc::new(AzureStore::new(r.url(), cred, http.clone())?),
+        ));
+    }
+    Ok(out)
 }
 
 /// A `reqwest` client with `timeout` per attempt (connect included): the SDK has no per-try
@@ -167,10 +257,17 @@ pub fn connect(
     b.build()
 }
 
-/// Builds a [`FailoverClient`] authenticating with the credential the configuration names.
+/// Builds a [`FailoverClient`] from the configuration alone: each region's credential, the
+/// CA bundle and the address overrides it names.
+///
+/// # Errors
+/// As [`stores_for`], and [`Error::is_config`] from the client's builder.
 pub fn connect_with_config(config: Config) -> Result<FailoverClient, Error> {
-    let cred = credential(config.credential())?;
-    connect(config, cred, None)
+    let mut b = FailoverClient::builder(config.clone());
+    for (name, store) in stores_for(&config)? {
+        b = b.store(&name, store);
+    }
+    b.build()
 }
 
 /// Maps an SDK error into the project's classification. The message is the SDK's outer
@@ -269,10 +366,20 @@ impl SecretStore for AzureStore {
             .version
             .filter(|v| !v.is_empty())
             .ok_or_else(|| malformed("answer without a version id"))?;
+        let created = secret
+            .attributes
+            .as_ref()
+            .and_then(|a| a.created)
+            .and_then(|t| u64::try_from(t.unix_timestamp()).ok())
+            .and_then(|s| std::time::UNIX_EPOCH.checked_add(Duration::from_secs(s)));
         let value = secret
             .value
             .ok_or_else(|| malformed("answer without a value"))?;
-        Ok(StoredSecret::new(SecretString::from(value), version))
+        let stored = StoredSecret::new(SecretString::from(value), version);
+        Ok(match created {
+            Some(c) => stored.with_created(c),
+            None => stored,
+        })
     }
 
     async fn set(&self, name: &SecretName, value: &SecretString) -> Result<String, StoreError> {

@@ -4,11 +4,13 @@
 //! An open-loop generator sends reads at a fixed rate and measures each one from its
 //! *intended* send time, so a stall cannot hide behind requests it delayed (coordinated
 //! omission). Every scenario has three phases of equal length — steady, fault, recovery — with
-//! an HdrHistogram per phase. Three contenders run at once, each against its own emulator (same
+//! an HdrHistogram per phase. Four contenders run at once, each against its own emulator (same
 //! fault timeline, separate vault counters):
 //!
 //! * `failover-client` — [`FailoverClient`] with default settings over [`azure::connect`];
 //! * `plain-sdk` — `SecretClient` with default options (the SDK's retry policy) on the primary;
+//! * `plain-sdk-6s` — the same, each read given up at the client's deadline (6 s by default):
+//!   availability compared at the same latency bound;
 //! * `cache-aside-5m` — the plain client behind a 5-minute TTL cache.
 //!
 //! Half the reads go to 20 hot secrets (cached after their first read by the two caching
@@ -375,6 +377,8 @@ enum Read {
 enum Contender {
     Client(FailoverClient),
     Plain(SecretClient),
+    /// The plain SDK, each read cut at this deadline.
+    PlainDeadline(SecretClient, Duration),
     Aside(SecretClient, Mutex<HashMap<String, (u32, Instant)>>),
 }
 
@@ -400,11 +404,14 @@ async fn sdk_get(c: &SecretClient, name: &str) -> Option<u32> {
 }
 
 impl Contender {
-    fn name(&self) -> &'static str {
+    fn name(&self) -> String {
         match self {
-            Contender::Client(_) => "failover-client",
-            Contender::Plain(_) => "plain-sdk",
-            Contender::Aside(..) => "cache-aside-5m",
+            Contender::Client(_) => "failover-client".into(),
+            Contender::Plain(_) => "plain-sdk".into(),
+            Contender::PlainDeadline(_, d) => {
+                format!("plain-sdk-{}", humantime::format_duration(*d))
+            }
+            Contender::Aside(..) => "cache-aside-5m".into(),
         }
     }
 
@@ -424,6 +431,15 @@ impl Contender {
                 },
                 None => Read::Failed,
             },
+            Contender::PlainDeadline(c, d) => {
+                match tokio::time::timeout(*d, sdk_get(c, name)).await {
+                    Ok(Some(g)) => Read::Ok {
+                        stale: false,
+                        generation: g,
+                    },
+                    _ => Read::Failed,
+                }
+            }
             Contender::Aside(c, cache) => {
                 let hit = {
                     let m = lock(cache);
@@ -601,7 +617,7 @@ async fn run_scenario(
 ) -> Result<ScenarioResult, Error> {
     let mut emus = Vec::new();
     let mut contenders = Vec::new();
-    for k in 0..3 {
+    for k in 0..4 {
         let emu = Emulator::builder()
             .vault("weu")
             .vault("neu")
@@ -627,6 +643,14 @@ async fn run_scenario(
                 )?)
             }
             1 => Contender::Plain(plain_client(&emu)?),
+            2 => Contender::PlainDeadline(
+                plain_client(&emu)?,
+                Config::builder()
+                    .region("weu", &emu.url("weu"), Access::ReadWrite)
+                    .build()?
+                    .timeouts
+                    .deadline,
+            ),
             _ => Contender::Aside(plain_client(&emu)?, Mutex::new(HashMap::new())),
         };
         emus.push(emu);
@@ -635,7 +659,7 @@ async fn run_scenario(
     let third = o.duration / 3;
     let start = Instant::now() + Duration::from_millis(200);
     let rotated = (sc == BenchScenario::Rotation).then_some(third);
-    let recorders: Vec<Arc<Mutex<Recorder>>> = (0..3)
+    let recorders: Vec<Arc<Mutex<Recorder>>> = (0..contenders.len())
         .map(|_| Arc::new(Mutex::new(Recorder::new(o.duration))))
         .collect();
 
@@ -728,7 +752,7 @@ async fn run_scenario(
         .map(|((c, rec), emu)| {
             let rec = lock(rec);
             ContenderResult {
-                name: c.name().to_string(),
+                name: c.name(),
                 phases: rec.results(),
                 vault_gets: ["weu", "neu"]
                     .iter()

@@ -299,7 +299,7 @@ mod tests {
 
     #[test]
     fn half_open_lets_exactly_one_probe_through() {
-        crate::sim::run_virtual(async {
+        crate::clock::run_virtual(async {
             let b = Breaker::new(
                 "weu".into(),
                 2,
@@ -338,7 +338,7 @@ mod tests {
 
     #[test]
     fn a_late_outcome_from_before_the_breaker_opened_does_not_decide_half_open() {
-        crate::sim::run_virtual(async {
+        crate::clock::run_virtual(async {
             let b = Breaker::new(
                 "weu".into(),
                 1,
@@ -433,7 +433,7 @@ mod tests {
 
     #[test]
     fn not_recorded_outcomes_never_open() {
-        crate::sim::run_virtual(async {
+        crate::clock::run_virtual(async {
             let b = Breaker::new(
                 "weu".into(),
                 1,

@@ -353,7 +353,7 @@ mod tests {
     /// map for ever (10,000 of 10,000).
     #[test]
     fn a_cancelled_flight_leaves_nothing_behind() {
-        crate::sim::run_virtual(async {
+        crate::clock::run_virtual(async {
             let c: Cache<u32> = Cache::new(Duration::from_secs(6));
             for i in 0..1000 {
                 let key = format!("k{i}");
@@ -381,7 +381,7 @@ mod tests {
 
     #[test]
     fn a_caller_raises_a_background_flight() {
-        crate::sim::run_virtual(async {
+        crate::clock::run_virtual(async {
             let c: Arc<Cache<bool>> = Arc::new(Cache::new(Duration::from_secs(6)));
             let c1 = c.clone();
             let bg = tokio::spawn(async move {
@@ -402,7 +402,7 @@ mod tests {
 
     #[test]
     fn a_fetch_that_started_before_a_write_is_not_cached() {
-        crate::sim::run_virtual(async {
+        crate::clock::run_virtual(async {
             let c: Cache<()> = Cache::new(Duration::from_secs(6));
             let started = Instant::now();
             tokio::time::advance(Duration::from_millis(5)).await;
@@ -426,7 +426,7 @@ mod tests {
     fn inserts_do_not_grow_with_the_cache() {
         // Not a timing test: inserting 20,000 entries one by one finishes, and the schedule
         // holds one item per entry.
-        crate::sim::run_virtual(async {
+        crate::clock::run_virtual(async {
             let c: Cache<()> = Cache::new(Duration::from_secs(6));
             for i in 0..20_000 {
                 c.insert(&format!("k{i}"), entry(), Instant::now());

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::hash::RandomState;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -53,7 +54,18 @@ pub(crate) struct Inner {
     /// Closes when the last [`FailoverClient`] clone is dropped (its [`Lifeline`] goes):
     /// background tasks stop, even in the middle of a vault call.
     pub(crate) shutdown: watch::Receiver<()>,
+    /// When the client was built: the base of the two marks below.
+    pub(crate) born: Instant,
+    /// When a stale value was last served, ms after `born` plus one (0: never).
+    pub(crate) last_stale_ms: AtomicU64,
+    /// When a background task was last restarted after a panic, ms after `born` plus one.
+    pub(crate) last_restart_ms: AtomicU64,
+    /// Keys of the secrets `preload` was asked for: ready when all are held.
+    pub(crate) preloaded: Mutex<Vec<Box<str>>>,
 }
+
+/// How recent a stale serve or a task restart must be to count in [`Health`].
+pub(crate) const HEALTH_WINDOW: Duration = Duration::from_secs(60);
 
 /// Held only by [`FailoverClient`] clones, never by background tasks: its drop is the signal
 /// that nobody can use the client any more. (`Inner` itself may outlive the last clone for
@@ -232,6 +244,10 @@ impl FailoverClientBuilder {
                 drift_key: RandomState::new(),
                 probe_target: Mutex::new(None),
                 shutdown,
+                born: Instant::now(),
+                last_stale_ms: AtomicU64::new(0),
+                last_restart_ms: AtomicU64::new(0),
+                preloaded: Mutex::new(Vec::new()),
             }),
         };
         if background {
@@ -264,6 +280,9 @@ impl ReadOptions {
 /// A point-in-time view of the client's health.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Health {
+    live: bool,
+    ready: bool,
+    degraded: bool,
     active: Option<String>,
     mode: Mode,
     route_changes: u64,
@@ -272,7 +291,48 @@ pub struct Health {
     drift: BTreeMap<String, Vec<String>>,
 }
 
+/// The client's health in one word, for probes and dashboards ([`Health::state`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HealthState {
+    /// Ready and not degraded: a vault is trusted and no stale value was served lately.
+    Ready,
+    /// Ready, but serving stale values or from the cache only.
+    Degraded,
+    /// Not ready: no vault is trusted and not every preloaded secret is held.
+    NotReady,
+}
+
 impl Health {
+    /// Live: no background task had to be restarted after a panic within the last minute.
+    /// (A client that can be asked is otherwise alive; a prober or refresher that keeps
+    /// panicking is what a restart of the process could cure.)
+    pub fn is_live(&self) -> bool {
+        self.live
+    }
+
+    /// Ready: at least one vault is trusted (breaker closed, not ejected, not suspect), or
+    /// every secret [`preload`](FailoverClient::preload) was asked for is held within its
+    /// staleness cap.
+    pub fn is_ready(&self) -> bool {
+        self.ready
+    }
+
+    /// Degraded: no vault is healthy (cache only), or a stale value was served within the last
+    /// minute.
+    pub fn is_degraded(&self) -> bool {
+        self.degraded
+    }
+
+    /// Ready, degraded or not ready, in that order of preference.
+    pub fn state(&self) -> HealthState {
+        match (self.ready, self.degraded) {
+            (false, _) => HealthState::NotReady,
+            (true, true) => HealthState::Degraded,
+            (true, false) => HealthState::Ready,
+        }
+    }
+
     /// The active region, if any vault is healthy.
     pub fn active(&self) -> Option<&str> {
         self.active.as_deref()
@@ -551,6 +611,16 @@ impl FailoverClient {
     {
         let concurrency = self.inner.config.refresh.concurrency as usize;
         let names: Vec<String> = names.into_iter().map(|n| n.as_ref().to_string()).collect();
+        {
+            let mut held = crate::lock(&self.inner.preloaded);
+            for n in &names {
+                if let Ok(n) = SecretName::new(n) {
+                    if !held.iter().any(|h| **h == **n.key()) {
+                        held.push(n.key().to_string().into());
+                    }
+                }
+            }
+        }
         let mut errors: Vec<(String, Error)> = futures::stream::iter(names)
             .map(|n| async move {
                 let r = self.get_secret(&n).await;
@@ -780,7 +850,23 @@ impl FailoverClient {
         let inner = &*self.inner;
         let route = inner.router.load();
         let now = Instant::now();
+        let successes = inner.config.probe.failback_successes;
+        let trusted = inner
+            .vaults
+            .iter()
+            .any(|v| v.trusted(successes, Duration::ZERO));
+        let preloaded = crate::lock(&inner.preloaded);
+        let all_held = !preloaded.is_empty()
+            && preloaded.iter().all(|k| {
+                inner.cache.get(k).is_some_and(|e| {
+                    e.fetched_at.elapsed() <= inner.config.staleness_cap(crate::cache::name_of(k))
+                })
+            });
+        drop(preloaded);
         Health {
+            live: !inner.marked_recently(&inner.last_restart_ms),
+            ready: trusted || all_held,
+            degraded: route.mode == Mode::CacheOnly || inner.marked_recently(&inner.last_stale_ms),
             active: route.active.map(|i| inner.vaults[i].name.to_string()),
             mode: route.mode,
             route_changes: inner.router.changes(),
@@ -807,6 +893,27 @@ impl FailoverClient {
 }
 
 impl Inner {
+    /// Stamps `mark` with now (see [`Inner::born`]).
+    pub(crate) fn mark(&self, mark: &AtomicU64) {
+        let ms = self
+            .born
+            .elapsed()
+            .as_millis()
+            .min(u128::from(u64::MAX - 1)) as u64;
+        mark.store(ms + 1, Ordering::Relaxed);
+    }
+
+    /// Whether `mark` was stamped within [`HEALTH_WINDOW`].
+    fn marked_recently(&self, mark: &AtomicU64) -> bool {
+        match mark.load(Ordering::Relaxed) {
+            0 => false,
+            ms => {
+                let at = Duration::from_millis(ms - 1);
+                self.born.elapsed().saturating_sub(at) < HEALTH_WINDOW
+            }
+        }
+    }
+
     /// A cache entry confirmed now, with its first background refresh drawn in [T/2, T].
     pub(crate) fn entry(
         &self,
@@ -814,9 +921,12 @@ impl Inner {
         version: Arc<str>,
         region: Arc<str>,
         read: bool,
+        created: Option<std::time::SystemTime>,
     ) -> Arc<Entry> {
         let at = self.first_refresh_ms();
-        Arc::new(Entry::new(value, version, region, Instant::now(), at, read))
+        let mut e = Entry::new(value, version, region, Instant::now(), at, read);
+        e.created = created;
+        Arc::new(e)
     }
 
     /// When a new entry is first refreshed: drawn in [T/2, T] of the refresh interval.
@@ -898,6 +1008,7 @@ impl Inner {
                     secret: name.key().clone(),
                     age,
                 });
+                self.mark(&self.last_stale_ms);
                 Ok(Secret::stale(entry, age, error))
             }
             Some(entry) => Err(Error::with_attempts(

@@ -2,12 +2,13 @@
 //!
 //! The client reads time only through `tokio::time::Instant`, so under a paused runtime it
 //! follows virtual time. `failsafe` reads `std::time::Instant`, or a thread-local `MockClock`
-//! inside `failsafe::clock::freeze`. [`run_virtual`](crate::sim::run_virtual) runs a paused
+//! inside `failsafe::clock::freeze`. [`run_virtual`] runs a paused
 //! current-thread runtime inside `freeze`, and [`sync_breaker_clock`] (called right before
 //! every breaker operation) moves the mock clock forward to match tokio's. Outside
 //! `run_virtual` it is one thread-local read and nothing else.
 
 use std::cell::Cell;
+#[cfg(any(test, feature = "test-util"))]
 use std::future::Future;
 
 use failsafe::clock::MockClock;
@@ -41,15 +42,30 @@ pub(crate) fn sync_breaker_clock() {
     });
 }
 
+#[cfg(any(test, feature = "test-util"))]
 struct Reset;
+#[cfg(any(test, feature = "test-util"))]
 impl Drop for Reset {
     fn drop(&mut self) {
         BRIDGE.with(|c| c.set(None));
     }
 }
 
-/// See [`crate::sim::run_virtual`].
-pub(crate) fn run_virtual<F: Future>(fut: F) -> std::io::Result<F::Output> {
+/// Runs `fut` to completion in virtual time (a paused current-thread runtime, with the
+/// breakers' clock following it). Fails only if the runtime cannot be built. For an
+/// embedder's deterministic tests (feature `test-util`) and the simulator.
+///
+/// ```
+/// use std::time::Duration;
+/// let elapsed = keyvault_failover::run_virtual(async {
+///     let t = tokio::time::Instant::now();
+///     tokio::time::sleep(Duration::from_secs(3600)).await; // returns at once
+///     t.elapsed()
+/// }).unwrap();
+/// assert!(elapsed >= Duration::from_secs(3600));
+/// ```
+#[cfg(any(test, feature = "test-util"))]
+pub fn run_virtual<F: Future>(fut: F) -> std::io::Result<F::Output> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .start_paused(true)

@@ -54,6 +54,13 @@ pub struct Region {
     name: String,
     url: String,
     access: Access,
+    /// Connect to this `ip:port` instead of resolving the URL's host (private endpoints,
+    /// proxies, the emulator); TLS still checks the URL's host name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    address: Option<std::net::SocketAddr>,
+    /// This region's credential, when it differs from the client's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    credential: Option<CredentialKind>,
 }
 
 impl Region {
@@ -68,6 +75,14 @@ impl Region {
     /// Read-write or read-only.
     pub fn access(&self) -> Access {
         self.access
+    }
+    /// The address connected to instead of resolving the URL's host, if set.
+    pub fn address(&self) -> Option<std::net::SocketAddr> {
+        self.address
+    }
+    /// This region's own credential, if set (else [`Config::credential`]).
+    pub fn credential(&self) -> Option<CredentialKind> {
+        self.credential
     }
 }
 
@@ -336,6 +351,9 @@ pub enum CredentialKind {
     DeveloperTools,
     /// The managed identity of the App Service, VM or container the service runs in.
     ManagedIdentity,
+    /// No credential: a fixed placeholder token. Only for the project's emulator (which checks
+    /// that a token is sent, not what it is); Key Vault answers 401 to it.
+    None,
 }
 
 /// A validated client configuration. Build with [`Config::builder`] or [`Config::from_toml`].
@@ -347,6 +365,10 @@ pub struct Config {
     allow_multiple_writable: bool,
     #[serde(default)]
     credential: CredentialKind,
+    /// PEM file of the CA certificates to trust instead of the system's roots (a private CA,
+    /// a TLS-inspecting proxy, the emulator).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ca_bundle: Option<std::path::PathBuf>,
     #[serde(default)]
     pub(crate) timeouts: Timeouts,
     #[serde(default)]
@@ -373,6 +395,7 @@ impl Config {
                 regions: Vec::new(),
                 allow_multiple_writable: false,
                 credential: CredentialKind::default(),
+                ca_bundle: None,
                 timeouts: Timeouts::default(),
                 breaker: BreakerConfig::default(),
                 retry: RetryConfig::default(),
@@ -403,9 +426,48 @@ impl Config {
         self.credential
     }
 
+    /// The timeout of one vault call (`timeouts.attempt`).
+    pub fn attempt_timeout(&self) -> Duration {
+        self.timeouts.attempt
+    }
+
     /// The regions in priority order (primary first).
     pub fn regions(&self) -> &[Region] {
         &self.regions
+    }
+
+    /// The CA bundle trusted instead of the system's roots, if set. A relative path is taken
+    /// from the directory the process runs in; [`Config::from_file`] makes it relative to the
+    /// file.
+    pub fn ca_bundle(&self) -> Option<&std::path::Path> {
+        self.ca_bundle.as_deref()
+    }
+
+    /// Reads and validates a TOML configuration file; a relative `ca_bundle` is taken from
+    /// the file's directory.
+    ///
+    /// # Errors
+    /// [`Error::is_config`] naming the file and what is wrong.
+    pub fn from_file(path: &std::path::Path) -> Result<Config, Error> {
+        let meta = std::fs::metadata(path)
+            .map_err(|e| Error::config(format!("cannot read {}: {e}", path.display())))?;
+        if meta.len() > 1024 * 1024 {
+            return Err(Error::config(format!(
+                "{}: {} bytes; a configuration file is at most 1 MiB",
+                path.display(),
+                meta.len()
+            )));
+        }
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::config(format!("cannot read {}: {e}", path.display())))?;
+        let mut config = Config::from_toml(&text)
+            .map_err(|e| Error::config(format!("{}: {e}", path.display())))?;
+        if let (Some(ca), Some(dir)) = (&config.ca_bundle, path.parent()) {
+            if ca.is_relative() {
+                config.ca_bundle = Some(dir.join(ca));
+            }
+        }
+        Ok(config)
     }
 
     /// The staleness cap for `name` (its override, or the client-wide cap).
@@ -450,6 +512,15 @@ impl Config {
             let host = url.host_str().unwrap_or("").to_ascii_lowercase();
             if host.is_empty() {
                 return bad(format!("region {}: url {:?} has no host", r.name, r.url));
+            }
+            if r.address
+                .is_some_and(|a| a.port() == 0 || a.ip().is_unspecified())
+            {
+                return bad(format!(
+                    "region {}: address {:?} must be a reachable ip:port",
+                    r.name,
+                    r.address.map(|a| a.to_string()).unwrap_or_default()
+                ));
             }
             if !urls.insert((host, url.port_or_known_default())) {
                 return bad(format!(
@@ -731,7 +802,31 @@ impl ConfigBuilder {
             name: name.to_string(),
             url: url.to_string(),
             access,
+            address: None,
+            credential: None,
         });
+        self
+    }
+
+    /// The last region added connects to `address` instead of resolving its URL's host.
+    pub fn address(mut self, address: std::net::SocketAddr) -> Self {
+        if let Some(r) = self.config.regions.last_mut() {
+            r.address = Some(address);
+        }
+        self
+    }
+
+    /// The last region added authenticates with `credential`.
+    pub fn region_credential(mut self, credential: CredentialKind) -> Self {
+        if let Some(r) = self.config.regions.last_mut() {
+            r.credential = Some(credential);
+        }
+        self
+    }
+
+    /// Trusts the CA certificates of this PEM file instead of the system's roots.
+    pub fn ca_bundle(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.config.ca_bundle = Some(path.into());
         self
     }
 

@@ -12,7 +12,7 @@
 //! region without touching its breaker.
 //!
 //! ```
-//! # keyvault_failover::sim::run_virtual(async {
+//! # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
 //! use std::sync::Arc;
 //! use keyvault_failover::{store::MemoryStore, Access, Config, FailoverClient};
 //!
@@ -30,14 +30,29 @@
 //! assert_eq!(secret.expose(), "hunter2");
 //! assert_eq!(client.health().active(), Some("weu"));
 //! # Ok::<(), keyvault_failover::Error>(())
-//! # }).unwrap().unwrap();
+//! # }).unwrap();
 //! ```
 //!
 //! The vaults are reached through the [`SecretStore`] trait. [`store::MemoryStore`] is an
 //! in-process vault with scriptable faults for tests and the [simulator](sim).
 //!
 //! Time is read only through `tokio::time`, so the same code runs in production, under tokio's
-//! paused clock in tests, and in the deterministic simulator ([`sim::run_virtual`]).
+//! paused clock in tests (`run_virtual`, feature `test-util`), and in the deterministic
+//! simulator (module `sim`, feature `sim`).
+//!
+//! # Features
+//!
+//! | feature | what it adds | on by default |
+//! |---|---|---|
+//! | `azure` | the Azure backend (`azure` module: `azure_security_keyvault_secrets`, `azure_identity`) | yes |
+//! | `test-util` | `run_virtual`: the client on tokio's paused clock, breakers in step | yes |
+//! | `emulator` | the HTTPS Key Vault emulator (`emulator` module) | yes |
+//! | `sim` | the deterministic simulator (`sim` module) and its plots | yes |
+//! | `bench` | latency under fault injection against the emulator (`bench` module) | yes |
+//! | `cli` | the `keyvault-failover` command | yes |
+//!
+//! An embedder writes `default-features = false, features = ["azure"]`: the client, the
+//! `SecretStore` trait, `MemoryStore` and the Azure backend, nothing else.
 #![deny(missing_docs)]
 
 /// Locks `m`, going on through poisoning: every guarded value here stays consistent when a
@@ -62,25 +77,35 @@ mod router;
 mod secret;
 mod vault;
 
+#[cfg(feature = "azure")]
 pub mod azure;
+#[cfg(feature = "bench")]
 pub mod bench;
+#[cfg(feature = "emulator")]
 pub mod emulator;
+#[cfg(feature = "sim")]
 mod plot;
+#[cfg(feature = "sim")]
 pub mod sim;
 pub mod store;
 
+#[cfg(feature = "test-util")]
+pub use clock::run_virtual;
+
 pub use breaker::BreakerState;
-pub use client::{FailoverClient, FailoverClientBuilder, Health, ReadOptions, RegionHealth};
+pub use client::{
+    FailoverClient, FailoverClientBuilder, Health, HealthState, ReadOptions, RegionHealth,
+};
 pub use config::{Access, Config, ConfigBuilder, CredentialKind, Region};
 pub use error::{Attempt, AttemptFailure, Error, StoreError, StoreErrorKind, MAX_MESSAGE_LEN};
 pub use events::Event;
 pub use name::SecretName;
-pub use retry_after::parse_retry_after;
+pub use retry_after::{parse_retry_after, parse_retry_after_ms};
 pub use router::Mode;
 pub use secret::{Freshness, Secret, SecretProperties, StoredSecret, Written};
 pub use store::SecretStore;
 pub use vault::LatencySummary;
 
-#[cfg(doctest)]
+#[cfg(all(doctest, feature = "cli"))]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;

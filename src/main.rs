@@ -9,6 +9,8 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use keyvault_failover::{sim, Config};
 
+mod cli;
+
 #[derive(Parser)]
 #[command(
     version,
@@ -36,7 +38,7 @@ enum Command {
         #[arg(long, value_parser = humantime::parse_duration)]
         duration: Option<Duration>,
         /// Contenders to run (default: the client and the scenario's baselines).
-        #[arg(long, value_delimiter = ',', value_parser = ["client", "sdk", "cache-aside", "app-service"])]
+        #[arg(long, value_delimiter = ',', value_parser = ["client", "sdk", "sdk-deadline", "cache-aside", "app-service"])]
         only: Option<Vec<String>>,
         /// Directory to write report.json and plot.svg (swarm: swarm.json) into.
         #[arg(long)]
@@ -76,6 +78,41 @@ enum Command {
         /// Stop after this many seconds (default: run until Ctrl-C).
         #[arg(long)]
         duration: Option<u64>,
+    },
+    /// Probe each region of a configuration once (a one-item listing, all at once); exit 1
+    /// when a region did not answer.
+    Probe {
+        /// The client configuration (the library's TOML).
+        #[arg(long)]
+        config: PathBuf,
+        /// JSON for scripts instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Each region's reachability and latency, and where a read would go now and why; exit 1
+    /// when no region answered.
+    Status {
+        /// The client configuration (the library's TOML).
+        #[arg(long)]
+        config: PathBuf,
+        /// JSON for scripts instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Read one secret through the failover client: its version and the region that served
+    /// it; the value only with --reveal.
+    Get {
+        /// The secret's name.
+        name: String,
+        /// The client configuration (the library's TOML).
+        #[arg(long)]
+        config: PathBuf,
+        /// Print the value too.
+        #[arg(long)]
+        reveal: bool,
+        /// JSON for scripts instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Validate a TOML client configuration and print it with every default filled in.
     CheckConfig {
@@ -123,6 +160,7 @@ fn contenders(scenario: &sim::Scenario, names: &[String]) -> Vec<sim::ContenderK
             all.iter().copied().find(|k| match n.as_str() {
                 "client" => *k == sim::ContenderKind::FailoverClient,
                 "sdk" => *k == sim::ContenderKind::PlainSdk,
+                "sdk-deadline" => matches!(k, sim::ContenderKind::PlainSdkDeadline(_)),
                 "cache-aside" => matches!(k, sim::ContenderKind::CacheAside(_)),
                 _ => *k == sim::ContenderKind::AppService,
             })
@@ -355,6 +393,12 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 }
                 if let Some(p) = emu.cert_path() {
                     println!("CA certificate {}", p.display());
+                    let config = emu.write_client_config()?;
+                    println!(
+                        "client configuration {}  (keyvault-failover status --config {})",
+                        config.display(),
+                        config.display()
+                    );
                 }
                 if let Some(a) = emu.admin_addr() {
                     println!("admin http://{a}/vaults  (PUT /vaults/<region>/fault {{\"fault\":\"refuse\"}})");
@@ -370,6 +414,14 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 Ok::<_, Box<dyn std::error::Error>>(ExitCode::SUCCESS)
             })
         }
+        Command::Probe { config, json } => cli::probe(&config, json),
+        Command::Status { config, json } => cli::status(&config, json),
+        Command::Get {
+            name,
+            config,
+            reveal,
+            json,
+        } => cli::get(&config, &name, reveal, json),
         Command::CheckConfig { file } => {
             let text = std::fs::read_to_string(&file)
                 .map_err(|e| format!("cannot read {}: {e}", file.display()))?;

@@ -151,7 +151,7 @@ impl Inner {
             .await;
         match result {
             Ok((idx, stored)) => {
-                let (value, version) = stored.into_parts();
+                let (value, version, created) = stored.into_parts();
                 if version.is_empty() {
                     // A vault that answers without a version id answered something else.
                     return Err(FetchError {
@@ -166,21 +166,31 @@ impl Inner {
                     });
                 }
                 let v = &self.vaults[idx];
-                // Read-your-writes across a failover: a secondary's copy that differs from the
-                // value this client wrote to the primary is the older one (replication lag). The
-                // written value stays, served as last-known-good (stale) until a vault that has
-                // it answers, and the difference is recorded as drift.
+                // Versions never go backwards across a failover. A secondary's copy is older than
+                // the value held (replication lag) when this client wrote the held value to the
+                // primary and the copy differs, or when the copy was created before the held
+                // version (the vaults' `created` times: the secret's high-water mark). The held
+                // value stays, served as last-known-good (stale) until a vault that has it
+                // answers, and the difference is recorded as drift.
                 if v.access != crate::config::Access::ReadWrite && !key.contains('/') {
                     if let Some(cur) = self.cache.get(key) {
-                        if cur.authoritative && cur.value.expose_secret() != value.expose_secret() {
+                        let differs = cur.value.expose_secret() != value.expose_secret();
+                        let written = cur.authoritative && differs;
+                        let older = matches!((cur.created, created), (Some(held), Some(got)) if got < held)
+                            && differs;
+                        if written || older {
                             self.note_lag(name, &v.name);
+                            let why = if written {
+                                "the one this client wrote to"
+                            } else {
+                                "the one served from"
+                            };
                             return Err(FetchError {
                                 error: Error::new(
                                     Kind::Unavailable,
                                     format!(
-                                        "region {} holds an older copy of `{name}` than the one \
-                                         this client wrote to region {} (replication lag): the \
-                                         written value is kept",
+                                        "region {} holds an older copy of `{name}` than {why} \
+                                         region {} (replication lag): the newer value is kept",
                                         v.name, cur.region
                                     ),
                                 ),
@@ -194,6 +204,7 @@ impl Inner {
                     version.into(),
                     v.name.clone(),
                     !urgency.is_background(),
+                    created,
                 );
                 self.cache_fetched(key, entry.clone(), started);
                 if !key.contains('/') {

@@ -33,8 +33,17 @@ pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
-/// Parses a millisecond header value (`retry-after-ms`).
-pub(crate) fn parse_retry_after_ms(value: &str) -> Option<Duration> {
+/// Parses a millisecond header value (`retry-after-ms`, `x-ms-retry-after-ms`): digits only,
+/// at most 32 of them; anything else is `None`. For a [`SecretStore`](crate::SecretStore)
+/// backend that reads the header itself.
+///
+/// ```
+/// use std::time::Duration;
+/// use keyvault_failover::parse_retry_after_ms;
+/// assert_eq!(parse_retry_after_ms("1500"), Some(Duration::from_millis(1500)));
+/// assert_eq!(parse_retry_after_ms("-1"), None);
+/// ```
+pub fn parse_retry_after_ms(value: &str) -> Option<Duration> {
     let v = value.trim();
     if v.is_empty() || v.len() > 32 || !v.bytes().all(|b| b.is_ascii_digit()) {
         return None;

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use secrecy::{ExposeSecret, SecretString};
 use tokio::time::Instant;
@@ -17,6 +17,7 @@ pub const MAX_VALUE_LEN: usize = 25 * 1024;
 pub struct StoredSecret {
     value: SecretString,
     version: String,
+    created: Option<SystemTime>,
 }
 
 impl StoredSecret {
@@ -25,7 +26,23 @@ impl StoredSecret {
         StoredSecret {
             value,
             version: version.into(),
+            created: None,
         }
+    }
+
+    /// The same, with the time the vault created this version (Key Vault's
+    /// `attributes.created`). The client uses it as a high-water mark: after a failover, a
+    /// secondary's version created before the one already served is older (replication lag)
+    /// and is not served as fresh.
+    #[must_use]
+    pub fn with_created(mut self, created: SystemTime) -> Self {
+        self.created = Some(created);
+        self
+    }
+
+    /// When the vault created this version, when it said.
+    pub fn created(&self) -> Option<SystemTime> {
+        self.created
     }
 
     /// The value.
@@ -38,8 +55,8 @@ impl StoredSecret {
         &self.version
     }
 
-    pub(crate) fn into_parts(self) -> (SecretString, String) {
-        (self.value, self.version)
+    pub(crate) fn into_parts(self) -> (SecretString, String, Option<SystemTime>) {
+        (self.value, self.version, self.created)
     }
 }
 
@@ -48,6 +65,7 @@ impl fmt::Debug for StoredSecret {
         f.debug_struct("StoredSecret")
             .field("value", &"[REDACTED]")
             .field("version", &self.version)
+            .field("created", &self.created)
             .finish()
     }
 }
@@ -100,6 +118,8 @@ pub(crate) struct Entry {
     /// Written by this client to the primary: a secondary's different copy is older, not newer
     /// (it cannot have seen the write yet), until the primary answers again.
     pub(crate) authoritative: bool,
+    /// When the vault created this version, when it said: the secret's high-water mark.
+    pub(crate) created: Option<SystemTime>,
 }
 
 impl Entry {
@@ -120,6 +140,7 @@ impl Entry {
             refresh_failures: AtomicU32::new(0),
             last_read_ms: AtomicI64::new(if read { 0 } else { i64::MIN }),
             authoritative: false,
+            created: None,
         }
     }
 

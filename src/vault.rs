@@ -387,7 +387,7 @@ mod tests {
     /// hedge delay; now it is read at most once a second.
     #[test]
     fn the_hedge_delay_is_read_at_most_once_a_second() {
-        crate::sim::run_virtual(async {
+        crate::clock::run_virtual(async {
             let v = vault();
             let cfg = HedgeConfig::default();
             assert_eq!(v.hedge_delay(&cfg), cfg.default_delay);
@@ -412,7 +412,7 @@ mod tests {
 
     #[test]
     fn a_probe_is_claimed_once_per_interval() {
-        crate::sim::run_virtual(async {
+        crate::clock::run_virtual(async {
             let v = vault();
             let i = Duration::from_secs(2);
             assert!(v.claim_probe(i));

@@ -24,7 +24,15 @@ async fn a_short_refuse_run_reports_every_contender_and_phase() {
     assert_eq!(report.scenarios.len(), 1);
     let s = &report.scenarios[0];
     let names: Vec<_> = s.contenders.iter().map(|c| c.name.as_str()).collect();
-    assert_eq!(names, ["failover-client", "plain-sdk", "cache-aside-5m"]);
+    assert_eq!(
+        names,
+        [
+            "failover-client",
+            "plain-sdk",
+            "plain-sdk-6s",
+            "cache-aside-5m"
+        ]
+    );
     for c in &s.contenders {
         let phases: Vec<_> = c.phases.iter().map(|p| p.phase.as_str()).collect();
         assert_eq!(phases, ["steady", "fault", "recovery", "all"]);

@@ -139,10 +139,16 @@ fn a_panicking_prober_is_restarted_and_reported() {
                 restarts = n;
             }
         }
+        assert!(
+            !client.health().is_live(),
+            "a task restarted within the minute makes the client not live"
+        );
         let lists = store.inner.lists();
         advance(30 * S).await;
         assert!(store.inner.lists() > lists, "the restarted prober probes");
         assert_eq!(client.breaker_state("weu"), Some(BreakerState::Closed));
+        advance(31 * S).await;
+        assert!(client.health().is_live(), "live again a minute after");
     })
     .unwrap();
 }

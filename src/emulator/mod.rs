@@ -37,8 +37,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_trait::async_trait;
-use azure_core::credentials::{AccessToken, TokenCredential, TokenRequestOptions};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
@@ -382,6 +380,57 @@ impl Emulator {
         self.cert_path.as_deref()
     }
 
+    /// A client configuration for these vaults: the first region read-write, the others
+    /// read-only, each with its loopback address, the emulator's CA as `ca_bundle` (the file
+    /// written by [`EmulatorBuilder::cert_dir`], by name, so the configuration file sits next
+    /// to it) and no credential (the emulator takes any token).
+    ///
+    /// # Errors
+    /// When no CA file was written (no `cert_dir`).
+    pub fn client_config(&self) -> Result<crate::Config, Error> {
+        let ca = self
+            .cert_path
+            .as_ref()
+            .and_then(|p| p.file_name())
+            .ok_or_else(|| Error::config("the emulator wrote no CA file (no cert_dir)"))?;
+        let mut b = crate::Config::builder()
+            .credential(crate::CredentialKind::None)
+            .ca_bundle(ca);
+        for (i, v) in self.vaults.iter().enumerate() {
+            let access = if i == 0 {
+                crate::Access::ReadWrite
+            } else {
+                crate::Access::ReadOnly
+            };
+            b = b
+                .region(&v.region, &format!("https://{}", v.host), access)
+                .address(v.addr);
+        }
+        b.build()
+    }
+
+    /// Writes [`Emulator::client_config`] as `client.toml` next to the CA file and returns its
+    /// path: `keyvault-failover status --config <it>` then talks to these vaults.
+    ///
+    /// # Errors
+    /// When no CA file was written, or the file cannot be written.
+    pub fn write_client_config(&self) -> Result<PathBuf, Error> {
+        let config = self.client_config()?;
+        let dir = self
+            .cert_path
+            .as_ref()
+            .and_then(|p| p.parent())
+            .ok_or_else(|| Error::config("the emulator wrote no CA file (no cert_dir)"))?;
+        let path = dir.join("client.toml");
+        let text = format!(
+            "# Written by `keyvault-failover emulator`: a client configuration for its vaults.\n{}",
+            config.to_toml()
+        );
+        std::fs::write(&path, text)
+            .map_err(|e| Error::config(format!("cannot write {}: {e}", path.display())))?;
+        Ok(path)
+    }
+
     /// A `reqwest` client that trusts only the emulator's CA and resolves every vault host to
     /// its loopback port, with `attempt_timeout` as its per-request timeout.
     pub fn http_client(&self, attempt_timeout: Duration) -> Result<reqwest::Client, Error> {
@@ -477,21 +526,4 @@ impl Emulator {
     }
 }
 
-/// A credential that hands out a fixed bearer token valid for an hour: for the emulator, which
-/// accepts any token. Real deployments use `azure_identity`.
-#[derive(Debug, Default)]
-pub struct StaticCredential;
-
-#[async_trait]
-impl TokenCredential for StaticCredential {
-    async fn get_token(
-        &self,
-        _scopes: &[&str],
-        _options: Option<TokenRequestOptions<'_>>,
-    ) -> azure_core::Result<AccessToken> {
-        Ok(AccessToken::new(
-            "emulator-token",
-            azure_core::time::OffsetDateTime::now_utc() + azure_core::time::Duration::hours(1),
-        ))
-    }
-}
+pub use crate::azure::StaticCredential;

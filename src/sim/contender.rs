@@ -6,6 +6,8 @@
 //!   at most 30 s apart, 60 s in all; 408/429/500/502/503/504 and transport errors retried;
 //!   `Retry-After` honoured uncapped). The SDK has no per-try timeout: a hung attempt is cut
 //!   when the 60 s the policy allows in all have gone.
+//! * **plain SDK at the client's deadline** — the same, with each read given up when the
+//!   client's `timeouts.deadline` runs out: availability compared at the same latency bound.
 //! * **cache-aside** — the throttling guide's pattern: a value is served from memory for a
 //!   fixed TTL, then fetched again through the plain SDK; an expired value is not served when
 //!   the fetch fails.
@@ -35,6 +37,8 @@ pub enum ContenderKind {
     FailoverClient,
     /// The plain SDK against the primary.
     PlainSdk,
+    /// The plain SDK against the primary, each read cut at this deadline (the client's).
+    PlainSdkDeadline(Duration),
     /// Cache-aside with this TTL over the plain SDK.
     CacheAside(Duration),
     /// App Service Key Vault references (24 h refresh).
@@ -47,6 +51,9 @@ impl ContenderKind {
         match self {
             ContenderKind::FailoverClient => "failover-client".into(),
             ContenderKind::PlainSdk => "plain-sdk".into(),
+            ContenderKind::PlainSdkDeadline(d) => {
+                format!("plain-sdk-{}", humantime::format_duration(*d))
+            }
             ContenderKind::CacheAside(ttl) => {
                 format!("cache-aside-{}", humantime::format_duration(*ttl))
             }
@@ -59,6 +66,9 @@ impl ContenderKind {
         let mut v = vec![ContenderKind::FailoverClient];
         if s.baselines.sdk {
             v.push(ContenderKind::PlainSdk);
+        }
+        if s.baselines.sdk_at_deadline {
+            v.push(ContenderKind::PlainSdkDeadline(s.client_deadline()));
         }
         if let Some(ttl) = s.baselines.cache_aside_ttl {
             v.push(ContenderKind::CacheAside(ttl));
@@ -77,6 +87,8 @@ pub(crate) enum ReadResult {
     Served { gen: u32, stale: Option<Duration> },
     /// No value.
     Failed,
+    /// No value, and the answer was "not found" (every secret read exists in the primary).
+    NotFound,
 }
 
 /// One write's result.
@@ -96,6 +108,8 @@ pub(crate) enum Instance {
     Sdk {
         primary: Arc<SimVault>,
         rng: Mutex<fastrand::Rng>,
+        /// Each read given up after this long.
+        deadline: Option<Duration>,
         /// Cache-aside: TTL and name → (generation, fetched at).
         cache: Option<(Duration, Mutex<AsideCache>)>,
     },
@@ -142,9 +156,15 @@ impl Instance {
                 }
                 Instance::Client { client, taps }
             }
-            ContenderKind::PlainSdk | ContenderKind::CacheAside(_) => Instance::Sdk {
+            ContenderKind::PlainSdk
+            | ContenderKind::PlainSdkDeadline(_)
+            | ContenderKind::CacheAside(_) => Instance::Sdk {
                 primary,
                 rng: Mutex::new(fastrand::Rng::with_seed(seed)),
+                deadline: match kind {
+                    ContenderKind::PlainSdkDeadline(d) => Some(d),
+                    _ => None,
+                },
                 cache: match kind {
                     ContenderKind::CacheAside(ttl) => Some((ttl, Mutex::new(HashMap::new()))),
                     _ => None,
@@ -197,7 +217,7 @@ impl Instance {
         } = self
         {
             for i in 0..secrets {
-                if let Some(gen) = sdk_get(primary, rng, i).await {
+                if let Ok(gen) = sdk_get(primary, rng, i).await {
                     lock(values).insert(i, gen);
                 }
             }
@@ -219,12 +239,14 @@ impl Instance {
                         },
                         None => ReadResult::Failed,
                     },
+                    Err(e) if e.is_not_found() => ReadResult::NotFound,
                     Err(_) => ReadResult::Failed,
                 }
             }
             Instance::Sdk {
                 primary,
                 rng,
+                deadline,
                 cache,
             } => {
                 if let Some((ttl, map)) = cache {
@@ -234,14 +256,20 @@ impl Instance {
                         }
                     }
                 }
-                match sdk_get(primary, rng, i).await {
-                    Some(gen) => {
+                let got = match deadline {
+                    Some(d) => tokio::time::timeout(*d, sdk_get(primary, rng, i))
+                        .await
+                        .unwrap_or(Err(ReadResult::Failed)),
+                    None => sdk_get(primary, rng, i).await,
+                };
+                match got {
+                    Ok(gen) => {
                         if let Some((_, map)) = cache {
                             lock(map).insert(i, (gen, Instant::now()));
                         }
                         ReadResult::Served { gen, stale: None }
                     }
-                    None => ReadResult::Failed,
+                    Err(r) => r,
                 }
             }
             Instance::AppService { values, .. } => match lock(values).get(&i) {
@@ -266,8 +294,8 @@ impl Instance {
                     return WriteResult::Failed;
                 };
                 match sdk_retry(rng, || primary.set(&n, &value)).await {
-                    Some(_) => WriteResult::Ok,
-                    None => WriteResult::Failed,
+                    Ok(_) => WriteResult::Ok,
+                    Err(_) => WriteResult::Failed,
                 }
             }
         }
@@ -288,27 +316,35 @@ impl Instance {
     }
 }
 
-/// One read through the plain SDK's retry policy; the generation read, or `None`.
-async fn sdk_get(v: &SimVault, rng: &Mutex<fastrand::Rng>, i: u32) -> Option<u32> {
-    let name = SecretName::new(&format!("secret-{i}")).ok()?;
-    let s = sdk_retry(rng, || v.get(&name, None)).await?;
-    generation(s.value().expose_secret())
+/// One read through the plain SDK's retry policy: the generation read, or how it failed.
+async fn sdk_get(v: &SimVault, rng: &Mutex<fastrand::Rng>, i: u32) -> Result<u32, ReadResult> {
+    let name = SecretName::new(&format!("secret-{i}")).map_err(|_| ReadResult::Failed)?;
+    match sdk_retry(rng, || v.get(&name, None)).await {
+        Ok(s) => generation(s.value().expose_secret()).ok_or(ReadResult::Failed),
+        Err(Some(StoreErrorKind::NotFound)) => Err(ReadResult::NotFound),
+        Err(_) => Err(ReadResult::Failed),
+    }
 }
 
-/// The SDK's default retry policy around `call`.
-async fn sdk_retry<T, F, Fut>(rng: &Mutex<fastrand::Rng>, mut call: F) -> Option<T>
+/// The SDK's default retry policy around `call`; on failure, the last answer's kind (`None`
+/// when the policy's time ran out).
+async fn sdk_retry<T, F, Fut>(
+    rng: &Mutex<fastrand::Rng>,
+    mut call: F,
+) -> Result<T, Option<StoreErrorKind>>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, crate::StoreError>>,
 {
     const TOTAL: Duration = Duration::from_secs(60);
     let start = Instant::now();
+    let mut last = None;
     for retry in 0..=8u32 {
         let left = TOTAL.saturating_sub(start.elapsed());
         let err = match tokio::time::timeout(left, call()).await {
-            Ok(Ok(v)) => return Some(v),
+            Ok(Ok(v)) => return Ok(v),
             Ok(Err(e)) => e,
-            Err(_) => return None,
+            Err(_) => return Err(last),
         };
         let wait = match err.kind() {
             StoreErrorKind::Throttled {
@@ -321,14 +357,15 @@ where
             StoreErrorKind::Server {
                 status: 408 | 500 | 502 | 503 | 504,
             } => backoff(rng, retry),
-            _ => return None,
+            k => return Err(Some(k.clone())),
         };
+        last = Some(err.kind().clone());
         if start.elapsed() + wait > TOTAL {
-            return None;
+            return Err(last);
         }
         tokio::time::sleep(wait).await;
     }
-    None
+    Err(last)
 }
 
 fn backoff(rng: &Mutex<fastrand::Rng>, retry: u32) -> Duration {

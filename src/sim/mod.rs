@@ -35,6 +35,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 pub use contender::ContenderKind;
+#[cfg(feature = "bench")]
 pub(crate) use report::lat;
 pub use report::{
     ContenderReport, Invariant, Percentiles, PhaseReport, SimReport, VaultLoad, Writes,

@@ -115,6 +115,12 @@ pub struct ContenderReport {
     pub max_staleness_ms: u64,
     /// Reads that returned a generation older than the vaults held at the intended send time.
     pub outdated_reads: u64,
+    /// Reads answered "not found": every secret read exists in the primary, so each is a
+    /// secret reported absent while it was only unreachable (or not yet replicated).
+    pub not_found_reads: u64,
+    /// Reads served a generation older than one the same instance had already served
+    /// (versions going backwards, e.g. a lagging secondary after failover).
+    pub backwards_reads: u64,
     /// Latency from intended send time, all reads.
     pub latency_us: Percentiles,
     /// Per phase.
@@ -254,6 +260,12 @@ impl fmt::Display for SimReport {
         row(f, "stale serves", &|c| c.stale.to_string())?;
         row(f, "max staleness", &|c| ms(Some(c.max_staleness_ms)))?;
         row(f, "outdated reads", &|c| c.outdated_reads.to_string())?;
+        row(f, "versions gone backwards", &|c| {
+            c.backwards_reads.to_string()
+        })?;
+        row(f, "not-found (secret exists)", &|c| {
+            c.not_found_reads.to_string()
+        })?;
         row(f, "rotation propagation", &|c| {
             if c.rotations == 0 {
                 "-".into()

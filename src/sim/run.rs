@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 use super::contender::{ContenderKind, Instance, ReadResult, WriteResult};
 use super::report::{ContenderReport, Invariant, Percentiles, PhaseReport, VaultLoad, Writes};
-use super::scenario::{FaultKind, Scenario};
+use super::scenario::{FaultKind, Op, Scenario};
 use super::vault::SimVault;
 use crate::breaker::BreakerState;
 use crate::events::Event;
@@ -69,7 +69,14 @@ fn phases(s: &Scenario) -> Vec<Phase> {
                 .faults
                 .iter()
                 .filter(|f| mid >= f.start && mid < f.end)
-                .map(|f| format!("{} {}", kind_name(f.kind), f.region))
+                .map(|f| {
+                    let ops: Vec<&str> = f.ops.iter().map(|o| op_name(*o)).collect();
+                    if ops.is_empty() {
+                        format!("{} {}", kind_name(f.kind), f.region)
+                    } else {
+                        format!("{} {} ({})", kind_name(f.kind), f.region, ops.join(","))
+                    }
+                })
                 .collect();
             let name = if !active.is_empty() {
                 seen_fault = true;
@@ -90,6 +97,16 @@ fn phases(s: &Scenario) -> Vec<Phase> {
             }
         })
         .collect()
+}
+
+fn op_name(o: Op) -> &'static str {
+    match o {
+        Op::Get => "get",
+        Op::List => "list",
+        Op::Set => "set",
+        Op::Delete => "delete",
+        Op::Probe => "probe",
+    }
 }
 
 fn kind_name(k: FaultKind) -> &'static str {
@@ -125,10 +142,16 @@ struct Recorder {
     rotation_lag: BTreeMap<(u32, u32), Duration>,
     last_read_old: BTreeMap<(u32, u32), bool>,
     writes: Writes,
+    /// Reads answered "not found" (every secret read exists in the primary).
+    not_found: u64,
+    /// Reads served a generation older than one the same instance had already served.
+    backwards: u64,
+    /// (instance, secret) → newest generation served.
+    served: std::collections::HashMap<(u32, u32), u32>,
 }
 
 impl Recorder {
-    fn read(&mut self, i: u32, intended: Instant, r: ReadResult) {
+    fn read(&mut self, k: u32, i: u32, intended: Instant, r: ReadResult) {
         let now = Instant::now();
         let t = intended - self.start;
         let us = (now - intended).as_micros().max(1) as u64;
@@ -136,7 +159,16 @@ impl Recorder {
         self.lat.saturating_record(us);
         let (failed, stale) = match r {
             ReadResult::Failed => (true, false),
+            ReadResult::NotFound => {
+                self.not_found += 1;
+                (true, false)
+            }
             ReadResult::Served { stale, gen } => {
+                let newest = self.served.entry((k, i)).or_insert(gen);
+                if gen < *newest {
+                    self.backwards += 1;
+                }
+                *newest = (*newest).max(gen);
                 let (cur, since) = self.truth[i as usize];
                 if gen < cur {
                     self.outdated += 1;
@@ -235,24 +267,55 @@ pub(crate) async fn run(
         rotation_lag: BTreeMap::new(),
         last_read_old: BTreeMap::new(),
         writes: Writes::default(),
+        not_found: 0,
+        backwards: 0,
+        served: std::collections::HashMap::new(),
     }));
 
-    // Rotations: a new generation in every vault at once.
+    // Replication: the primary's writes reach each other region after its delay.
+    let replicas: Vec<_> = vaults
+        .iter()
+        .zip(&s.regions)
+        .skip(1)
+        .map(|(v, r)| (v.clone(), r.replication_delay))
+        .collect();
+    vaults[0].replicate_to(replicas);
+    // Rotations happen in the primary and reach each other region after its replication
+    // delay; unreplicated secrets reach a region after its delay.
     let mut rotations = s.workload.rotations.clone();
     rotations.sort_by_key(|r| (r.at, r.secret));
+    let mut changes = Vec::new(); // (at, vault, secret, generation, rotation?)
+    {
+        let mut gens = vec![0u32; s.workload.secrets as usize];
+        for r in &rotations {
+            gens[r.secret as usize] += 1;
+            for (j, region) in s.regions.iter().enumerate() {
+                let at = r.at + region.replication_delay;
+                changes.push((at, j, r.secret, gens[r.secret as usize], true));
+            }
+        }
+        for (j, region) in s.regions.iter().enumerate() {
+            for i in s.workload.secrets - region.unreplicated..s.workload.secrets {
+                changes.push((region.replication_delay, j, i, 0, false));
+            }
+        }
+    }
+    // Arrivals first at the same instant, then by time (stable: the rotations stay in order).
+    changes.sort_by_key(|c| (c.0, c.4));
     let rotator = {
         let (vaults, rec) = (vaults.clone(), rec.clone());
-        let rotations = rotations.clone();
         let end = s.duration;
         tokio::spawn(async move {
-            for r in rotations.into_iter().filter(|r| r.at < end) {
-                tokio::time::sleep_until(start + r.at).await;
-                let mut g = lock(&rec);
-                let gen = g.truth[r.secret as usize].0 + 1;
-                g.truth[r.secret as usize] = (gen, r.at);
-                for v in &vaults {
-                    v.rotate(r.secret, gen);
+            for (at, j, i, gen, rotation) in changes.into_iter().filter(|c| c.0 < end) {
+                tokio::time::sleep_until(start + at).await;
+                if !rotation {
+                    vaults[j].arrive(i, gen);
+                    continue;
                 }
+                if j == 0 {
+                    lock(&rec).truth[i as usize] = (gen, at);
+                }
+                vaults[j].rotate(i, gen);
             }
         })
     };
@@ -367,7 +430,7 @@ pub(crate) async fn run(
                 let (inst, rec) = (inst.clone(), rec.clone());
                 calls.spawn(async move {
                     let r = inst.read(i).await;
-                    lock(&rec).read(i, intended, r);
+                    lock(&rec).read(k as u32, i, intended, r);
                 });
             }
             while calls.join_next().await.is_some() {}
@@ -491,6 +554,8 @@ pub(crate) async fn run(
         availability: ratio(g.fresh + g.stale, g.reads),
         max_staleness_ms: g.max_stale.as_millis() as u64,
         outdated_reads: g.outdated,
+        not_found_reads: g.not_found,
+        backwards_reads: g.backwards,
         latency_us: Percentiles::of(&g.lat),
         phases: g
             .phases

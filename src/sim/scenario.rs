@@ -39,6 +39,18 @@ const BUILTIN: &[(&str, &str)] = &[
         include_str!("../../simulations/short-total-outage.toml"),
     ),
     (
+        "partial-outage",
+        include_str!("../../simulations/partial-outage.toml"),
+    ),
+    (
+        "grey-failure",
+        include_str!("../../simulations/grey-failure.toml"),
+    ),
+    (
+        "replication-lag",
+        include_str!("../../simulations/replication-lag.toml"),
+    ),
+    (
         "fleet-cold-start",
         include_str!("../../simulations/fleet-cold-start.toml"),
     ),
@@ -90,6 +102,14 @@ pub(crate) struct SimRegion {
     /// Secret GETs the vault allows per 10 s before answering 429.
     #[serde(default = "limit")]
     pub(crate) limit: u32,
+    /// How long a write or rotation made in the primary takes to reach this region (Key
+    /// Vault's own replication to the paired region); zero for the primary.
+    #[serde(default, with = "humantime_serde")]
+    pub(crate) replication_delay: Duration,
+    /// The last this many secrets of the working set were created in the primary just before
+    /// the run and reach this region only `replication_delay` after it starts.
+    #[serde(default)]
+    pub(crate) unreplicated: u32,
 }
 
 fn limit() -> u32 {
@@ -150,6 +170,32 @@ pub(crate) struct FaultSpec {
     /// `flapping`: the vault is down for `period`, up for `period`, and so on.
     #[serde(default, with = "humantime_serde")]
     pub(crate) period: Option<Duration>,
+    /// The operations the fault hits; every operation when empty.
+    #[serde(default)]
+    pub(crate) ops: Vec<Op>,
+}
+
+/// An operation a fault can target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum Op {
+    /// Every secret GET, a health probe's GET included (the vault cannot tell them apart).
+    Get,
+    /// Every listing, a health probe's listing included.
+    List,
+    /// Secret writes.
+    Set,
+    /// Secret deletes.
+    Delete,
+    /// Health probes only, whatever they call.
+    Probe,
+}
+
+impl FaultSpec {
+    /// Whether the fault hits `op` (`probe`: the call is a health probe).
+    pub(crate) fn hits(&self, op: Op, probe: bool) -> bool {
+        self.ops.is_empty() || self.ops.contains(&op) || (probe && self.ops.contains(&Op::Probe))
+    }
 }
 
 /// Kinds of fault.
@@ -192,6 +238,9 @@ pub(crate) struct Baselines {
     /// The plain SDK: one vault, no cache, the SDK's default retry policy.
     #[serde(default = "yes")]
     pub(crate) sdk: bool,
+    /// The plain SDK with each read cut at the client's `timeouts.deadline`.
+    #[serde(default = "yes")]
+    pub(crate) sdk_at_deadline: bool,
     /// Cache-aside with this fixed TTL in front of the plain SDK; none when absent.
     #[serde(default = "five_minutes", with = "humantime_serde")]
     pub(crate) cache_aside_ttl: Option<Duration>,
@@ -213,6 +262,7 @@ impl Default for Baselines {
     fn default() -> Self {
         Baselines {
             sdk: true,
+            sdk_at_deadline: true,
             cache_aside_ttl: five_minutes(),
             app_service: true,
         }
@@ -310,6 +360,13 @@ impl Scenario {
             .unwrap_or(Duration::from_secs(86_400))
     }
 
+    /// The client's per-read deadline (`timeouts.deadline`).
+    pub(crate) fn client_deadline(&self) -> Duration {
+        self.client_config(0, false)
+            .map(|c| c.timeouts.deadline)
+            .unwrap_or(Duration::from_secs(6))
+    }
+
     /// The client configuration of instance `i`, built from the scenario's regions and its
     /// `[client]` table. `broken` applies the deliberate breakage.
     pub(crate) fn client_config(&self, instance: u32, broken: bool) -> Result<Config, Error> {
@@ -385,9 +442,24 @@ impl Scenario {
             if r.limit == 0 {
                 return bad(format!("region {:?}: limit must be > 0", r.name));
             }
+            if r.replication_delay > self.duration.saturating_mul(2) {
+                return bad(format!(
+                    "region {:?}: replication_delay is longer than twice the run",
+                    r.name
+                ));
+            }
+            if r.unreplicated > self.workload.secrets {
+                return bad(format!(
+                    "region {:?}: unreplicated {} of {} secrets",
+                    r.name, r.unreplicated, self.workload.secrets
+                ));
+            }
         }
         if self.regions[0].access != Access::ReadWrite {
             return bad("the first region (the primary) must be read-write".into());
+        }
+        if !self.regions[0].replication_delay.is_zero() || self.regions[0].unreplicated > 0 {
+            return bad("the primary is where writes land: it has no replication_delay".into());
         }
         let w = &self.workload;
         if !(w.reads_per_sec > 0.0 && w.reads_per_sec <= 10_000.0) {

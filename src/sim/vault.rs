@@ -3,14 +3,14 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use secrecy::SecretString;
 use tokio::time::Instant;
 
-use super::scenario::{FaultKind, FaultSpec, SimRegion};
+use super::scenario::{FaultKind, FaultSpec, Op, SimRegion};
 use crate::breaker::BreakerState;
 use crate::config::Access;
 use crate::error::{StoreError, StoreErrorKind};
@@ -33,9 +33,17 @@ struct Effect {
     read_only: bool,
 }
 
+/// One version of a secret in one vault.
+struct Version {
+    id: String,
+    value: SecretString,
+    /// Key Vault's `attributes.created` (whole seconds).
+    created: SystemTime,
+}
+
 struct State {
-    /// name → versions, oldest first: (version id, value).
-    secrets: HashMap<String, Vec<(String, SecretString)>>,
+    /// name → versions, oldest first.
+    secrets: HashMap<String, Vec<Version>>,
     next_version: u64,
     rng: fastrand::Rng,
     admitted: VecDeque<Instant>,
@@ -58,6 +66,14 @@ pub(crate) struct SimVault {
     pub(crate) throttled: AtomicU64,
     /// Writes that reached a vault the scenario declares read-only.
     pub(crate) writes_to_read_only: AtomicU64,
+    /// Where a write accepted here is replicated, and after how long.
+    replicas: OnceLock<Vec<(Arc<SimVault>, Duration)>>,
+}
+
+/// The wall-clock time the simulated vaults stamp at virtual `t` after the run's start.
+fn wall(t: Duration) -> SystemTime {
+    // Whole seconds, as Key Vault's `created`; 2027-01-15 as the run's start.
+    SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000 + t.as_secs())
 }
 
 impl SimVault {
@@ -72,10 +88,16 @@ impl SimVault {
         let median_us = r.latency_median.as_secs_f64() * 1e6;
         let sigma = (r.latency_p99.as_secs_f64() / r.latency_median.as_secs_f64()).ln() / 2.326;
         let mut secrets_map = HashMap::new();
-        for i in 0..secrets {
-            let name = format!("secret-{i}");
-            let id = format!("{}-{:08x}", r.name, i);
-            secrets_map.insert(name.clone(), vec![(id, value_of(i, 0))]);
+        // The last `unreplicated` secrets were created in the primary just before the run and
+        // have not reached this region yet ([`SimVault::arrive`]).
+        for i in 0..secrets.saturating_sub(r.unreplicated) {
+            let version = Version {
+                id: format!("{}-{:08x}", r.name, i),
+                value: value_of(i, 0),
+                // Created a day before the run (before any rotation).
+                created: SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000 - 86_400),
+            };
+            secrets_map.insert(format!("secret-{i}"), vec![version]);
         }
         SimVault {
             name: r.name.clone(),
@@ -100,20 +122,51 @@ impl SimVault {
             writes: AtomicU64::new(0),
             throttled: AtomicU64::new(0),
             writes_to_read_only: AtomicU64::new(0),
+            replicas: OnceLock::new(),
         }
+    }
+
+    /// Sets where writes accepted here are replicated (the primary's secondaries).
+    pub(crate) fn replicate_to(&self, replicas: Vec<(Arc<SimVault>, Duration)>) {
+        let _ = self.replicas.set(replicas);
+    }
+
+    /// Adds a version of `name` made now (a write or its replica).
+    fn push(&self, st: &mut State, name: &str, value: SecretString) -> String {
+        let id = format!("{}-{:08x}", self.name, st.next_version);
+        st.next_version += 1;
+        st.secrets
+            .entry(name.to_string())
+            .or_default()
+            .push(Version {
+                id: id.clone(),
+                value,
+                created: wall(Instant::now() - self.start),
+            });
+        id
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         crate::lock(&self.state)
     }
 
-    /// A new version of `secret-<i>` with content generation `gen`.
+    /// A new version of `secret-<i>` with content generation `gen` (a rotation, or its
+    /// replica reaching this region). Nothing when the secret has not reached this region.
     pub(crate) fn rotate(&self, i: u32, gen: u32) {
         let mut st = self.lock();
-        let id = format!("{}-{:08x}", self.name, st.next_version);
-        st.next_version += 1;
-        if let Some(v) = st.secrets.get_mut(&format!("secret-{i}")) {
-            v.push((id, value_of(i, gen)));
+        let name = format!("secret-{i}");
+        if st.secrets.contains_key(&name) {
+            self.push(&mut st, &name, value_of(i, gen));
+        }
+    }
+
+    /// `secret-<i>`, created in the primary before the run, reaches this region with
+    /// generation `gen`.
+    pub(crate) fn arrive(&self, i: u32, gen: u32) {
+        let mut st = self.lock();
+        let name = format!("secret-{i}");
+        if !st.secrets.contains_key(&name) {
+            self.push(&mut st, &name, value_of(i, gen));
         }
     }
 
@@ -122,10 +175,14 @@ impl SimVault {
         self.lock().per_sec.clone()
     }
 
-    fn effect(&self, now: Instant) -> Effect {
+    fn effect(&self, now: Instant, op: Op, probe: bool) -> Effect {
         let t = now - self.start;
         let mut e = Effect::default();
-        for f in self.faults.iter().filter(|f| t >= f.start && t < f.end) {
+        for f in self
+            .faults
+            .iter()
+            .filter(|f| t >= f.start && t < f.end && f.hits(op, probe))
+        {
             match f.kind {
                 FaultKind::Outage => e.refuse = true,
                 FaultKind::Blackhole => e.hang = true,
@@ -157,10 +214,12 @@ impl SimVault {
         Duration::from_micros(us.clamp(1.0, 60e6) as u64)
     }
 
-    /// Applies the timeline to one call: waits its latency and returns its error, if any.
-    async fn enter(&self, get: bool) -> Result<bool, StoreError> {
+    /// Applies the timeline to one call of `op` (`probe`: a health probe's): waits its
+    /// latency and returns its error, if any.
+    async fn enter(&self, op: Op, probe: bool) -> Result<bool, StoreError> {
+        let get = matches!(op, Op::Get | Op::List);
         let now = Instant::now();
-        let e = self.effect(now);
+        let e = self.effect(now, op, probe);
         let err = |kind, msg: &str| Err(StoreError::new(kind, msg));
         if e.refuse {
             return err(StoreErrorKind::Connect, "connection refused");
@@ -222,15 +281,15 @@ pub(crate) fn generation(value: &str) -> Option<u32> {
     value.rsplit_once("-gen-").and_then(|(_, g)| g.parse().ok())
 }
 
-#[async_trait]
-impl SecretStore for SimVault {
-    async fn get(
+impl SimVault {
+    async fn get_as(
         &self,
         name: &SecretName,
         version: Option<&str>,
+        probe: bool,
     ) -> Result<StoredSecret, StoreError> {
         self.gets.fetch_add(1, Ordering::Relaxed);
-        self.enter(true).await?;
+        self.enter(Op::Get, probe).await?;
         let st = self.lock();
         let versions = st
             .secrets
@@ -238,10 +297,35 @@ impl SecretStore for SimVault {
             .ok_or_else(|| not_found(name))?;
         let v = match version {
             None => versions.last(),
-            Some(id) => versions.iter().find(|(i, _)| i == id),
+            Some(id) => versions.iter().find(|v| v.id == id),
         }
         .ok_or_else(|| not_found(name))?;
-        Ok(StoredSecret::new(v.1.clone(), v.0.clone()))
+        Ok(StoredSecret::new(v.value.clone(), v.id.clone()).with_created(v.created))
+    }
+
+    async fn list_as(&self, probe: bool) -> Result<Vec<SecretProperties>, StoreError> {
+        self.gets.fetch_add(1, Ordering::Relaxed);
+        self.enter(Op::List, probe).await?;
+        let st = self.lock();
+        let mut out: Vec<_> = st
+            .secrets
+            .iter()
+            .map(|(n, v)| SecretProperties::new(n.clone(), v.last().map(|v| v.id.clone()), true))
+            .collect();
+        out.sort_by(|a, b| a.name().cmp(b.name()));
+        out.truncate(1);
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl SecretStore for SimVault {
+    async fn get(
+        &self,
+        name: &SecretName,
+        version: Option<&str>,
+    ) -> Result<StoredSecret, StoreError> {
+        self.get_as(name, version, false).await
     }
 
     async fn set(&self, name: &SecretName, value: &SecretString) -> Result<String, StoreError> {
@@ -249,20 +333,28 @@ impl SecretStore for SimVault {
         if self.access == Access::ReadOnly {
             self.writes_to_read_only.fetch_add(1, Ordering::Relaxed);
         }
-        let read_only = self.enter(false).await?;
+        let read_only = self.enter(Op::Set, false).await?;
         if read_only || self.access == Access::ReadOnly {
             return Err(StoreError::new(
                 StoreErrorKind::Auth { status: 403 },
                 "vault is read-only",
             ));
         }
-        let mut st = self.lock();
-        let id = format!("{}-{:08x}", self.name, st.next_version);
-        st.next_version += 1;
-        st.secrets
-            .entry(name.as_str().to_string())
-            .or_default()
-            .push((id.clone(), value.clone()));
+        let id = {
+            let mut st = self.lock();
+            self.push(&mut st, name.as_str(), value.clone())
+        };
+        // Key Vault replicates the write to the other regions a while later.
+        for (replica, delay) in self.replicas.get().into_iter().flatten() {
+            let (replica, name, value) =
+                (replica.clone(), name.as_str().to_string(), value.clone());
+            let delay = *delay;
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                let mut st = replica.lock();
+                replica.push(&mut st, &name, value);
+            });
+        }
         Ok(id)
     }
 
@@ -271,22 +363,12 @@ impl SecretStore for SimVault {
         if self.access == Access::ReadOnly {
             self.writes_to_read_only.fetch_add(1, Ordering::Relaxed);
         }
-        self.enter(false).await?;
+        self.enter(Op::Delete, false).await?;
         Err(not_found(name))
     }
 
     async fn list(&self) -> Result<Vec<SecretProperties>, StoreError> {
-        self.gets.fetch_add(1, Ordering::Relaxed);
-        self.enter(true).await?;
-        let st = self.lock();
-        let mut out: Vec<_> = st
-            .secrets
-            .iter()
-            .map(|(n, v)| SecretProperties::new(n.clone(), v.last().map(|v| v.0.clone()), true))
-            .collect();
-        out.sort_by(|a, b| a.name().cmp(b.name()));
-        out.truncate(1);
-        Ok(out)
+        self.list_as(false).await
     }
 }
 
@@ -380,10 +462,10 @@ impl SecretStore for Tap {
     // Health probes are not checked: an open breaker gates callers, and probing an
     // unavailable vault is how its recovery is seen.
     async fn probe(&self) -> Result<(), StoreError> {
-        self.vault.list().await.map(|_| ())
+        self.vault.list_as(true).await.map(|_| ())
     }
 
     async fn probe_read(&self, name: &SecretName) -> Result<(), StoreError> {
-        self.vault.get(name, None).await.map(|_| ())
+        self.vault.get_as(name, None, true).await.map(|_| ())
     }
 }

@@ -53,6 +53,9 @@ pub enum Latency {
 struct Version {
     id: String,
     value: SecretString,
+    /// Wall-clock creation time, as Key Vault's `attributes.created` (the client's high-water
+    /// mark across regions).
+    created: std::time::SystemTime,
 }
 
 struct State {
@@ -160,6 +163,7 @@ impl MemoryStore {
         e.1.push(Version {
             id: id.clone(),
             value,
+            created: std::time::SystemTime::now(),
         });
         id
     }
@@ -315,7 +319,7 @@ impl SecretStore for MemoryStore {
             Some(id) => versions.iter().find(|v| v.id == id),
         }
         .ok_or_else(|| not_found(name))?;
-        Ok(StoredSecret::new(v.value.clone(), v.id.clone()))
+        Ok(StoredSecret::new(v.value.clone(), v.id.clone()).with_created(v.created))
     }
 
     async fn set(&self, name: &SecretName, value: &SecretString) -> Result<String, StoreError> {

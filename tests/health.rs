@@ -1,0 +1,57 @@
+//! Health in three states (issue 11): ready, degraded, not ready; and live.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{advance, rig_with};
+use keyvault_failover::sim::run_virtual;
+use keyvault_failover::store::Fault;
+use keyvault_failover::HealthState;
+
+const S: Duration = Duration::from_secs(1);
+
+/// Vaults answering: ready. Every vault down with every preloaded secret held: still ready,
+/// but degraded (cache only, stale values served). Nothing preloaded: not ready.
+#[test]
+fn health_follows_the_vaults_and_the_cache() {
+    run_virtual(async {
+        let r = rig_with(2, |b| b.wait_for_recovery(false));
+        r.seed_all("a", "1");
+        r.seed_all("b", "2");
+        assert!(r.client.preload(["a", "b"]).await.is_empty());
+        let h = r.client.health();
+        assert_eq!(h.state(), HealthState::Ready);
+        assert!(h.is_ready() && h.is_live() && !h.is_degraded());
+
+        for s in &r.stores {
+            s.set_fault(Some(Fault::Refuse));
+        }
+        advance(20 * S).await; // the probes trip both breakers
+        let h = r.client.health();
+        assert!(h.is_ready(), "every preloaded secret is held");
+        assert_eq!(h.state(), HealthState::Degraded, "cache only");
+        assert!(r.client.get_secret("a").await.unwrap().is_stale());
+
+        // The same outage with nothing preloaded: not ready.
+        let r = rig_with(2, |b| b.wait_for_recovery(false));
+        r.seed_all("a", "1");
+        r.client.get_secret("a").await.unwrap();
+        for s in &r.stores {
+            s.set_fault(Some(Fault::Refuse));
+        }
+        advance(20 * S).await;
+        assert_eq!(r.client.health().state(), HealthState::NotReady);
+        // The vaults come back: ready; the stale serve of the last minute still says degraded,
+        // and a minute after it, it does not.
+        assert!(r.client.get_secret("a").await.unwrap().is_stale());
+        for s in &r.stores {
+            s.set_fault(None);
+        }
+        advance(20 * S).await; // good probes in a row make a vault trusted again
+        assert_eq!(r.client.health().state(), HealthState::Degraded);
+        advance(45 * S).await;
+        assert_eq!(r.client.health().state(), HealthState::Ready);
+    })
+    .unwrap();
+}
