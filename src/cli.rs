@@ -268,3 +268,236 @@ pub(crate) fn get(
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// One event as `watch` prints it.
+fn event_json(e: &keyvault_failover::Event) -> serde_json::Value {
+    use keyvault_failover::Event as E;
+    use serde_json::json;
+    let secs = |d: &Duration| (d.as_secs_f64() * 1000.0).round() / 1000.0;
+    match e {
+        E::RouteChanged { from, to, mode } => json!({
+            "event": "route-changed", "from": from.as_deref(), "to": to.as_deref(),
+            "mode": format!("{mode:?}"),
+        }),
+        E::Breaker { region, state } => json!({
+            "event": "breaker", "region": &**region, "state": format!("{state:?}"),
+        }),
+        E::Throttled {
+            region,
+            retry_after,
+        } => json!({
+            "event": "throttled", "region": &**region, "retry_after_s": secs(retry_after),
+        }),
+        E::Drift { secret, regions } => json!({
+            "event": "drift", "secret": &**secret,
+            "regions": regions.iter().map(|r| r.to_string()).collect::<Vec<_>>(),
+        }),
+        E::StaleServed { secret, age } => json!({
+            "event": "stale-served", "secret": &**secret, "age_s": secs(age),
+        }),
+        E::RefreshFailed { secret } => json!({ "event": "refresh-failed", "secret": &**secret }),
+        E::TaskRestarted { task, restarts } => json!({
+            "event": "task-restarted", "task": &**task, "restarts": restarts,
+        }),
+        other => json!({ "event": format!("{other:?}") }),
+    }
+}
+
+/// `watch`: the client's live events (route changes, breaker transitions, throttling, drift,
+/// stale serves) while its prober and refresher run, until Ctrl-C or `duration`. `secrets`
+/// are read once at start so that the refresher keeps them (and drift checks them).
+pub(crate) fn watch(
+    config: &Path,
+    secrets: &[String],
+    duration: Option<Duration>,
+    json: bool,
+) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    let config = load(config)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let client = azure::connect_with_config(config)?;
+        let mut rx = client.subscribe();
+        for (name, e) in client.preload(secrets).await {
+            eprintln!("{name}: {e}");
+        }
+        if !json {
+            let h = client.health();
+            println!(
+                "watching: active {}, {:?}; Ctrl-C to stop",
+                h.active().unwrap_or("none"),
+                h.state()
+            );
+        }
+        let end = duration.map(|d| tokio::time::Instant::now() + d);
+        loop {
+            let next = async {
+                match end {
+                    Some(t) => tokio::time::timeout_at(t, rx.recv()).await.ok(),
+                    None => Some(rx.recv().await),
+                }
+            };
+            let ev = tokio::select! {
+                ev = next => ev,
+                _ = tokio::signal::ctrl_c() => None,
+            };
+            let Some(ev) = ev else { break };
+            let ev = match ev {
+                Ok(ev) => ev,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    eprintln!("({n} events dropped: this terminal is slower than the client)");
+                    continue;
+                }
+                Err(_) => break,
+            };
+            let mut v = event_json(&ev);
+            v["at"] =
+                serde_json::Value::String(httpdate::fmt_http_date(std::time::SystemTime::now()));
+            if json {
+                println!("{v}");
+            } else {
+                println!("{}  {}", v["at"].as_str().unwrap_or(""), {
+                    let mut m = v.clone();
+                    if let Some(o) = m.as_object_mut() {
+                        o.remove("at");
+                    }
+                    m
+                });
+            }
+        }
+        Ok::<_, Box<dyn std::error::Error>>(ExitCode::SUCCESS)
+    })
+}
+
+/// One region's copy of one secret, as `verify-replication` compares it.
+#[derive(Debug, Serialize)]
+struct Copy {
+    region: String,
+    /// The vault's version id (separate vaults give their own ids: compared only for display).
+    version: Option<String>,
+    /// Key Vault's `created` time of that version, seconds since the Unix epoch.
+    created: Option<u64>,
+    /// A keyed hash of the value (SipHash with a key drawn at random for this run): equal
+    /// contents have equal hashes within one run, and no value can be recovered from it.
+    hash: Option<String>,
+    /// Why there is no copy (`not-found`, `connect`, ...).
+    error: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct SecretCheck {
+    name: String,
+    /// Every region holds the same content.
+    in_sync: bool,
+    copies: Vec<Copy>,
+}
+
+/// `verify-replication [NAMES]`: compares each secret's content (a keyed hash) across regions;
+/// with no names, every secret the primary lists (at most `limit`). Exit 1 on any difference,
+/// including a secret missing from a region or a region that could not be asked.
+pub(crate) fn verify_replication(
+    config: &Path,
+    names: &[String],
+    limit: usize,
+    json: bool,
+) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    use std::hash::{BuildHasher, Hasher};
+    let config = load(config)?;
+    let key = std::collections::hash_map::RandomState::new();
+    let checks = runtime()?.block_on(async {
+        let stores = azure::stores_for(&config)?;
+        let timeout = config.attempt_timeout();
+        let mut names: Vec<String> = names.to_vec();
+        if names.is_empty() {
+            let (_, primary) = stores.first().ok_or("no region configured")?;
+            let listed = tokio::time::timeout(Duration::from_secs(300), primary.list())
+                .await
+                .map_err(|_| "the primary's listing took more than 5 minutes")??;
+            names = listed
+                .into_iter()
+                .filter(|p| p.enabled())
+                .map(|p| p.name().to_string())
+                .take(limit)
+                .collect();
+        }
+        let mut checks = Vec::new();
+        for name in names {
+            let secret = keyvault_failover::SecretName::new(&name)?;
+            let mut copies = Vec::new();
+            for (region, store) in &stores {
+                let got = tokio::time::timeout(timeout, store.get(&secret, None)).await;
+                copies.push(match got {
+                    Ok(Ok(s)) => {
+                        let mut h = key.build_hasher();
+                        h.write(secrecy::ExposeSecret::expose_secret(s.value()).as_bytes());
+                        Copy {
+                            region: region.clone(),
+                            version: Some(s.version().to_string()),
+                            created: s
+                                .created()
+                                .and_then(|c| c.duration_since(std::time::UNIX_EPOCH).ok())
+                                .map(|d| d.as_secs()),
+                            hash: Some(format!("{:016x}", h.finish())),
+                            error: None,
+                        }
+                    }
+                    Ok(Err(e)) => Copy {
+                        region: region.clone(),
+                        version: None,
+                        created: None,
+                        hash: None,
+                        error: Some(kind_name(&e).to_string()),
+                    },
+                    Err(_) => Copy {
+                        region: region.clone(),
+                        version: None,
+                        created: None,
+                        hash: None,
+                        error: Some("timeout".into()),
+                    },
+                });
+            }
+            let first = copies.first().and_then(|c| c.hash.clone());
+            let in_sync = first.is_some() && copies.iter().all(|c| c.hash == first);
+            checks.push(SecretCheck {
+                name,
+                in_sync,
+                copies,
+            });
+        }
+        Ok::<_, Box<dyn std::error::Error>>(checks)
+    })?;
+    let drift = checks.iter().filter(|c| !c.in_sync).count();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&checks)?);
+    } else {
+        for c in &checks {
+            println!(
+                "{:<40} {}",
+                c.name,
+                if c.in_sync { "in sync" } else { "DIFFERS" }
+            );
+            for k in &c.copies {
+                match (&k.hash, &k.error) {
+                    (Some(h), _) => println!(
+                        "    {:<8} hash {h}  version {}  created {}",
+                        k.region,
+                        k.version.as_deref().unwrap_or("-"),
+                        k.created.map_or("-".to_string(), |c| c.to_string())
+                    ),
+                    (None, e) => {
+                        println!("    {:<8} {}", k.region, e.as_deref().unwrap_or("no copy"))
+                    }
+                }
+            }
+        }
+        println!("\n{} secret(s) checked, {drift} differ", checks.len());
+    }
+    Ok(if drift == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}

@@ -114,6 +114,37 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print the client's live events (route changes, breaker transitions, throttling, drift,
+    /// stale serves) while its prober and refresher run, until Ctrl-C or --duration.
+    Watch {
+        /// The client configuration (the library's TOML).
+        #[arg(long)]
+        config: PathBuf,
+        /// Secrets to read at start, so the refresher keeps and drift-checks them.
+        #[arg(long = "secret")]
+        secrets: Vec<String>,
+        /// Stop after this long, e.g. `10m`.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        duration: Option<Duration>,
+        /// One JSON object per line instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Compare each secret's content (a keyed hash, never the value) and version across
+    /// regions; exit 1 when any differs or is missing.
+    VerifyReplication {
+        /// The client configuration (the library's TOML).
+        #[arg(long)]
+        config: PathBuf,
+        /// Secrets to compare (default: every secret the primary lists, up to --limit).
+        names: Vec<String>,
+        /// The most secrets compared when none are named.
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+        /// JSON for scripts instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Validate a TOML client configuration and print it with every default filled in.
     CheckConfig {
         /// The configuration file.
@@ -422,6 +453,18 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             reveal,
             json,
         } => cli::get(&config, &name, reveal, json),
+        Command::Watch {
+            config,
+            secrets,
+            duration,
+            json,
+        } => cli::watch(&config, &secrets, duration, json),
+        Command::VerifyReplication {
+            config,
+            names,
+            limit,
+            json,
+        } => cli::verify_replication(&config, &names, limit, json),
         Command::CheckConfig { file } => {
             let text = std::fs::read_to_string(&file)
                 .map_err(|e| format!("cannot read {}: {e}", file.display()))?;

@@ -121,3 +121,98 @@ async fn a_bad_configuration_file_gets_a_clear_error() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `verify-replication`: equal contents pass; a secret that differs, or is missing from a
+/// region, fails with exit 1 and says which; the value never appears in the output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_replication_finds_differences_without_showing_values() {
+    let dir = temp_dir("verify");
+    let emu = emulator(&dir).await;
+    emu.insert("weu", "same", "s3cret-same");
+    emu.insert("neu", "same", "s3cret-same");
+    let config = emu.write_client_config().unwrap();
+    let config = config.to_str().unwrap();
+    let out = cli(&["verify-replication", "--config", config, "--json"]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v[0]["name"], "same");
+    assert_eq!(v[0]["in_sync"], true);
+
+    emu.insert("weu", "rotated", "s3cret-new");
+    emu.insert("neu", "rotated", "s3cret-old");
+    emu.insert("weu", "only-primary", "s3cret-x");
+    let out = cli(&["verify-replication", "--config", config, "--json"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(!text.contains("s3cret"), "no value in the output: {text}");
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let by_name = |n: &str| {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == n)
+            .unwrap_or_else(|| panic!("{n} checked: {v}"))
+            .clone()
+    };
+    assert_eq!(by_name("same")["in_sync"], true);
+    assert_eq!(by_name("rotated")["in_sync"], false);
+    let missing = by_name("only-primary");
+    assert_eq!(missing["in_sync"], false);
+    assert_eq!(missing["copies"][1]["error"], "not-found");
+    // Named secrets only.
+    let out = cli(&["verify-replication", "--config", config, "same"]).await;
+    assert!(out.status.success());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `watch`: with the primary refusing, the client's prober trips its breaker and the route
+/// moves; each event is a JSON line. (The emulator's file, with faster probing.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_prints_breaker_and_route_events() {
+    let dir = temp_dir("watch");
+    let emu = emulator(&dir).await;
+    let written = emu.write_client_config().unwrap();
+    let mut t: toml::Table = toml::from_str(&std::fs::read_to_string(&written).unwrap()).unwrap();
+    let probe = t["probe"].as_table_mut().unwrap();
+    probe.insert("interval".into(), "300ms".into());
+    probe.insert("unhealthy_interval".into(), "200ms".into());
+    probe.insert("failures_to_trip".into(), 2.into());
+    let config = dir.join("fast.toml");
+    std::fs::write(&config, toml::to_string(&t).unwrap()).unwrap();
+    emu.apply_fault("weu", VaultFault::Refuse).await.unwrap();
+    let out = cli(&[
+        "watch",
+        "--config",
+        config.to_str().unwrap(),
+        "--duration",
+        "4s",
+        "--json",
+    ])
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect();
+    assert!(
+        events
+            .iter()
+            .any(|e| e["event"] == "breaker" && e["region"] == "weu" && e["state"] == "Open"),
+        "{events:?}"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e["event"] == "route-changed" && e["to"] == "neu"),
+        "{events:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
