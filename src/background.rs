@@ -215,6 +215,7 @@ impl Inner {
                 continue; // a stale item: the entry was replaced or re-scheduled since
             }
             if read {
+                self.metrics.refresh_lag(now.saturating_duration_since(at));
                 refresh.push(key);
             } else if now >= expires {
                 // Past its staleness cap it can never be served again: drop it.

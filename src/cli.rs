@@ -42,28 +42,11 @@ fn load(config: &Path) -> Result<Config, Box<dyn std::error::Error>> {
 }
 
 fn kind_name(e: &keyvault_failover::StoreError) -> &'static str {
-    use keyvault_failover::StoreErrorKind as K;
-    match e.kind() {
-        K::Connect => "connect",
-        K::Timeout => "timeout",
-        K::Reset => "reset",
-        K::Throttled { .. } => "throttled",
-        K::Auth { .. } => "auth",
-        K::NotFound => "not-found",
-        K::Server { .. } => "server",
-        K::Malformed => "malformed",
-        _ => "rejected",
-    }
+    e.kind().label()
 }
 
 fn status_of(e: &keyvault_failover::StoreError) -> Option<u16> {
-    use keyvault_failover::StoreErrorKind as K;
-    match e.kind() {
-        K::Throttled { .. } => Some(429),
-        K::Auth { status } | K::Server { status } | K::Rejected { status } => Some(*status),
-        K::NotFound => Some(404),
-        _ => None,
-    }
+    e.kind().status()
 }
 
 /// One round of health probes (a one-item listing per vault, all at once), each bounded by

@@ -62,6 +62,8 @@ pub(crate) struct Inner {
     pub(crate) last_restart_ms: AtomicU64,
     /// Keys of the secrets `preload` was asked for: ready when all are held.
     pub(crate) preloaded: Mutex<Vec<Box<str>>>,
+    /// OpenTelemetry instruments (no-ops without the `otel` feature or a meter provider).
+    pub(crate) metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// How recent a stale serve or a task restart must be to count in [`Health`].
@@ -173,7 +175,19 @@ impl FailoverClientBuilder {
                  one, or disable both",
             ));
         }
-        let events = Events::new();
+        let metrics = Arc::new(crate::metrics::Metrics::new(
+            c.regions()
+                .iter()
+                .map(|r| {
+                    let host = url::Url::parse(r.url())
+                        .ok()
+                        .and_then(|u| u.host_str().map(str::to_string))
+                        .unwrap_or_default();
+                    (Arc::from(r.name()), host)
+                })
+                .collect(),
+        ));
+        let events = Events::with_metrics(metrics.clone());
         let mut vaults = Vec::new();
         for (i, r) in c.regions().iter().enumerate() {
             let mut given = self.stores.iter().filter(|(n, _)| n == r.name());
@@ -248,8 +262,10 @@ impl FailoverClientBuilder {
                 last_stale_ms: AtomicU64::new(0),
                 last_restart_ms: AtomicU64::new(0),
                 preloaded: Mutex::new(Vec::new()),
+                metrics,
             }),
         };
+        client.inner.metrics.observe(Arc::downgrade(&client.inner));
         if background {
             crate::background::start(&client.inner);
         }
@@ -724,6 +740,14 @@ impl FailoverClient {
                 ))
             });
         v.record_latency(t0.elapsed());
+        let method = if op == "delete" {
+            crate::metrics::Method::Delete
+        } else {
+            crate::metrics::Method::Put
+        };
+        inner
+            .metrics
+            .request(idx, method, t0.elapsed(), res.as_ref().map(|_| ()));
         inner.settle(idx, permit, crate::read::outcome_of(&res));
         // Sent: whatever came back (even a timeout, whose outcome is unknown), a read that began
         // before now may hold the old value and must not be cached.

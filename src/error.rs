@@ -77,6 +77,22 @@ impl StoreErrorKind {
         }
     }
 
+    /// A short, stable name of the kind (`connect`, `reset`, `timeout`, `server`, `throttled`,
+    /// `auth`, `not-found`, `rejected`, `malformed`): for logs, metrics and scripts.
+    pub fn label(&self) -> &'static str {
+        match self {
+            StoreErrorKind::Connect => "connect",
+            StoreErrorKind::Reset => "reset",
+            StoreErrorKind::Timeout => "timeout",
+            StoreErrorKind::Server { .. } => "server",
+            StoreErrorKind::Throttled { .. } => "throttled",
+            StoreErrorKind::Auth { .. } => "auth",
+            StoreErrorKind::NotFound => "not-found",
+            StoreErrorKind::Rejected { .. } => "rejected",
+            StoreErrorKind::Malformed => "malformed",
+        }
+    }
+
     /// The HTTP status this outcome carries, if any.
     pub fn status(&self) -> Option<u16> {
         match self {

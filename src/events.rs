@@ -71,16 +71,30 @@ pub enum Event {
 #[derive(Clone)]
 pub(crate) struct Events {
     tx: broadcast::Sender<Event>,
+    /// Every event also feeds the client's metrics.
+    metrics: Option<std::sync::Arc<crate::metrics::Metrics>>,
 }
 
 impl Events {
+    #[cfg(test)]
     pub(crate) fn new() -> Self {
         Events {
             tx: broadcast::channel(1024).0,
+            metrics: None,
+        }
+    }
+
+    pub(crate) fn with_metrics(metrics: std::sync::Arc<crate::metrics::Metrics>) -> Self {
+        Events {
+            tx: broadcast::channel(1024).0,
+            metrics: Some(metrics),
         }
     }
 
     pub(crate) fn emit(&self, e: Event) {
+        if let Some(m) = &self.metrics {
+            m.event(&e);
+        }
         let _ = self.tx.send(e);
     }
 

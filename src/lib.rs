@@ -45,6 +45,7 @@
 //! | feature | what it adds | on by default |
 //! |---|---|---|
 //! | `azure` | the Azure backend (`azure` module: `azure_security_keyvault_secrets`, `azure_identity`) | yes |
+//! | `otel` | metrics through the OpenTelemetry API (meter `keyvault-failover`) | yes |
 //! | `test-util` | `run_virtual`: the client on tokio's paused clock, breakers in step | yes |
 //! | `emulator` | the HTTPS Key Vault emulator (`emulator` module) | yes |
 //! | `sim` | the deterministic simulator (`sim` module) and its plots | yes |
@@ -70,6 +71,7 @@ mod clock;
 mod config;
 mod error;
 mod events;
+mod metrics;
 mod name;
 mod read;
 mod retry_after;

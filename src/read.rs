@@ -256,6 +256,7 @@ impl Inner {
         // no there is simply no hedge. The vaults stay in `order` for failover after a
         // failure, which is free (below).
         if hedge && !self.budget.withdraw() {
+            self.metrics.budget_refused();
             return Next::Exhausted;
         }
         for idx in order.by_ref() {
@@ -285,6 +286,7 @@ impl Inner {
             // call). Same-vault retries and speculative hedges draw on the budget.
             let free = hedge || call.tried & bit(idx) == 0;
             if call.sent > 0 && !free && !self.budget.withdraw() {
+                self.metrics.budget_refused();
                 call.note(Attempt::new(
                     v.name.clone(),
                     AttemptFailure::BudgetExhausted,
@@ -319,6 +321,12 @@ impl Inner {
                     format!("no answer within {}ms", limit.as_millis()),
                 )),
             };
+            self.metrics.request(
+                idx,
+                crate::metrics::Method::Get,
+                t0.elapsed(),
+                res.as_ref().map(|_| ()),
+            );
             let outcome = match &res {
                 Err(e) if *e.kind() == StoreErrorKind::Timeout && !limits.slow_is_failure => {
                     Outcome::NotRecorded
@@ -431,6 +439,7 @@ impl Inner {
                         match self.next_vault(&mut order, &mut call, urgency, true) {
                             Next::Send(idx, permit) => {
                                 hedges_left -= 1;
+                                self.metrics.hedge(idx, false);
                                 tracing::debug!(op = what, to = %self.vaults[idx].name, "hedging read");
                                 let store = self.vaults[idx].store.clone();
                                 in_flight.push(self.attempt(idx, permit, call.deadline, limits, call_store(store)));
@@ -454,6 +463,7 @@ impl Inner {
                         if let Some(slow) = hedged_for.filter(|s| *s != idx && pending.contains(s))
                         {
                             self.lost_hedge(slow);
+                            self.metrics.hedge(idx, true);
                         }
                         return Ok((idx, t));
                     }
