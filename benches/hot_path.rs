@@ -231,11 +231,32 @@ fn contended(c: &mut Criterion) {
     g.finish();
 }
 
+/// The hit with no meter provider (OpenTelemetry's no-op instruments) against the hit of a
+/// client built after an SDK meter provider was installed, in the same run: a hit records
+/// nothing either way. Runs last: the provider is process-wide.
+fn telemetry(c: &mut Criterion) {
+    let without = contenders();
+    let exporter = opentelemetry_sdk::metrics::InMemoryMetricExporter::default();
+    let provider = opentelemetry_sdk::metrics::SdkMeterProvider::builder()
+        .with_reader(opentelemetry_sdk::metrics::PeriodicReader::builder(exporter).build())
+        .build();
+    opentelemetry::global::set_meter_provider(provider);
+    let with = contenders();
+    let mut g = c.benchmark_group("hit/otel");
+    g.bench_function("failover-client, no meter provider", |b| {
+        b.iter(|| client_hit(&without.client))
+    });
+    g.bench_function("failover-client, SDK meter provider", |b| {
+        b.iter(|| client_hit(&with.client))
+    });
+    g.finish();
+}
+
 criterion_group! {
     name = hot_path;
     config = Criterion::default()
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2));
-    targets = single, contended
+    targets = single, contended, telemetry
 }
 criterion_main!(hot_path);
