@@ -426,6 +426,11 @@ impl Config {
         self.credential
     }
 
+    /// The time one read may take in all (`timeouts.deadline`).
+    pub fn deadline(&self) -> Duration {
+        self.timeouts.deadline
+    }
+
     /// The timeout of one vault call (`timeouts.attempt`).
     pub fn attempt_timeout(&self) -> Duration {
         self.timeouts.attempt
@@ -449,6 +454,19 @@ impl Config {
     /// # Errors
     /// [`Error::is_config`] naming the file and what is wrong.
     pub fn from_file(path: &std::path::Path) -> Result<Config, Error> {
+        Self::from_file_with(path, None).map(|(c, _)| c)
+    }
+
+    /// [`Config::from_file`] for a file that also holds a table of some tool's own (the
+    /// agent's `[agent]`): that table is taken out and returned, unparsed, and the rest is
+    /// the client's configuration.
+    ///
+    /// # Errors
+    /// [`Error::is_config`] naming the file and what is wrong.
+    pub fn from_file_with(
+        path: &std::path::Path,
+        section: Option<&str>,
+    ) -> Result<(Config, Option<toml::Table>), Error> {
         let meta = std::fs::metadata(path)
             .map_err(|e| Error::config(format!("cannot read {}: {e}", path.display())))?;
         if meta.len() > 1024 * 1024 {
@@ -460,14 +478,31 @@ impl Config {
         }
         let text = std::fs::read_to_string(path)
             .map_err(|e| Error::config(format!("cannot read {}: {e}", path.display())))?;
-        let mut config = Config::from_toml(&text)
-            .map_err(|e| Error::config(format!("{}: {e}", path.display())))?;
+        let in_file = |e: Error| Error::config(format!("{}: {e}", path.display()));
+        let (text, extra) = match section {
+            None => (text, None),
+            Some(key) => {
+                let mut t: toml::Table = toml::from_str(&text)
+                    .map_err(|e| in_file(Error::config(format!("invalid TOML: {e}"))))?;
+                let extra = match t.remove(key) {
+                    None => None,
+                    Some(toml::Value::Table(x)) => Some(x),
+                    Some(_) => {
+                        return Err(in_file(Error::config(format!("[{key}] must be a table"))))
+                    }
+                };
+                let rest = toml::to_string(&t)
+                    .map_err(|e| in_file(Error::config(format!("invalid TOML: {e}"))))?;
+                (rest, extra)
+            }
+        };
+        let mut config = Config::from_toml(&text).map_err(in_file)?;
         if let (Some(ca), Some(dir)) = (&config.ca_bundle, path.parent()) {
             if ca.is_relative() {
                 config.ca_bundle = Some(dir.join(ca));
             }
         }
-        Ok(config)
+        Ok((config, extra))
     }
 
     /// The staleness cap for `name` (its override, or the client-wide cap).

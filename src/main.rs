@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use keyvault_failover::{sim, Config};
 
+mod agent;
 mod cli;
 
 #[derive(Parser)]
@@ -144,6 +145,13 @@ enum Command {
         /// JSON for scripts instead of text.
         #[arg(long)]
         json: bool,
+    },
+    /// Serve the failover client over HTTP on 127.0.0.1 for services in any language (the
+    /// file's `[agent]` table: listen, token_file or token_env, preload, ...), until SIGTERM.
+    Agent {
+        /// The client configuration with an `[agent]` table.
+        #[arg(long)]
+        config: PathBuf,
     },
     /// Validate a TOML client configuration and print it with every default filled in.
     CheckConfig {
@@ -465,6 +473,7 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             limit,
             json,
         } => cli::verify_replication(&config, &names, limit, json),
+        Command::Agent { config } => agent::run(&config),
         Command::CheckConfig { file } => {
             let text = std::fs::read_to_string(&file)
                 .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
