@@ -118,6 +118,20 @@ async fn prober(weak: Weak<Inner>, idx: usize, seed: u64, mut shutdown: watch::R
             return;
         }
         let Some(inner) = weak.upgrade() else { return };
+        // Passive health: a healthy vault whose callers' calls succeeded within the probe
+        // interval (and none failed since) needs no probe; vault load follows traffic, not
+        // the number of instances.
+        {
+            let p = &inner.config.probe;
+            let v = &inner.vaults[idx];
+            if v.breaker.state() == BreakerState::Closed
+                && v.probe_failures() == 0
+                && !inner.router.is_waiting_for_failback(idx)
+                && v.callers_vouch(p.interval)
+            {
+                continue;
+            }
+        }
         if !until_shutdown(inner.probe(idx), &mut shutdown).await {
             return;
         }

@@ -604,6 +604,9 @@ impl Inner {
             Outcome::NotRecorded => {}
         }
         v.breaker.record(permit, outcome);
+        if caller && outcome == Outcome::Success {
+            v.caller_succeeded();
+        }
         if caller
             && outcome != Outcome::NotRecorded
             && v.caller_outcome(outcome == Outcome::Success)

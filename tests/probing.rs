@@ -224,3 +224,33 @@ fn background_tasks_stop_when_the_client_is_dropped() {
     })
     .unwrap();
 }
+
+/// Passive health (issue 13): while callers' calls to a healthy vault succeed, the prober
+/// skips its probes, so vault load follows traffic, not instances; an idle client still
+/// probes. Before: a probe every interval whatever the traffic.
+#[test]
+fn callers_success_stands_in_for_probes() {
+    run_virtual(async {
+        let r = rig_with(1, |b| b.background_refresh(false));
+        r.seed_all("s", "v");
+        let weu = r.store("weu");
+        r.client.get_secret("s").await.unwrap();
+        let (gets, lists) = (weu.gets(), weu.lists());
+        for _ in 0..30 {
+            r.client.refresh_now("s").await.unwrap(); // one caller GET
+            advance(2 * S).await;
+        }
+        assert_eq!(
+            weu.gets() - gets,
+            30,
+            "only the callers' GETs reached the vault"
+        );
+        assert_eq!(weu.lists(), lists, "and no listing probe");
+        // Idle: the prober takes over (one probe per 10 s interval, ±20 %).
+        let probes = weu.gets() + weu.lists();
+        advance(60 * S).await;
+        let idle = weu.gets() + weu.lists() - probes;
+        assert!((4..=8).contains(&idle), "{idle} probes in an idle minute");
+    })
+    .unwrap();
+}
