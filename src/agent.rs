@@ -290,11 +290,7 @@ pub(crate) fn run(config: &Path) -> Result<ExitCode, Box<dyn std::error::Error>>
     let request_timeout = agent
         .request_timeout
         .unwrap_or(config.deadline() + Duration::from_secs(1));
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    rt.block_on(async move {
+    crate::cli::server_runtime()?.block_on(async move {
         let client = azure::connect_with_config(config)?;
         let listener = tokio::net::TcpListener::bind(agent.listen)
             .await

@@ -119,6 +119,14 @@ fn print_rows(rows: &[ProbeRow]) {
     }
 }
 
+/// A runtime for the long-running commands (`watch`, `agent`): two workers.
+pub(crate) fn server_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+}
+
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -296,11 +304,7 @@ pub(crate) fn watch(
     json: bool,
 ) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let config = load(config)?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    rt.block_on(async move {
+    server_runtime()?.block_on(async move {
         let client = azure::connect_with_config(config)?;
         let mut rx = client.subscribe();
         for (name, e) in client.preload(secrets).await {

@@ -71,6 +71,23 @@ async fn start_agent(emu: &Emulator, dir: &std::path::Path, extra: &str) -> Agen
     }
 }
 
+/// Two emulated vaults writing their CA into `dir`, each holding `secrets`.
+async fn emulator(dir: &std::path::Path, secrets: &[(&str, &str)]) -> Emulator {
+    let emu = Emulator::builder()
+        .vault("weu")
+        .vault("neu")
+        .cert_dir(dir)
+        .start()
+        .await
+        .unwrap();
+    for r in ["weu", "neu"] {
+        for (name, value) in secrets {
+            emu.insert(r, name, value);
+        }
+    }
+    emu
+}
+
 fn http() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(20))
@@ -98,17 +115,7 @@ async fn get(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tokens_error_codes_provenance_and_failover() {
     let dir = temp_dir("codes");
-    let emu = Emulator::builder()
-        .vault("weu")
-        .vault("neu")
-        .cert_dir(&dir)
-        .start()
-        .await
-        .unwrap();
-    for r in ["weu", "neu"] {
-        emu.insert(r, "db-password", "hunter2");
-        emu.insert(r, "cold", "c0ld");
-    }
+    let emu = emulator(&dir, &[("db-password", "hunter2"), ("cold", "c0ld")]).await;
     let agent = start_agent(
         &emu,
         &dir,
@@ -179,16 +186,7 @@ async fn tokens_error_codes_provenance_and_failover() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_reads_in_flight_finish() {
     let dir = temp_dir("term");
-    let emu = Emulator::builder()
-        .vault("weu")
-        .vault("neu")
-        .cert_dir(&dir)
-        .start()
-        .await
-        .unwrap();
-    for r in ["weu", "neu"] {
-        emu.insert(r, "slow", "s1ow");
-    }
+    let emu = emulator(&dir, &[("slow", "s1ow")]).await;
     let mut agent = start_agent(&emu, &dir, "").await;
     for r in ["weu", "neu"] {
         emu.apply_fault(r, VaultFault::Delay { ms: 1500 })
