@@ -71,7 +71,7 @@ where
                 Err(e) if e.is_panic() => {
                     let Some(inner) = weak.upgrade() else { return };
                     restarts = restarts.saturating_add(1);
-                    inner.mark(&inner.last_restart_ms);
+                    inner.mark(&inner.last_restart);
                     tracing::error!(task = %task, restarts, "background task panicked; restarting it");
                     inner.events.emit(Event::TaskRestarted {
                         task: task.clone(),

@@ -3,7 +3,6 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::hash::RandomState;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,6 +16,7 @@ use tracing::Instrument;
 use crate::breaker::{Breaker, BreakerState};
 use crate::budget::{RetryBudget, VaultGate};
 use crate::cache::{self, Cache, Urgency};
+use crate::clock::Mark;
 use crate::config::{Access, Config};
 use crate::error::{Attempt, AttemptFailure, Error, Kind, StoreError, StoreErrorKind};
 use crate::events::{Event, Events};
@@ -56,10 +56,10 @@ pub(crate) struct Inner {
     pub(crate) shutdown: watch::Receiver<()>,
     /// When the client was built: the base of the two marks below.
     pub(crate) born: Instant,
-    /// When a stale value was last served, ms after `born` plus one (0: never).
-    pub(crate) last_stale_ms: AtomicU64,
-    /// When a background task was last restarted after a panic, ms after `born` plus one.
-    pub(crate) last_restart_ms: AtomicU64,
+    /// When a stale value was last served.
+    pub(crate) last_stale: Mark,
+    /// When a background task was last restarted after a panic.
+    pub(crate) last_restart: Mark,
     /// Keys of the secrets `preload` was asked for: ready when all are held.
     pub(crate) preloaded: Mutex<Vec<Box<str>>>,
     /// OpenTelemetry instruments (no-ops without the `otel` feature or a meter provider).
@@ -259,8 +259,8 @@ impl FailoverClientBuilder {
                 probe_target: Mutex::new(None),
                 shutdown,
                 born: Instant::now(),
-                last_stale_ms: AtomicU64::new(0),
-                last_restart_ms: AtomicU64::new(0),
+                last_stale: Mark::default(),
+                last_restart: Mark::default(),
                 preloaded: Mutex::new(Vec::new()),
                 metrics,
             }),
@@ -888,9 +888,9 @@ impl FailoverClient {
             });
         drop(preloaded);
         Health {
-            live: !inner.marked_recently(&inner.last_restart_ms),
+            live: !inner.marked_recently(&inner.last_restart),
             ready: trusted || all_held,
-            degraded: route.mode == Mode::CacheOnly || inner.marked_recently(&inner.last_stale_ms),
+            degraded: route.mode == Mode::CacheOnly || inner.marked_recently(&inner.last_stale),
             active: route.active.map(|i| inner.vaults[i].name.to_string()),
             mode: route.mode,
             route_changes: inner.router.changes(),
@@ -918,24 +918,13 @@ impl FailoverClient {
 
 impl Inner {
     /// Stamps `mark` with now (see [`Inner::born`]).
-    pub(crate) fn mark(&self, mark: &AtomicU64) {
-        let ms = self
-            .born
-            .elapsed()
-            .as_millis()
-            .min(u128::from(u64::MAX - 1)) as u64;
-        mark.store(ms + 1, Ordering::Relaxed);
+    pub(crate) fn mark(&self, mark: &Mark) {
+        mark.set(self.born);
     }
 
     /// Whether `mark` was stamped within [`HEALTH_WINDOW`].
-    fn marked_recently(&self, mark: &AtomicU64) -> bool {
-        match mark.load(Ordering::Relaxed) {
-            0 => false,
-            ms => {
-                let at = Duration::from_millis(ms - 1);
-                self.born.elapsed().saturating_sub(at) < HEALTH_WINDOW
-            }
-        }
+    fn marked_recently(&self, mark: &Mark) -> bool {
+        mark.within(self.born, HEALTH_WINDOW)
     }
 
     /// A cache entry confirmed now, with its first background refresh drawn in [T/2, T].
@@ -1032,7 +1021,7 @@ impl Inner {
                     secret: name.key().clone(),
                     age,
                 });
-                self.mark(&self.last_stale_ms);
+                self.mark(&self.last_stale);
                 Ok(Secret::stale(entry, age, error))
             }
             Some(entry) => Err(Error::with_attempts(

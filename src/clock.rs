@@ -95,3 +95,35 @@ pub(crate) fn later(now: tokio::time::Instant, d: std::time::Duration) -> tokio:
         .or_else(|| now.checked_add(std::time::Duration::from_secs(3600)))
         .unwrap_or(now)
 }
+
+/// An instant kept in an atomic (lock-free to stamp and read): milliseconds after a base
+/// instant the owner keeps, plus one; 0 means never (or cleared).
+#[derive(Debug, Default)]
+pub(crate) struct Mark(std::sync::atomic::AtomicU64);
+
+impl Mark {
+    /// Stamps now; skips the store when the millisecond has not changed.
+    pub(crate) fn set(&self, base: tokio::time::Instant) {
+        use std::sync::atomic::Ordering;
+        let ms = base.elapsed().as_millis().min(u128::from(u64::MAX - 1)) as u64 + 1;
+        if self.0.load(Ordering::Relaxed) != ms {
+            self.0.store(ms, Ordering::Relaxed);
+        }
+    }
+
+    /// Forgets the stamp.
+    pub(crate) fn clear(&self) {
+        self.0.store(0, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether it was stamped less than `d` ago.
+    pub(crate) fn within(&self, base: tokio::time::Instant, d: std::time::Duration) -> bool {
+        match self.0.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => false,
+            ms => {
+                let at = std::time::Duration::from_millis(ms - 1);
+                base.elapsed().saturating_sub(at) < d
+            }
+        }
+    }
+}

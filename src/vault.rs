@@ -29,11 +29,11 @@ pub(crate) struct Vault {
     probe_failures: AtomicU32,
     /// Hedges another vault won while this one had not answered, since its last success.
     hedges_lost: AtomicU32,
+    /// When a caller's call last succeeded (cleared when a call fails): passive health,
+    /// which lets the prober skip a probe.
+    last_caller_ok: crate::clock::Mark,
     /// When this vault was last probed (prober or trial read), in ms after `born` plus one
     /// (0: never). An atomic, so that the hit path can look at it without a lock.
-    /// When a caller's call last succeeded, ms after `born` plus one (0: never, or a call
-    /// failed since): passive health, which lets the prober skip a probe.
-    last_caller_ok_ms: AtomicU64,
     last_probe_ms: AtomicU64,
     born: Instant,
     /// A call or probe failed since the vault last proved itself with a run of good probes.
@@ -148,7 +148,7 @@ impl Vault {
             probe_failures: AtomicU32::new(0),
             hedges_lost: AtomicU32::new(0),
             last_probe_ms: AtomicU64::new(0),
-            last_caller_ok_ms: AtomicU64::new(0),
+            last_caller_ok: crate::clock::Mark::default(),
             born: Instant::now(),
             suspect: AtomicBool::new(false),
             outcomes: Mutex::new(Outcomes {
@@ -260,34 +260,18 @@ impl Vault {
 
     /// A caller's call succeeded: the vault answers what callers ask (passive health).
     pub(crate) fn caller_succeeded(&self) {
-        let ms = self
-            .born
-            .elapsed()
-            .as_millis()
-            .min(u128::from(u64::MAX - 1)) as u64
-            + 1;
-        if self.last_caller_ok_ms.load(Ordering::Relaxed) != ms {
-            self.last_caller_ok_ms.store(ms, Ordering::Relaxed);
-        }
+        self.last_caller_ok.set(self.born);
     }
 
     /// Whether a caller's call succeeded within `within`, with no failure since: a probe
     /// would say nothing new.
     pub(crate) fn callers_vouch(&self, within: Duration) -> bool {
-        match self.last_caller_ok_ms.load(Ordering::Relaxed) {
-            0 => false,
-            ms => {
-                self.born
-                    .elapsed()
-                    .saturating_sub(Duration::from_millis(ms - 1))
-                    < within
-            }
-        }
+        self.last_caller_ok.within(self.born, within)
     }
 
     /// Any call failed: the vault must prove itself again before traffic fails back to it.
     pub(crate) fn call_failed(&self) {
-        self.last_caller_ok_ms.store(0, Ordering::Relaxed);
+        self.last_caller_ok.clear();
         self.suspect.store(true, Ordering::Relaxed);
         self.probe_streak.store(0, Ordering::Relaxed);
     }
