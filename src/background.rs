@@ -213,7 +213,7 @@ impl Inner {
             let read_at = entry.last_read();
             let read = read_at.is_some_and(|t| now.saturating_duration_since(t) < idle_after);
             let cap = self.config.staleness_cap(crate::cache::name_of(&key));
-            let expires = later(entry.fetched_at, cap);
+            let expires = entry.expires(cap);
             if key.contains('/') {
                 // A pinned version: never refreshed. Dropped when idle or past its cap.
                 if !read || now >= expires {

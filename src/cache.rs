@@ -199,6 +199,27 @@ impl<R: Clone> Cache<R> {
             .collect()
     }
 
+    /// Every entry, latest values and pinned versions, in the map's order.
+    #[cfg_attr(not(feature = "snapshot"), allow(dead_code))]
+    pub(crate) fn all(&self) -> Vec<(Box<str>, Arc<Entry>)> {
+        self.map
+            .pin()
+            .iter()
+            .map(|(k, e)| (k.clone(), e.clone()))
+            .collect()
+    }
+
+    /// Inserts `entry` at `key` only if nothing is held there (a restored value never replaces
+    /// one a vault confirmed); says whether it did.
+    #[cfg_attr(not(feature = "snapshot"), allow(dead_code))]
+    pub(crate) fn insert_if_absent(&self, key: &str, entry: Arc<Entry>, check_at: Instant) -> bool {
+        let _w = lock(&self.write);
+        if self.map.pin().contains_key(key) {
+            return false;
+        }
+        self.put(key, entry, check_at)
+    }
+
     /// The names of the latest-version entries, sorted (the simulator must be reproducible).
     pub(crate) fn latest_keys(&self) -> Vec<Box<str>> {
         let mut v: Vec<_> = self.latest().into_iter().map(|(k, _)| k).collect();

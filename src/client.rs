@@ -523,7 +523,8 @@ impl FailoverClient {
         let key = fold_name(name, &mut buf)?;
         let entry = self.inner.cache.get(key)?;
         let age = entry.fetched_at.elapsed();
-        if age > self.inner.config.cache.refresh_interval {
+        // A restored value waits for a vault's word: never a fresh hit.
+        if age > self.inner.config.cache.refresh_interval || entry.restored {
             return None;
         }
         entry.touch(age);
@@ -549,7 +550,7 @@ impl FailoverClient {
         // the staleness cap (a disabled or purged version is noticed once it is asked again).
         if let Some(entry) = self.inner.cache.get(&cache::key(name.key(), Some(version))) {
             let age = entry.fetched_at.elapsed();
-            if age <= self.inner.config.staleness_cap(name.key()) {
+            if age <= self.inner.config.staleness_cap(name.key()) && !entry.restored {
                 entry.touch(age);
                 return Ok(Secret::new(entry, Freshness::Fresh));
             }
@@ -883,7 +884,7 @@ impl FailoverClient {
         let all_held = !preloaded.is_empty()
             && preloaded.iter().all(|k| {
                 inner.cache.get(k).is_some_and(|e| {
-                    e.fetched_at.elapsed() <= inner.config.staleness_cap(crate::cache::name_of(k))
+                    e.age() <= inner.config.staleness_cap(crate::cache::name_of(k))
                 })
             });
         drop(preloaded);
@@ -1009,8 +1010,8 @@ impl Inner {
     ) -> Result<Secret, Error> {
         let cap = self.config.staleness_cap(name.key());
         match self.cache.get(key) {
-            Some(entry) if entry.fetched_at.elapsed() <= cap => {
-                let age = entry.fetched_at.elapsed();
+            Some(entry) if entry.age() <= cap => {
+                let age = entry.age();
                 tracing::warn!(
                     secret = %name,
                     age_ms = age.as_millis() as u64,
@@ -1029,7 +1030,7 @@ impl Inner {
                 format!(
                     "no region could serve secret `{name}` and its last-known-good value is \
                      {} old, past the staleness cap of {}",
-                    humantime::format_duration(round_ms(entry.fetched_at.elapsed())),
+                    humantime::format_duration(round_ms(entry.age())),
                     humantime::format_duration(cap)
                 ),
                 error.attempts().to_vec(),

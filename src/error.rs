@@ -302,6 +302,7 @@ pub(crate) enum Kind {
     Auth,
     Unavailable,
     Rejected,
+    Snapshot,
 }
 
 impl Error {
@@ -387,6 +388,12 @@ impl Error {
     /// Invalid configuration (from the builder or a TOML file).
     pub fn is_config(&self) -> bool {
         self.inner.kind == Kind::Config
+    }
+
+    /// A sealed snapshot could not be read or written: missing, unreadable, tampered with,
+    /// truncated, sealed with another key, or of an unknown format (feature `snapshot`).
+    pub fn is_snapshot(&self) -> bool {
+        self.inner.kind == Kind::Snapshot
     }
 
     /// The secret name is not a valid Key Vault name (1–127 letters, digits, dashes).

@@ -50,6 +50,8 @@
 //! | `emulator` | the HTTPS Key Vault emulator (`emulator` module) | yes |
 //! | `sim` | the deterministic simulator (`sim` module) and its plots | yes |
 //! | `bench` | latency under fault injection against the emulator (`bench` module) | yes |
+//! | `snapshot` | sealed last-known-good snapshots (`Snapshot`, AES-256-GCM through aws-lc-rs) | yes |
+//! | `agent` | the failover agent (`agent` module): HTTP on loopback or a Unix socket, `/metrics` | yes |
 //! | `cli` | the `keyvault-failover` command | yes |
 //!
 //! An embedder writes `default-features = false, features = ["azure"]`: the client, the
@@ -79,6 +81,8 @@ mod router;
 mod secret;
 mod vault;
 
+#[cfg(feature = "agent")]
+pub mod agent;
 #[cfg(feature = "azure")]
 pub mod azure;
 #[cfg(feature = "bench")]
@@ -89,10 +93,14 @@ pub mod emulator;
 mod plot;
 #[cfg(feature = "sim")]
 pub mod sim;
+#[cfg(feature = "snapshot")]
+pub mod snapshot;
 pub mod store;
 
 #[cfg(feature = "test-util")]
 pub use clock::run_virtual;
+#[cfg(feature = "snapshot")]
+pub use snapshot::{Snapshot, SnapshotBuilder};
 
 pub use breaker::BreakerState;
 pub use client::{

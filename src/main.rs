@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use keyvault_failover::{sim, Config};
 
-mod agent;
+mod agent_cmd;
 mod cli;
 
 #[derive(Parser)]
@@ -473,7 +473,7 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             limit,
             json,
         } => cli::verify_replication(&config, &names, limit, json),
-        Command::Agent { config } => agent::run(&config),
+        Command::Agent { config } => agent_cmd::run(&config),
         Command::CheckConfig { file } => {
             let text = std::fs::read_to_string(&file)
                 .map_err(|e| format!("cannot read {}: {e}", file.display()))?;

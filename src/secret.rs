@@ -120,6 +120,12 @@ pub(crate) struct Entry {
     pub(crate) authoritative: bool,
     /// When the vault created this version, when it said: the secret's high-water mark.
     pub(crate) created: Option<SystemTime>,
+    /// Restored from a sealed snapshot: never a fresh hit (a vault must confirm it first), and
+    /// `prior_age` old already when `fetched_at` was stamped (the restore).
+    pub(crate) restored: bool,
+    /// Age the value had at `fetched_at` (zero unless restored: a restart's monotonic clock
+    /// may not reach back to the real fetch).
+    pub(crate) prior_age: Duration,
 }
 
 impl Entry {
@@ -141,7 +147,19 @@ impl Entry {
             last_read_ms: AtomicI64::new(if read { 0 } else { i64::MIN }),
             authoritative: false,
             created: None,
+            restored: false,
+            prior_age: Duration::ZERO,
         }
+    }
+
+    /// Time since a vault last confirmed this value (across a restart, for a restored one).
+    pub(crate) fn age(&self) -> Duration {
+        self.fetched_at.elapsed().saturating_add(self.prior_age)
+    }
+
+    /// When this value passes a staleness cap of `cap`.
+    pub(crate) fn expires(&self, cap: Duration) -> Instant {
+        crate::clock::later(self.fetched_at, cap.saturating_sub(self.prior_age))
     }
 
     /// A caller read this value `age` after it was fetched.
@@ -291,7 +309,9 @@ impl Secret {
 
     /// Time since a vault last confirmed the value.
     pub fn age(&self) -> Duration {
-        Instant::now().saturating_duration_since(self.entry.fetched_at)
+        Instant::now()
+            .saturating_duration_since(self.entry.fetched_at)
+            .saturating_add(self.entry.prior_age)
     }
 }
 
