@@ -51,8 +51,9 @@ enum Command {
     /// Measure read latency under fault injection: the real SDK over HTTPS against emulated
     /// vaults on 127.0.0.1, open loop, the client against the plain SDK and cache-aside.
     Bench {
-        /// One scenario (default: all): healthy, refuse, blackhole, slow, throttle, all-down,
-        /// rotation.
+        /// One scenario (default: the fault scenarios): healthy, refuse, blackhole, slow,
+        /// throttle, all-down, partial, rotation; or the agent's: agent (load through the
+        /// agent against in-process reads), restart-during-outage.
         #[arg(long)]
         scenario: Option<String>,
         /// Reads per second per contender.
@@ -399,6 +400,38 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             duration,
             out,
         } => {
+            use keyvault_failover::bench::agent as agent_bench;
+            match scenario.as_deref() {
+                // The agent's scenarios: their own reports (load, restart), not three phases.
+                Some("agent") => {
+                    let rt = tokio::runtime::Runtime::new()?;
+                    let phase = (duration / 3).max(Duration::from_secs(1));
+                    let report = rt.block_on(agent_bench::load(phase, 100))?;
+                    print!("{report}");
+                    if let Some(dir) = &out {
+                        std::fs::create_dir_all(dir)?;
+                        std::fs::write(
+                            dir.join("bench-agent.json"),
+                            serde_json::to_string_pretty(&report)?,
+                        )?;
+                    }
+                    return Ok(ExitCode::SUCCESS);
+                }
+                Some("restart-during-outage") => {
+                    let rt = tokio::runtime::Runtime::new()?;
+                    let report = rt.block_on(agent_bench::restart(200))?;
+                    print!("{report}");
+                    if let Some(dir) = &out {
+                        std::fs::create_dir_all(dir)?;
+                        std::fs::write(
+                            dir.join("bench-restart.json"),
+                            serde_json::to_string_pretty(&report)?,
+                        )?;
+                    }
+                    return Ok(ExitCode::SUCCESS);
+                }
+                _ => {}
+            }
             let scenarios = match scenario {
                 Some(s) => vec![keyvault_failover::bench::BenchScenario::parse(&s)?],
                 None => keyvault_failover::bench::BenchScenario::ALL.to_vec(),

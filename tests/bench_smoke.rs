@@ -89,3 +89,35 @@ async fn bad_options_are_refused_before_anything_starts() {
         assert!(e.is_config(), "{e}");
     }
 }
+
+/// The agent's bench scenarios run end to end and say what they measured; only what cannot
+/// depend on timing is asserted (every cached read answered; the snapshot serves every secret
+/// after a restart during a total outage, and nothing is served without it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_scenarios_run_and_report() {
+    use keyvault_failover::bench::agent::{load, restart};
+    let report = tokio::time::timeout(Duration::from_secs(120), load(Duration::from_secs(1), 10))
+        .await
+        .expect("bounded")
+        .expect("the agent bench runs");
+    let names: Vec<_> = report.phases.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["agent", "in-process", "agent-primary-blackhole"]);
+    for p in &report.phases {
+        assert!(
+            p.ok > 0 && p.failed == 0,
+            "{}: {} ok, {} failed",
+            p.name,
+            p.ok,
+            p.failed
+        );
+    }
+    assert!(report.to_string().contains("| agent |"));
+
+    let report = tokio::time::timeout(Duration::from_secs(120), restart(20))
+        .await
+        .expect("bounded")
+        .expect("the restart bench runs");
+    let by = |n: &str| report.agents.iter().find(|a| a.name == n).unwrap().ok;
+    assert_eq!(by("agent-with-snapshot"), 20);
+    assert_eq!(by("agent-without-snapshot"), 0);
+}

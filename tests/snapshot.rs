@@ -85,16 +85,9 @@ fn a_restart_during_a_total_outage_serves_the_snapshot_stale_with_its_true_age()
         for (n, _) in SECRETS {
             first.get_secret(n).await.unwrap();
         }
+        let latest = first.get_secret("db-password").await.unwrap();
         first
-            .get_secret_version(
-                "db-password",
-                &first
-                    .get_secret("db-password")
-                    .await
-                    .unwrap()
-                    .version()
-                    .to_string(),
-            )
+            .get_secret_version("db-password", latest.version())
             .await
             .unwrap();
         // Ten minutes pass before the snapshot is written: the ages must say so.

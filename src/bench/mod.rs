@@ -20,6 +20,8 @@
 //! Bounded: every read has a 90 s cap, at most 20,000 reads are in flight per contender, and
 //! a scenario waits at most 95 s for its last reads.
 
+pub mod agent;
+
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
