@@ -32,7 +32,10 @@ pub(crate) fn run(config: &Path) -> Result<ExitCode, Box<dyn std::error::Error>>
         let bound = agent.bind().await?;
         println!("listening on {}", bound.address());
         match bound.restored() {
-            Some(Ok(n)) => println!("snapshot: restored {n} values"),
+            Some(Ok(n)) => println!(
+                "snapshot: restored {n} value{}",
+                if *n == 1 { "" } else { "s" }
+            ),
             Some(Err(e)) => println!("snapshot: refused, starting without it: {e}"),
             None => {}
         }

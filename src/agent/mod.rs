@@ -125,7 +125,13 @@ impl Agent {
         if let Some((snap, _)) = &self.snapshot {
             let client = self.state.client.clone();
             let snap_path = snap.path().to_path_buf();
-            let r = {
+            let missing = matches!(std::fs::metadata(&snap_path),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound);
+            let r = if missing {
+                // The first start: nothing to restore yet, and nothing wrong.
+                tracing::info!(path = %snap_path.display(), "no snapshot yet");
+                Ok(0)
+            } else {
                 let snap = snap.clone();
                 tokio::task::spawn_blocking(move || snap.restore(&client))
                     .await
