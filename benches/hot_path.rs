@@ -1,8 +1,9 @@
 //! The hot path: `get_secret` on a cached secret, against what a user could write instead.
 //!
-//! `cargo bench --bench hot_path` — single thread and two contended threads, each against a
-//! bare `HashMap` lookup, an `RwLock<HashMap>` and a `moka` cache doing the same work (look the
-//! name up, hand back a shared handle to the value). Allocations per hit are counted with a
+//! `cargo bench --bench hot_path` — one thread, two and four contended threads (100 secrets),
+//! and one thread over 10,000 secrets, each against a bare `HashMap` lookup, an
+//! `RwLock<HashMap>`, a bare `papaya` map (the cache's own) and a `moka` cache doing the same
+//! work (look the name up, hand back a shared handle to the value). Allocations per hit are counted with a
 //! counting global allocator and printed before the timings.
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -40,7 +41,6 @@ unsafe impl GlobalAlloc for Counting {
 static GLOBAL: Counting = Counting;
 
 const NAME: &str = "db-password";
-const SECRETS: usize = 100;
 
 struct Contenders {
     _rt: tokio::runtime::Runtime,
@@ -50,13 +50,13 @@ struct Contenders {
     moka: moka::sync::Cache<String, Arc<SecretString>>,
 }
 
-fn contenders() -> Contenders {
+fn contenders(secrets: usize) -> Contenders {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
     let store = Arc::new(MemoryStore::new("weu"));
-    let names: Vec<String> = (0..SECRETS)
+    let names: Vec<String> = (0..secrets)
         .map(|i| format!("secret-{i}"))
         .chain([NAME.to_string()])
         .collect();
@@ -124,7 +124,7 @@ fn allocations_per_hit(label: &str, mut f: impl FnMut()) {
 }
 
 fn single(c: &mut Criterion) {
-    let k = contenders();
+    let k = contenders(100);
     allocations_per_hit("failover-client", || {
         black_box(client_hit(&k.client));
     });
@@ -169,6 +169,14 @@ fn single(c: &mut Criterion) {
     let mut g = c.benchmark_group("parts");
     g.bench_function("tokio Instant::now", |b| b.iter(tokio::time::Instant::now));
     g.bench_function("std Instant::now", |b| b.iter(Instant::now));
+    let pap: papaya::HashMap<Box<str>, Arc<SecretString>> = k
+        .map
+        .iter()
+        .map(|(n, v)| (n.as_str().into(), v.clone()))
+        .collect();
+    g.bench_function("papaya pin + get + Arc clone", |b| {
+        b.iter(|| pap.pin().get(black_box(NAME)).map(Arc::clone))
+    });
     let swap = arc_swap::ArcSwap::from_pointee(k.map.clone());
     g.bench_function("ArcSwap load + HashMap get", |b| {
         b.iter(|| swap.load().get(black_box(NAME)).map(Arc::clone))
@@ -176,14 +184,13 @@ fn single(c: &mut Criterion) {
     g.finish();
 }
 
-/// Two threads hitting the same entry at once: time per hit per thread.
+/// Threads hitting the same entry at once: time per hit per thread, with 2 and 4 threads.
 fn contended(c: &mut Criterion) {
-    let k = Arc::new(contenders());
-    let mut g = c.benchmark_group("hit/2-threads");
-    fn two<F: Fn() + Sync>(iters: u64, f: F) -> Duration {
+    let k = Arc::new(contenders(100));
+    fn on<F: Fn() + Sync>(threads: usize, iters: u64, f: F) -> Duration {
         let start = Instant::now();
         std::thread::scope(|s| {
-            for _ in 0..2 {
+            for _ in 0..threads {
                 s.spawn(|| {
                     for _ in 0..iters {
                         f();
@@ -193,41 +200,87 @@ fn contended(c: &mut Criterion) {
         });
         start.elapsed()
     }
-    // A cache hit needs no runtime context (no timer, no task): the threads call it bare.
-    g.bench_function("failover-client", |b| {
-        b.iter_custom(|iters| {
-            two(iters, || {
-                black_box(client_hit(&k.client));
+    let pap: papaya::HashMap<Box<str>, Arc<SecretString>> = k
+        .map
+        .iter()
+        .map(|(n, v)| (n.as_str().into(), v.clone()))
+        .collect();
+    for threads in [2, 4] {
+        let mut g = c.benchmark_group(format!("hit/{threads}-threads"));
+        // A cache hit needs no runtime context (no timer, no task): the threads call it bare.
+        g.bench_function("failover-client", |b| {
+            b.iter_custom(|iters| {
+                on(threads, iters, || {
+                    black_box(client_hit(&k.client));
+                })
             })
-        })
+        });
+        g.bench_function("failover-client get_cached", |b| {
+            b.iter_custom(|iters| {
+                on(threads, iters, || {
+                    black_box(client_cached(&k.client));
+                })
+            })
+        });
+        g.bench_function("papaya", |b| {
+            b.iter_custom(|iters| {
+                on(threads, iters, || {
+                    black_box(pap.pin().get(black_box(NAME)).map(Arc::clone));
+                })
+            })
+        });
+        g.bench_function("HashMap", |b| {
+            b.iter_custom(|iters| {
+                on(threads, iters, || {
+                    black_box(k.map.get(black_box(NAME)).map(Arc::clone));
+                })
+            })
+        });
+        g.bench_function("RwLock<HashMap>", |b| {
+            b.iter_custom(|iters| {
+                on(threads, iters, || {
+                    black_box(
+                        k.locked
+                            .read()
+                            .unwrap()
+                            .get(black_box(NAME))
+                            .map(Arc::clone),
+                    );
+                })
+            })
+        });
+        g.bench_function("moka", |b| {
+            b.iter_custom(|iters| {
+                on(threads, iters, || {
+                    black_box(k.moka.get(black_box(NAME)));
+                })
+            })
+        });
+        g.finish();
+    }
+}
+
+/// One thread, 10,000 secrets: a lookup that misses the CPU caches more often.
+fn large(c: &mut Criterion) {
+    let k = contenders(10_000);
+    let mut g = c.benchmark_group("hit/1-thread-10k-secrets");
+    g.bench_function("failover-client", |b| b.iter(|| client_hit(&k.client)));
+    g.bench_function("failover-client get_cached", |b| {
+        b.iter(|| client_cached(&k.client))
     });
     g.bench_function("HashMap", |b| {
-        b.iter_custom(|iters| {
-            two(iters, || {
-                black_box(k.map.get(black_box(NAME)).map(Arc::clone));
-            })
-        })
+        b.iter(|| k.map.get(black_box(NAME)).map(Arc::clone))
     });
     g.bench_function("RwLock<HashMap>", |b| {
-        b.iter_custom(|iters| {
-            two(iters, || {
-                black_box(
-                    k.locked
-                        .read()
-                        .unwrap()
-                        .get(black_box(NAME))
-                        .map(Arc::clone),
-                );
-            })
+        b.iter(|| {
+            k.locked
+                .read()
+                .unwrap()
+                .get(black_box(NAME))
+                .map(Arc::clone)
         })
     });
-    g.bench_function("moka", |b| {
-        b.iter_custom(|iters| {
-            two(iters, || {
-                black_box(k.moka.get(black_box(NAME)));
-            })
-        })
-    });
+    g.bench_function("moka", |b| b.iter(|| k.moka.get(black_box(NAME))));
     g.finish();
 }
 
@@ -235,13 +288,13 @@ fn contended(c: &mut Criterion) {
 /// client built after an SDK meter provider was installed, in the same run: a hit records
 /// nothing either way. Runs last: the provider is process-wide.
 fn telemetry(c: &mut Criterion) {
-    let without = contenders();
+    let without = contenders(100);
     let exporter = opentelemetry_sdk::metrics::InMemoryMetricExporter::default();
     let provider = opentelemetry_sdk::metrics::SdkMeterProvider::builder()
         .with_reader(opentelemetry_sdk::metrics::PeriodicReader::builder(exporter).build())
         .build();
     opentelemetry::global::set_meter_provider(provider);
-    let with = contenders();
+    let with = contenders(100);
     let mut g = c.benchmark_group("hit/otel");
     g.bench_function("failover-client, no meter provider", |b| {
         b.iter(|| client_hit(&without.client))
@@ -257,6 +310,6 @@ criterion_group! {
     config = Criterion::default()
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2));
-    targets = single, contended, telemetry
+    targets = single, contended, large, telemetry
 }
 criterion_main!(hot_path);

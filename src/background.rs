@@ -49,8 +49,13 @@ pub(crate) fn start(inner: &Arc<Inner>) {
     }
     if inner.config.refresh.enabled {
         let weak = Arc::downgrade(inner);
+        let sd = shutdown.clone();
         supervise("refresher".into(), Arc::downgrade(inner), move |_| {
-            refresher(weak.clone(), shutdown.clone())
+            refresher(weak.clone(), sd.clone())
+        });
+        let weak = Arc::downgrade(inner);
+        supervise("expirer".into(), Arc::downgrade(inner), move |_| {
+            expirer(weak.clone(), shutdown.clone())
         });
     }
 }
@@ -194,6 +199,35 @@ async fn refresher(weak: Weak<Inner>, mut shutdown: watch::Receiver<()>) {
     }
 }
 
+/// Marks each latest value expired as its refresh interval ends, so that a cache hit needs no
+/// clock read of its own (`get_cached` checks the mark). Never waits on a vault: its marks are
+/// as late as tokio's timer (1 ms) and the runtime's scheduling, whatever the refreshes do.
+async fn expirer(weak: Weak<Inner>, mut shutdown: watch::Receiver<()>) {
+    loop {
+        let next = {
+            let Some(inner) = weak.upgrade() else { return };
+            let now = Instant::now();
+            inner.cache.mark_expired(now);
+            inner
+                .cache
+                .next_expiry()
+                .unwrap_or_else(|| later(now, inner.config.cache.refresh_interval))
+        };
+        let wake = {
+            let Some(inner) = weak.upgrade() else { return };
+            tokio::select! {
+                biased;
+                _ = tokio::time::sleep_until(next) => true,
+                _ = inner.cache.expiry_wake.notified() => true,
+                _ = shutdown.changed() => false,
+            }
+        };
+        if !wake {
+            return;
+        }
+    }
+}
+
 impl Inner {
     /// Takes what the schedule says is due at `now` and decides each: a secret callers read
     /// within `refresh.idle_after` is refreshed (returned, in schedule order); an unread one is
@@ -210,7 +244,7 @@ impl Inner {
             let Some(entry) = self.cache.get(&key) else {
                 continue; // removed since
             };
-            let read_at = entry.last_read();
+            let read_at = entry.last_read_at(now);
             let read = read_at.is_some_and(|t| now.saturating_duration_since(t) < idle_after);
             let cap = self.config.staleness_cap(crate::cache::name_of(&key));
             let expires = entry.expires(cap);

@@ -88,7 +88,7 @@ struct Flight<R> {
     started: Instant,
 }
 
-type Map = papaya::HashMap<Box<str>, Arc<Entry>>;
+type Map = papaya::HashMap<Box<str>, Arc<Entry>, foldhash::fast::RandomState>;
 /// Scheduled checks, earliest first.
 type Schedule = BinaryHeap<Reverse<(Instant, Box<str>)>>;
 
@@ -105,19 +105,31 @@ pub(crate) struct Cache<R> {
     schedule: Mutex<Schedule>,
     /// Wakes the refresher when an insert becomes the earliest scheduled item.
     pub(crate) wake: Notify,
+    /// With a refresher: the refresh interval, at whose end each latest value gets a check
+    /// that marks it expired (hits then read no clock).
+    fresh_for: Option<Duration>,
+    /// When each latest value's refresh interval ends, earliest first.
+    expiry: Mutex<Schedule>,
+    /// Wakes the expirer when an insert's expiry becomes the earliest.
+    pub(crate) expiry_wake: Notify,
 }
 
 impl<R: Clone> Cache<R> {
     /// A cache whose fetches last at most `longest_fetch`.
-    pub(crate) fn new(longest_fetch: Duration) -> Self {
+    /// With `fresh_for` (the refresh interval, when a refresher runs), every latest value is
+    /// also scheduled at its end, for the refresher to mark it expired.
+    pub(crate) fn new(longest_fetch: Duration, fresh_for: Option<Duration>) -> Self {
         Cache {
-            map: Map::new(),
+            map: Map::with_hasher(foldhash::fast::RandomState::default()),
             write: Mutex::new(()),
             inflight: Mutex::new(HashMap::new()),
             writes: Mutex::new(HashMap::new()),
             write_memory: longest_fetch.saturating_mul(2),
             schedule: Mutex::new(BinaryHeap::new()),
             wake: Notify::new(),
+            fresh_for,
+            expiry: Mutex::new(BinaryHeap::new()),
+            expiry_wake: Notify::new(),
         }
     }
 
@@ -144,6 +156,18 @@ impl<R: Clone> Cache<R> {
             entry.inherit_last_read(old);
         }
         self.schedule(key, check_at);
+        if let Some(fresh_for) = self.fresh_for {
+            if !key.contains('/') && !entry.restored {
+                let at = crate::clock::later(entry.fetched_at, fresh_for);
+                let mut x = lock(&self.expiry);
+                let earliest = x.peek().is_none_or(|Reverse((t, _))| at < *t);
+                x.push(Reverse((at, key.into())));
+                drop(x);
+                if earliest {
+                    self.expiry_wake.notify_one();
+                }
+            }
+        }
         old.is_none()
     }
 
@@ -261,6 +285,35 @@ impl<R: Clone> Cache<R> {
         }
     }
 
+    /// Marks expired every latest value whose refresh interval ended by `now` (an item whose
+    /// entry was replaced since is dropped: the new entry has its own).
+    pub(crate) fn mark_expired(&self, now: Instant) {
+        let Some(fresh_for) = self.fresh_for else {
+            return;
+        };
+        let mut due = Vec::new();
+        {
+            let mut x = lock(&self.expiry);
+            while x.peek().is_some_and(|Reverse((t, _))| *t <= now) {
+                if let Some(Reverse((_, k))) = x.pop() {
+                    due.push(k);
+                }
+            }
+        }
+        for key in due {
+            if let Some(e) = self.get(&key) {
+                if now >= crate::clock::later(e.fetched_at, fresh_for) {
+                    e.expired.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    /// When the next latest value's refresh interval ends.
+    pub(crate) fn next_expiry(&self) -> Option<Instant> {
+        lock(&self.expiry).peek().map(|Reverse((t, _))| *t)
+    }
+
     /// Schedules a check of `key` at `at`; wakes the refresher if that is now the earliest.
     pub(crate) fn schedule(&self, key: &str, at: Instant) {
         let mut s = lock(&self.schedule);
@@ -375,7 +428,7 @@ mod tests {
     #[test]
     fn a_cancelled_flight_leaves_nothing_behind() {
         crate::clock::run_virtual(async {
-            let c: Cache<u32> = Cache::new(Duration::from_secs(6));
+            let c: Cache<u32> = Cache::new(Duration::from_secs(6), None);
             for i in 0..1000 {
                 let key = format!("k{i}");
                 let fut = c.single_flight(&key, true, |_, _| std::future::pending::<u32>());
@@ -403,7 +456,7 @@ mod tests {
     #[test]
     fn a_caller_raises_a_background_flight() {
         crate::clock::run_virtual(async {
-            let c: Arc<Cache<bool>> = Arc::new(Cache::new(Duration::from_secs(6)));
+            let c: Arc<Cache<bool>> = Arc::new(Cache::new(Duration::from_secs(6), None));
             let c1 = c.clone();
             let bg = tokio::spawn(async move {
                 c1.single_flight("k", false, |u, _| async move {
@@ -424,7 +477,7 @@ mod tests {
     #[test]
     fn a_fetch_that_started_before_a_write_is_not_cached() {
         crate::clock::run_virtual(async {
-            let c: Cache<()> = Cache::new(Duration::from_secs(6));
+            let c: Cache<()> = Cache::new(Duration::from_secs(6), None);
             let started = Instant::now();
             tokio::time::advance(Duration::from_millis(5)).await;
             c.wrote("db");
@@ -448,7 +501,7 @@ mod tests {
         // Not a timing test: inserting 20,000 entries one by one finishes, and the schedule
         // holds one item per entry.
         crate::clock::run_virtual(async {
-            let c: Cache<()> = Cache::new(Duration::from_secs(6));
+            let c: Cache<()> = Cache::new(Duration::from_secs(6), None);
             for i in 0..20_000 {
                 c.insert(&format!("k{i}"), entry(), Instant::now());
             }

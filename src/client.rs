@@ -244,13 +244,14 @@ impl FailoverClientBuilder {
         let rng = Mutex::new(fastrand::Rng::with_seed(c.breaker.seed ^ 0x5eed));
         let (tx, shutdown) = watch::channel(());
         let longest_fetch = c.timeouts.deadline;
+        let fresh_for = c.refresh.enabled.then_some(c.cache.refresh_interval);
         let client = FailoverClient {
             _life: Arc::new(Lifeline { _tx: tx }),
             inner: Arc::new(Inner {
                 config: self.config,
                 vaults,
                 router,
-                cache: Cache::new(longest_fetch),
+                cache: Cache::new(longest_fetch, fresh_for),
                 budget,
                 rng,
                 events,
@@ -416,10 +417,16 @@ impl RegionHealth {
 }
 
 /// Checks a name without allocating and folds its case into `buf`.
-fn fold_name<'b>(name: &str, buf: &'b mut [u8; MAX_NAME_LEN]) -> Option<&'b str> {
+fn fold_name<'b>(name: &'b str, buf: &'b mut [u8; MAX_NAME_LEN]) -> Option<&'b str> {
     let b = name.as_bytes();
     if b.is_empty() || b.len() > MAX_NAME_LEN {
         return None;
+    }
+    // Most names are written in lower case already: checked, not copied.
+    if b.iter()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+    {
+        return Some(name);
     }
     for (o, c) in buf.iter_mut().zip(b) {
         if !(c.is_ascii_alphanumeric() || *c == b'-') {
@@ -522,12 +529,18 @@ impl FailoverClient {
         let mut buf = [0u8; MAX_NAME_LEN];
         let key = fold_name(name, &mut buf)?;
         let entry = self.inner.cache.get(key)?;
-        let age = entry.fetched_at.elapsed();
-        // A restored value waits for a vault's word: never a fresh hit.
-        if age > self.inner.config.cache.refresh_interval || entry.restored {
+        // Fresh unless the refresher has marked the refresh interval passed (no clock read of
+        // the hit's own); a restored value waits for a vault's word: never a fresh hit.
+        if entry.expired.load(std::sync::atomic::Ordering::Relaxed) || entry.restored {
             return None;
         }
-        entry.touch(age);
+        // Without the refresher, nobody marks: the clock decides.
+        if !self.inner.config.refresh.enabled
+            && entry.fetched_at.elapsed() > self.inner.config.cache.refresh_interval
+        {
+            return None;
+        }
+        entry.touch();
         self.inner.nudge_failback();
         Some(Secret::new(entry, Freshness::Fresh))
     }
@@ -551,7 +564,7 @@ impl FailoverClient {
         if let Some(entry) = self.inner.cache.get(&cache::key(name.key(), Some(version))) {
             let age = entry.fetched_at.elapsed();
             if age <= self.inner.config.staleness_cap(name.key()) && !entry.restored {
-                entry.touch(age);
+                entry.touch();
                 return Ok(Secret::new(entry, Freshness::Fresh));
             }
         }

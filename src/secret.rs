@@ -1,7 +1,7 @@
 //! What the client hands back: a secret value that cannot leak, and where it came from.
 
 use std::fmt;
-use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -102,6 +102,11 @@ impl SecretProperties {
 }
 
 /// One value as the cache holds it. Shared by `Arc` so that a cache hit copies no bytes.
+///
+/// Aligned to 128 bytes (two cache lines, the unit of the adjacent-line prefetcher): the `Arc`'s
+/// reference counts, which every hit on every thread writes, sit alone before it, so a hit's
+/// reads of the fields below do not miss because another thread's hit just wrote a count.
+#[repr(align(128))]
 pub(crate) struct Entry {
     pub(crate) value: SecretString,
     pub(crate) version: Arc<str>,
@@ -115,6 +120,11 @@ pub(crate) struct Entry {
     /// When a caller last read this value, in ms after `fetched_at` (negative: before it was
     /// fetched; `i64::MIN`: never).
     last_read_ms: AtomicI64,
+    /// A caller read this value since the refresher last looked (set by hits: no clock read).
+    read_mark: AtomicBool,
+    /// Set by the refresher once the refresh interval has passed since `fetched_at`: a hit then
+    /// reads the clock no more to know whether the value is fresh.
+    pub(crate) expired: AtomicBool,
     /// Written by this client to the primary: a secondary's different copy is older, not newer
     /// (it cannot have seen the write yet), until the primary answers again.
     pub(crate) authoritative: bool,
@@ -145,6 +155,8 @@ impl Entry {
             refresh_after_ms: AtomicU64::new(refresh_after_ms),
             refresh_failures: AtomicU32::new(0),
             last_read_ms: AtomicI64::new(if read { 0 } else { i64::MIN }),
+            read_mark: AtomicBool::new(false),
+            expired: AtomicBool::new(false),
             authoritative: false,
             created: None,
             restored: false,
@@ -162,13 +174,27 @@ impl Entry {
         crate::clock::later(self.fetched_at, cap.saturating_sub(self.prior_age))
     }
 
-    /// A caller read this value `age` after it was fetched.
-    pub(crate) fn touch(&self, age: Duration) {
-        let ms = age.as_millis().min(i64::MAX as u128) as i64;
-        // One relaxed store on the hot path; skipped when nothing changed.
-        if self.last_read_ms.load(Ordering::Relaxed) != ms {
-            self.last_read_ms.store(ms, Ordering::Relaxed);
+    /// A caller read this value. No clock read: the refresher stamps the time when it next looks
+    /// ([`last_read_at`](Self::last_read_at)). One relaxed load on the hot path, and a store
+    /// only on the first read since the refresher last looked.
+    pub(crate) fn touch(&self) {
+        if !self.read_mark.load(Ordering::Relaxed) {
+            self.read_mark.store(true, Ordering::Relaxed);
         }
+    }
+
+    /// When a caller last read this value, as the refresher sees it at `now`: a read since it
+    /// last looked counts as `now` (later than the read itself by at most the time between two
+    /// looks, so idle detection errs toward refreshing).
+    pub(crate) fn last_read_at(&self, now: Instant) -> Option<Instant> {
+        if self.read_mark.swap(false, Ordering::Relaxed) {
+            let ms = now
+                .saturating_duration_since(self.fetched_at)
+                .as_millis()
+                .min(i64::MAX as u128) as i64;
+            self.last_read_ms.fetch_max(ms, Ordering::Relaxed);
+        }
+        self.last_read()
     }
 
     /// When a caller last read this value or the one it replaced.
@@ -187,6 +213,9 @@ impl Entry {
 
     /// Carries the last read over from the entry this one replaces.
     pub(crate) fn inherit_last_read(&self, old: &Entry) {
+        if old.read_mark.load(Ordering::Relaxed) {
+            self.touch();
+        }
         let Some(at) = old.last_read() else { return };
         let rel = if at >= self.fetched_at {
             (at - self.fetched_at).as_millis() as i64

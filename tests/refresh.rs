@@ -229,3 +229,38 @@ fn events_report_breakers_routes_throttling_and_stale_serves() {
     })
     .unwrap();
 }
+
+/// A hit reads no clock of its own: the expirer marks each value as its refresh interval ends,
+/// even while every refresh hangs on a vault (the refresher is busy), and a hit past the mark
+/// is no longer fresh. Without the refresher the hit reads the clock: the same answer.
+#[test]
+fn a_hit_stops_being_fresh_when_the_refresh_interval_ends_even_while_refreshes_hang() {
+    for background in [true, false] {
+        run_virtual(async move {
+            let t = Duration::from_secs(10);
+            let r = rig_with(2, |b| {
+                b.refresh_interval(t)
+                    .probing(false)
+                    .background_refresh(background)
+            });
+            r.seed_all("db", "v");
+            r.client.get_secret("db").await.unwrap();
+            let fetched = Instant::now();
+            for s in &r.stores {
+                s.set_fault(Some(Fault::Hang));
+            }
+            advance(t - Duration::from_millis(1)).await;
+            assert!(
+                r.client.get_cached("db").is_some(),
+                "fresh within the interval"
+            );
+            advance(Duration::from_millis(2)).await;
+            assert!(fetched.elapsed() > t);
+            assert!(
+                r.client.get_cached("db").is_none(),
+                "past the interval (refresher {background}): not a fresh hit"
+            );
+        })
+        .unwrap();
+    }
+}
