@@ -65,8 +65,10 @@ fn contenders(secrets: usize) -> Contenders {
     }
     // Defaults: the prober and refresher are spawned on the runtime, which is not driven
     // while the benchmarks run, so they cost nothing here.
+    // The in-memory vault has no published limit: 10,000 secrets preload at once.
     let config = Config::builder()
         .region("weu", "https://app-weu.vault.azure.net", Access::ReadWrite)
+        .vault_get_limit(100_000)
         .build()
         .expect("valid configuration");
     let client = rt.block_on(async {

@@ -452,13 +452,20 @@ impl FailoverClient {
     /// the vaults are asked in route order; if none can answer, the last-known-good value is
     /// returned as stale while it is younger than the staleness cap. A 401/403, or a 404 from the
     /// primary, is returned as an error even when a stale value is held.
-    pub async fn get_secret(&self, name: &str) -> Result<Secret, Error> {
-        if let Some(s) = self.get_cached(name) {
-            return Ok(s);
+    pub fn get_secret<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> impl std::future::Future<Output = Result<Secret, Error>> + Send + 'a {
+        // A hit is decided before any future exists: the future returned is then a ready value,
+        // not a state machine to set up and poll.
+        match self.get_cached(name) {
+            Some(s) => futures::future::Either::Left(std::future::ready(Ok(s))),
+            // Boxed: the slow path's state would otherwise make every cache hit's future
+            // (moved on each poll) a kilobyte.
+            None => futures::future::Either::Right(Box::pin(async move {
+                self.read(SecretName::new(name)?, None).await
+            })),
         }
-        // Boxed: the slow path's state would otherwise make every cache hit's future
-        // (moved on each poll) a kilobyte.
-        Box::pin(self.read(SecretName::new(name)?, None)).await
     }
 
     /// Reads the latest version of `name` like [`get_secret`](Self::get_secret), within the
