@@ -231,9 +231,13 @@ impl FailoverClientBuilder {
                 write_gate,
             ));
         }
+        // A fleet's failback spreads: each client dwells `failback_dwell` plus up to half as
+        // much again, drawn from its seed, so a recovering primary does not meet every
+        // instance in the same second.
+        let spread = fastrand::Rng::with_seed(c.breaker.seed ^ 0xFA11_BAC4_D3E1_1000).f64();
         let failback = Failback {
             successes: c.probe.failback_successes,
-            dwell: c.probe.failback_dwell,
+            dwell: c.probe.failback_dwell.mul_f64(1.0 + spread / 2.0),
         };
         let router = Router::new(&vaults, failback, events.clone());
         let budget = RetryBudget::new(
@@ -1063,4 +1067,45 @@ impl Inner {
 
 fn round_ms(d: Duration) -> Duration {
     Duration::from_millis(d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use crate::store::MemoryStore;
+    use crate::{Access, Config, FailoverClient};
+
+    /// A fleet's clients (each with its own seed) dwell between `failback_dwell` and half as
+    /// much again before failing back, spread over that range: the recovering primary does not
+    /// meet them all in the same second. Before: every client dwelt exactly 60 s.
+    #[test]
+    fn failback_dwell_is_spread_across_a_fleet() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let _g = rt.enter();
+        let base = Duration::from_secs(60);
+        let dwells: Vec<Duration> = (0..50u64)
+            .map(|seed| {
+                let config = Config::builder()
+                    .region("weu", "https://app-weu.vault.azure.net", Access::ReadWrite)
+                    .region("neu", "https://app-neu.vault.azure.net", Access::ReadOnly)
+                    .seed(seed)
+                    .build()
+                    .unwrap();
+                let c = FailoverClient::builder(config)
+                    .store("weu", Arc::new(MemoryStore::new("weu")))
+                    .store("neu", Arc::new(MemoryStore::new("neu")))
+                    .build()
+                    .unwrap();
+                c.inner.router.dwell()
+            })
+            .collect();
+        let (lo, hi) = (dwells.iter().min().unwrap(), dwells.iter().max().unwrap());
+        assert!(*lo >= base && *hi < base.mul_f64(1.5), "{lo:?}..{hi:?}");
+        assert!(*hi - *lo > base / 3, "spread over {:?}", *hi - *lo);
+    }
 }

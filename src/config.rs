@@ -969,7 +969,8 @@ impl ConfigBuilder {
         /// Default 3.
         failback_successes: u32 => probe.failback_successes);
     setter!(
-        /// Least time on a route before failing back to a higher-priority vault. Default 60 s.
+        /// Least time on a route before failing back to a higher-priority vault. Default 60 s; each
+        /// client adds up to half again, drawn from its seed, so a fleet does not fail back at once.
         failback_dwell: Duration => probe.failback_dwell);
     setter!(
         /// Hedge reads: after the hedge delay, ask the next healthy vault too. Default `true`.

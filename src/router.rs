@@ -58,6 +58,12 @@ pub(crate) struct Router {
 }
 
 impl Router {
+    /// How long this client's route must stand before it fails back.
+    #[cfg(test)]
+    pub(crate) fn dwell(&self) -> Duration {
+        self.failback.dwell
+    }
+
     pub(crate) fn new(vaults: &[Vault], failback: Failback, events: Events) -> Self {
         let first = route_to(vaults, first_closed(vaults, vaults.len()));
         Router {
