@@ -148,25 +148,7 @@ fn single(c: &mut Criterion) {
     allocations_per_hit("moka", || {
         black_box(k.moka.get(black_box(NAME)));
     });
-    let mut g = c.benchmark_group("hit/1-thread");
-    g.bench_function("failover-client", |b| b.iter(|| client_hit(&k.client)));
-    g.bench_function("failover-client get_cached", |b| {
-        b.iter(|| client_cached(&k.client))
-    });
-    g.bench_function("HashMap", |b| {
-        b.iter(|| k.map.get(black_box(NAME)).map(Arc::clone))
-    });
-    g.bench_function("RwLock<HashMap>", |b| {
-        b.iter(|| {
-            k.locked
-                .read()
-                .unwrap()
-                .get(black_box(NAME))
-                .map(Arc::clone)
-        })
-    });
-    g.bench_function("moka", |b| b.iter(|| k.moka.get(black_box(NAME))));
-    g.finish();
+    one_thread(c, "hit/1-thread", &k);
     // The parts of a hit, to see where its time goes.
     let mut g = c.benchmark_group("parts");
     g.bench_function("tokio Instant::now", |b| b.iter(tokio::time::Instant::now));
@@ -264,8 +246,12 @@ fn contended(c: &mut Criterion) {
 
 /// One thread, 10,000 secrets: a lookup that misses the CPU caches more often.
 fn large(c: &mut Criterion) {
-    let k = contenders(10_000);
-    let mut g = c.benchmark_group("hit/1-thread-10k-secrets");
+    one_thread(c, "hit/1-thread-10k-secrets", &contenders(10_000));
+}
+
+/// Every contender's hit on one thread, as the group `name`.
+fn one_thread(c: &mut Criterion, name: &str, k: &Contenders) {
+    let mut g = c.benchmark_group(name);
     g.bench_function("failover-client", |b| b.iter(|| client_hit(&k.client)));
     g.bench_function("failover-client get_cached", |b| {
         b.iter(|| client_cached(&k.client))

@@ -92,6 +92,17 @@ type Map = papaya::HashMap<Box<str>, Arc<Entry>, foldhash::fast::RandomState>;
 /// Scheduled checks, earliest first.
 type Schedule = BinaryHeap<Reverse<(Instant, Box<str>)>>;
 
+/// Schedules `key` at `at` in `heap`; wakes its task if that is now the earliest item.
+fn push(heap: &Mutex<Schedule>, wake: &Notify, key: &str, at: Instant) {
+    let mut h = lock(heap);
+    let earliest = h.peek().is_none_or(|Reverse((t, _))| at < *t);
+    h.push(Reverse((at, key.into())));
+    drop(h);
+    if earliest {
+        wake.notify_one();
+    }
+}
+
 pub(crate) struct Cache<R> {
     map: Map,
     /// Serialises inserts and removals (never taken by a hit), so that ordering checks and the
@@ -159,13 +170,7 @@ impl<R: Clone> Cache<R> {
         if let Some(fresh_for) = self.fresh_for {
             if !key.contains('/') && !entry.restored {
                 let at = crate::clock::later(entry.fetched_at, fresh_for);
-                let mut x = lock(&self.expiry);
-                let earliest = x.peek().is_none_or(|Reverse((t, _))| at < *t);
-                x.push(Reverse((at, key.into())));
-                drop(x);
-                if earliest {
-                    self.expiry_wake.notify_one();
-                }
+                push(&self.expiry, &self.expiry_wake, key, at);
             }
         }
         old.is_none()
@@ -316,13 +321,7 @@ impl<R: Clone> Cache<R> {
 
     /// Schedules a check of `key` at `at`; wakes the refresher if that is now the earliest.
     pub(crate) fn schedule(&self, key: &str, at: Instant) {
-        let mut s = lock(&self.schedule);
-        let earliest = s.peek().is_none_or(|Reverse((t, _))| at < *t);
-        s.push(Reverse((at, key.into())));
-        drop(s);
-        if earliest {
-            self.wake.notify_one();
-        }
+        push(&self.schedule, &self.wake, key, at);
     }
 
     /// Takes every scheduled item due at `now`, earliest first (ties by key: reproducible).

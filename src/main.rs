@@ -401,36 +401,35 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             out,
         } => {
             use keyvault_failover::bench::agent as agent_bench;
-            match scenario.as_deref() {
-                // The agent's scenarios: their own reports (load, restart), not three phases.
+            // The agent's scenarios: their own reports (load, restart), not three phases.
+            let agent_report = match scenario.as_deref() {
                 Some("agent") => {
-                    let rt = tokio::runtime::Runtime::new()?;
                     let phase = (duration / 3).max(Duration::from_secs(1));
-                    let report = rt.block_on(agent_bench::load(phase, 100))?;
-                    print!("{report}");
-                    if let Some(dir) = &out {
-                        std::fs::create_dir_all(dir)?;
-                        std::fs::write(
-                            dir.join("bench-agent.json"),
-                            serde_json::to_string_pretty(&report)?,
-                        )?;
-                    }
-                    return Ok(ExitCode::SUCCESS);
+                    let r =
+                        tokio::runtime::Runtime::new()?.block_on(agent_bench::load(phase, 100))?;
+                    Some((
+                        "bench-agent.json",
+                        r.to_string(),
+                        serde_json::to_string_pretty(&r)?,
+                    ))
                 }
                 Some("restart-during-outage") => {
-                    let rt = tokio::runtime::Runtime::new()?;
-                    let report = rt.block_on(agent_bench::restart(200))?;
-                    print!("{report}");
-                    if let Some(dir) = &out {
-                        std::fs::create_dir_all(dir)?;
-                        std::fs::write(
-                            dir.join("bench-restart.json"),
-                            serde_json::to_string_pretty(&report)?,
-                        )?;
-                    }
-                    return Ok(ExitCode::SUCCESS);
+                    let r = tokio::runtime::Runtime::new()?.block_on(agent_bench::restart(200))?;
+                    Some((
+                        "bench-restart.json",
+                        r.to_string(),
+                        serde_json::to_string_pretty(&r)?,
+                    ))
                 }
-                _ => {}
+                _ => None,
+            };
+            if let Some((file, text, json)) = agent_report {
+                print!("{text}");
+                if let Some(dir) = &out {
+                    std::fs::create_dir_all(dir)?;
+                    std::fs::write(dir.join(file), json)?;
+                }
+                return Ok(ExitCode::SUCCESS);
             }
             let scenarios = match scenario {
                 Some(s) => vec![keyvault_failover::bench::BenchScenario::parse(&s)?],

@@ -32,14 +32,18 @@ fn temp_dir(tag: &str) -> PathBuf {
 /// Starts the agent on the emulator's configuration with an `[agent]` table; waits (at most
 /// 30 s) for its "listening on" line.
 async fn start_agent(emu: &Emulator, dir: &std::path::Path, extra: &str) -> Agent {
+    start_agent_on(emu, dir, "listen = \"127.0.0.1:0\"", extra).await
+}
+
+/// [`start_agent`] listening where `listen` says (`listen = ...` or `socket = ...`); `base` is
+/// `http://` and what the agent printed.
+async fn start_agent_on(emu: &Emulator, dir: &std::path::Path, listen: &str, extra: &str) -> Agent {
     let client = std::fs::read_to_string(emu.write_client_config().unwrap()).unwrap();
     std::fs::write(dir.join("agent.token"), format!("{TOKEN}\n")).unwrap();
     let config = dir.join("agent.toml");
     std::fs::write(
         &config,
-        format!(
-            "{client}\n[agent]\nlisten = \"127.0.0.1:0\"\ntoken_file = \"agent.token\"\n{extra}"
-        ),
+        format!("{client}\n[agent]\n{listen}\ntoken_file = \"agent.token\"\n{extra}"),
     )
     .unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_keyvault-failover"))
@@ -527,37 +531,8 @@ async fn a_unix_socket_serves_the_same_api() {
     let sock = dir.join("agent.sock");
     // A socket left by a process that died.
     drop(std::os::unix::net::UnixListener::bind(&sock).unwrap());
-    let client = std::fs::read_to_string(emu.write_client_config().unwrap()).unwrap();
-    std::fs::write(dir.join("agent.token"), TOKEN).unwrap();
-    let config = dir.join("agent.toml");
-    std::fs::write(
-        &config,
-        format!("{client}\n[agent]\nsocket = \"agent.sock\"\ntoken_file = \"agent.token\"\n"),
-    )
-    .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_keyvault-failover"))
-        .args(["agent", "--config", config.to_str().unwrap()])
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let line = tokio::task::spawn_blocking(move || {
-        let mut line = String::new();
-        stdout.read_line(&mut line).unwrap();
-        (line, stdout)
-    });
-    let (line, stdout) = tokio::time::timeout(Duration::from_secs(30), line)
-        .await
-        .unwrap()
-        .unwrap();
-    let agent = Agent {
-        child,
-        base: String::new(),
-        stdout,
-    };
-    assert_eq!(line.trim(), format!("listening on unix:{}", sock.display()));
+    let agent = start_agent_on(&emu, &dir, "socket = \"agent.sock\"", "").await;
+    assert_eq!(agent.base, format!("http://unix:{}", sock.display()));
     let mode = std::fs::metadata(&sock).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600);
 

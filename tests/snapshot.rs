@@ -58,6 +58,14 @@ impl Vaults {
             .build()
             .unwrap()
     }
+    /// A client that has read every secret once.
+    async fn holding_every_secret(&self, config: &Config) -> FailoverClient {
+        let c = self.client(config);
+        for (n, _) in SECRETS {
+            c.get_secret(n).await.unwrap();
+        }
+        c
+    }
     fn down(&self) {
         self.weu.set_fault(Some(Fault::Refuse));
         self.neu.set_fault(Some(Fault::Refuse));
@@ -81,10 +89,7 @@ fn a_restart_during_a_total_outage_serves_the_snapshot_stale_with_its_true_age()
     run_virtual(async move {
         let cfg = config(Duration::from_secs(3600));
         let v = Vaults::new(&SECRETS);
-        let first = v.client(&cfg);
-        for (n, _) in SECRETS {
-            first.get_secret(n).await.unwrap();
-        }
+        let first = v.holding_every_secret(&cfg).await;
         let latest = first.get_secret("db-password").await.unwrap();
         first
             .get_secret_version("db-password", latest.version())
@@ -140,10 +145,7 @@ fn the_staleness_cap_holds_across_a_restart() {
         // `short` may be served stale for 5 minutes; the others for an hour.
         let cfg = config(Duration::from_secs(300));
         let v = Vaults::new(&SECRETS);
-        let first = v.client(&cfg);
-        for (n, _) in SECRETS {
-            first.get_secret(n).await.unwrap();
-        }
+        let first = v.holding_every_secret(&cfg).await;
         tokio::time::sleep(Duration::from_secs(400)).await;
         snapshot(&path).save(&first).unwrap();
         v.down();
@@ -199,10 +201,7 @@ fn tampered_truncated_foreign_and_wrong_key_snapshots_are_refused_whole() {
     run_virtual(async move {
         let cfg = config(Duration::from_secs(3600));
         let v = Vaults::new(&SECRETS);
-        let first = v.client(&cfg);
-        for (n, _) in SECRETS {
-            first.get_secret(n).await.unwrap();
-        }
+        let first = v.holding_every_secret(&cfg).await;
         snapshot(&path).save(&first).unwrap();
         let good = std::fs::read(&path).unwrap();
         v.down();
