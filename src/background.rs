@@ -184,18 +184,28 @@ async fn refresher(weak: Weak<Inner>, mut shutdown: watch::Receiver<()>) {
             let next = inner.cache.next_due().map(|n| n.max(later(now, granule)));
             next.unwrap_or_else(|| later(now, interval))
         };
-        let wake = {
-            let Some(inner) = weak.upgrade() else { return };
-            tokio::select! {
-                biased;
-                _ = tokio::time::sleep_until(next) => true,
-                _ = inner.cache.wake.notified() => true,
-                _ = shutdown.changed() => false,
-            }
-        };
-        if !wake {
+        if !sleep_or_wake(&weak, next, |i| &i.cache.wake, &mut shutdown).await {
             return;
         }
+    }
+}
+
+/// Sleeps until `next` or a wake-up of the client's `notify`; false when the client is gone or
+/// shutting down.
+async fn sleep_or_wake(
+    weak: &Weak<Inner>,
+    next: Instant,
+    notify: fn(&Inner) -> &tokio::sync::Notify,
+    shutdown: &mut watch::Receiver<()>,
+) -> bool {
+    let Some(inner) = weak.upgrade() else {
+        return false;
+    };
+    tokio::select! {
+        biased;
+        _ = tokio::time::sleep_until(next) => true,
+        _ = notify(&inner).notified() => true,
+        _ = shutdown.changed() => false,
     }
 }
 
@@ -213,16 +223,7 @@ async fn expirer(weak: Weak<Inner>, mut shutdown: watch::Receiver<()>) {
                 .next_expiry()
                 .unwrap_or_else(|| later(now, inner.config.cache.refresh_interval))
         };
-        let wake = {
-            let Some(inner) = weak.upgrade() else { return };
-            tokio::select! {
-                biased;
-                _ = tokio::time::sleep_until(next) => true,
-                _ = inner.cache.expiry_wake.notified() => true,
-                _ = shutdown.changed() => false,
-            }
-        };
-        if !wake {
+        if !sleep_or_wake(&weak, next, |i| &i.cache.expiry_wake, &mut shutdown).await {
             return;
         }
     }
