@@ -289,10 +289,16 @@ impl Snapshot {
             })
             .collect();
         let n = records.len();
-        let body = Body {
+        self.write_body(Body {
             written_unix_ms: unix_ms(now),
             entries: records,
-        };
+        })?;
+        Ok(n)
+    }
+
+    /// Seals `body` and writes it atomically.
+    fn write_body(&self, body: Body) -> Result<(), Error> {
+        let n = body.entries.len();
         // Sized up front so the buffer holding values is not reallocated (leaving copies).
         let estimate = body
             .entries
@@ -331,7 +337,7 @@ impl Snapshot {
                 self.path.display()
             ))
         })?;
-        Ok(n)
+        Ok(())
     }
 
     /// Reads the snapshot back into the client's cache: every value within its staleness cap
@@ -402,9 +408,18 @@ impl Snapshot {
             {
                 continue;
             }
-            let fetched = UNIX_EPOCH + Duration::from_millis(r.fetched_unix_ms);
-            // A fetch time ahead of this clock (it was set back) counts as just fetched.
-            let age = wall.duration_since(fetched).unwrap_or(Duration::ZERO);
+            // Checked: a time past what `SystemTime` holds is refused, not a panic.
+            let Some(fetched) = UNIX_EPOCH.checked_add(Duration::from_millis(r.fetched_unix_ms))
+            else {
+                continue;
+            };
+            // A fetch time a little ahead of this clock (it was set back) counts as just
+            // fetched; one more than a day ahead is nonsense, and its value is not trusted.
+            let age = match wall.duration_since(fetched) {
+                Ok(age) => age,
+                Err(e) if e.duration() <= Duration::from_secs(86_400) => Duration::ZERO,
+                Err(_) => continue,
+            };
             if age > inner.config.staleness_cap(name.key()) {
                 continue;
             }
@@ -422,7 +437,7 @@ impl Snapshot {
             e.prior_age = age;
             e.created = r
                 .created_unix_ms
-                .map(|ms| UNIX_EPOCH + Duration::from_millis(ms));
+                .and_then(|ms| UNIX_EPOCH.checked_add(Duration::from_millis(ms)));
             let e = Arc::new(e);
             let at = inner.check_at(&key, &e);
             if inner.cache.insert_if_absent(&key, e, at) {
@@ -471,6 +486,56 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A snapshot sealed with the right key but holding absurd times: a fetch time far in the
+    /// future is skipped (before: it counted as just fetched, a value of unknown age served as
+    /// if new), an absurd `created` is dropped, and nothing panics.
+    #[test]
+    fn absurd_times_in_a_sealed_snapshot_are_skipped_not_panicked_on() {
+        let dir = std::env::temp_dir().join(format!("kvf-snaptime-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let snap = Snapshot::builder(dir.join("lkg.snapshot"))
+            .key_hex(&"cd".repeat(32))
+            .build()
+            .unwrap();
+        let record = |key: &str, fetched: u64, created: Option<u64>| Record {
+            key: key.into(),
+            value: "v".into(),
+            version: "v1".into(),
+            region: "weu".into(),
+            fetched_unix_ms: fetched,
+            created_unix_ms: created,
+        };
+        let now = unix_ms(SystemTime::now());
+        snap.write_body(Body {
+            written_unix_ms: u64::MAX,
+            entries: vec![
+                record("far", u64::MAX, None),
+                record("created", now, Some(u64::MAX)),
+            ],
+        })
+        .unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let config = crate::Config::builder()
+                .region(
+                    "weu",
+                    "https://app-weu.vault.azure.net",
+                    crate::Access::ReadWrite,
+                )
+                .build()
+                .unwrap();
+            let client = FailoverClient::builder(config)
+                .store("weu", Arc::new(crate::store::MemoryStore::new("weu")))
+                .build()
+                .unwrap();
+            assert_eq!(snap.restore(&client).unwrap(), 1, "`far` is skipped");
+        });
+        std::fs::remove_dir_all(&dir).ok();
+    }
 
     #[test]
     fn keys_are_64_hex_digits() {
