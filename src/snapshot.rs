@@ -11,7 +11,8 @@
 //!   old one, and the directory fsynced: a crash leaves the old snapshot or the new one.
 //! * **Ages survive.** Each entry keeps its fetch time, so the staleness cap applies across a
 //!   restart: a restored value past its cap is dropped, and one within it is served stale with
-//!   its age counted from the real fetch. A restored value is never a fresh hit: callers' reads
+//!   its age counted from the real fetch (a fetch time more than a day ahead of this clock is
+//!   not trusted: dropped). A restored value is never a fresh hit: callers' reads
 //!   ask the vaults first, and the value is what they fall back on.
 //! * **The key** is 32 bytes written as 64 hex digits (`openssl rand -hex 32`), from a file or
 //!   an environment variable. A key file in the snapshot's own directory is refused unless
