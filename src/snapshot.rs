@@ -79,6 +79,8 @@ const TAG_LEN: usize = 16;
 pub struct Snapshot {
     path: PathBuf,
     key: Zeroizing<[u8; 32]>,
+    /// One save at a time: two would share the temporary file.
+    saving: std::sync::Mutex<()>,
 }
 
 impl fmt::Debug for Snapshot {
@@ -235,6 +237,7 @@ impl SnapshotBuilder {
         Ok(Snapshot {
             path: self.path,
             key,
+            saving: std::sync::Mutex::new(()),
         })
     }
 }
@@ -299,6 +302,9 @@ impl Snapshot {
 
     /// Seals `body` and writes it atomically.
     fn write_body(&self, body: Body) -> Result<(), Error> {
+        // A save still running on a blocking thread (its task was aborted at shutdown) and the
+        // last save must not interleave in the temporary file.
+        let _one = crate::lock(&self.saving);
         let n = body.entries.len();
         // Sized up front so the buffer holding values is not reallocated (leaving copies).
         let estimate = body
