@@ -104,6 +104,20 @@ fn client_hit(c: &FailoverClient) -> usize {
     s.version().len()
 }
 
+/// The bare `HashMap` contender's hit.
+fn map_hit(k: &Contenders) -> Option<Arc<SecretString>> {
+    k.map.get(black_box(NAME)).map(Arc::clone)
+}
+
+/// The `RwLock<HashMap>` contender's hit.
+fn locked_hit(k: &Contenders) -> Option<Arc<SecretString>> {
+    k.locked
+        .read()
+        .unwrap()
+        .get(black_box(NAME))
+        .map(Arc::clone)
+}
+
 /// The synchronous hit: no future at all.
 fn client_cached(c: &FailoverClient) -> usize {
     c.get_cached(black_box(NAME))
@@ -134,16 +148,10 @@ fn single(c: &mut Criterion) {
         black_box(client_cached(&k.client));
     });
     allocations_per_hit("HashMap", || {
-        black_box(k.map.get(black_box(NAME)).map(Arc::clone));
+        black_box(map_hit(&k));
     });
     allocations_per_hit("RwLock<HashMap>", || {
-        black_box(
-            k.locked
-                .read()
-                .unwrap()
-                .get(black_box(NAME))
-                .map(Arc::clone),
-        );
+        black_box(locked_hit(&k));
     });
     allocations_per_hit("moka", || {
         black_box(k.moka.get(black_box(NAME)));
@@ -216,20 +224,14 @@ fn contended(c: &mut Criterion) {
         g.bench_function("HashMap", |b| {
             b.iter_custom(|iters| {
                 on(threads, iters, || {
-                    black_box(k.map.get(black_box(NAME)).map(Arc::clone));
+                    black_box(map_hit(&k));
                 })
             })
         });
         g.bench_function("RwLock<HashMap>", |b| {
             b.iter_custom(|iters| {
                 on(threads, iters, || {
-                    black_box(
-                        k.locked
-                            .read()
-                            .unwrap()
-                            .get(black_box(NAME))
-                            .map(Arc::clone),
-                    );
+                    black_box(locked_hit(&k));
                 })
             })
         });
@@ -256,18 +258,8 @@ fn one_thread(c: &mut Criterion, name: &str, k: &Contenders) {
     g.bench_function("failover-client get_cached", |b| {
         b.iter(|| client_cached(&k.client))
     });
-    g.bench_function("HashMap", |b| {
-        b.iter(|| k.map.get(black_box(NAME)).map(Arc::clone))
-    });
-    g.bench_function("RwLock<HashMap>", |b| {
-        b.iter(|| {
-            k.locked
-                .read()
-                .unwrap()
-                .get(black_box(NAME))
-                .map(Arc::clone)
-        })
-    });
+    g.bench_function("HashMap", |b| b.iter(|| map_hit(k)));
+    g.bench_function("RwLock<HashMap>", |b| b.iter(|| locked_hit(k)));
     g.bench_function("moka", |b| b.iter(|| k.moka.get(black_box(NAME))));
     g.finish();
 }

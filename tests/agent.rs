@@ -53,26 +53,19 @@ async fn start_agent_on(emu: &Emulator, dir: &std::path::Path, listen: &str, ext
         .stderr(Stdio::null())
         .spawn()
         .expect("the agent starts");
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let line = tokio::task::spawn_blocking(move || {
-        let mut line = String::new();
-        stdout.read_line(&mut line).unwrap();
-        (line, stdout)
-    });
-    let (line, stdout) = tokio::time::timeout(Duration::from_secs(30), line)
-        .await
-        .expect("the agent listens within 30 s")
-        .unwrap();
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let agent = Agent {
+        child,
+        base: String::new(),
+        stdout,
+    };
+    let (line, mut agent) = next_line(agent).await;
     let addr = line
         .trim()
         .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_string();
-    Agent {
-        child,
-        base: format!("http://{addr}"),
-        stdout,
-    }
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+    agent.base = format!("http://{addr}");
+    agent
 }
 
 /// Two emulated vaults writing their CA into `dir`, each holding `secrets`.

@@ -171,8 +171,7 @@ async fn agent_phase(
                 .map(|i| format!("{base}/v1/secrets/s{i}"))
                 .collect();
             tokio::spawn(async move {
-                let mut h = histogram();
-                let (mut ok, mut failed) = (0u64, 0u64);
+                let mut tally = Tally::new();
                 let mut i = k;
                 while Instant::now() < end && count.fetch_add(1, Ordering::Relaxed) < MAX_READS {
                     let t = Instant::now();
@@ -185,35 +184,61 @@ async fn agent_phase(
                         Ok(resp) if resp.status().is_success() => resp.bytes().await.is_ok(),
                         _ => false,
                     };
-                    h.saturating_record((t.elapsed().as_nanos() as u64).max(1));
-                    if good {
-                        ok += 1
-                    } else {
-                        failed += 1
-                    }
+                    tally.record(t.elapsed(), good);
                     i += 1;
                 }
-                (h, ok, failed)
+                tally
             })
         })
         .collect();
     Ok(gather(name, tasks, started).await)
 }
 
-async fn gather(
-    name: &str,
-    tasks: Vec<tokio::task::JoinHandle<(Histogram<u64>, u64, u64)>>,
-    started: Instant,
-) -> LoadPhase {
-    let mut h = histogram();
-    let (mut ok, mut failed) = (0, 0);
-    for t in tasks {
-        if let Ok((th, o, f)) = t.await {
-            let _ = h.add(&th);
-            ok += o;
-            failed += f;
+/// One load task's reads: latency (ns) and how many got a value.
+struct Tally {
+    latency: Histogram<u64>,
+    ok: u64,
+    failed: u64,
+}
+
+impl Tally {
+    fn new() -> Self {
+        Tally {
+            latency: histogram(),
+            ok: 0,
+            failed: 0,
         }
     }
+
+    fn record(&mut self, took: Duration, good: bool) {
+        self.latency
+            .saturating_record((took.as_nanos() as u64).max(1));
+        if good {
+            self.ok += 1;
+        } else {
+            self.failed += 1;
+        }
+    }
+}
+
+async fn gather(
+    name: &str,
+    tasks: Vec<tokio::task::JoinHandle<Tally>>,
+    started: Instant,
+) -> LoadPhase {
+    let mut all = Tally::new();
+    for t in tasks {
+        if let Ok(t) = t.await {
+            let _ = all.latency.add(&t.latency);
+            all.ok += t.ok;
+            all.failed += t.failed;
+        }
+    }
+    let Tally {
+        latency: h,
+        ok,
+        failed,
+    } = all;
     let secs = started.elapsed().as_secs_f64().max(1e-9);
     LoadPhase {
         name: name.to_string(),
@@ -228,7 +253,7 @@ fn in_process_phase(
     client: &FailoverClient,
     secrets: u32,
     d: Duration,
-) -> Vec<tokio::task::JoinHandle<(Histogram<u64>, u64, u64)>> {
+) -> Vec<tokio::task::JoinHandle<Tally>> {
     let end = Instant::now() + d;
     let count = Arc::new(AtomicU64::new(0));
     (0..CONNECTIONS)
@@ -236,8 +261,7 @@ fn in_process_phase(
             let (c, count) = (client.clone(), count.clone());
             let names: Vec<String> = (0..secrets).map(|i| format!("s{i}")).collect();
             tokio::spawn(async move {
-                let mut h = histogram();
-                let (mut ok, mut failed) = (0u64, 0u64);
+                let mut tally = Tally::new();
                 let mut i = k;
                 'outer: while Instant::now() < end {
                     // A batch between yields, so 64 tasks share two threads fairly.
@@ -252,17 +276,12 @@ fn in_process_phase(
                             Some(_) => true,
                             None => c.get_secret(name).await.is_ok(),
                         };
-                        h.saturating_record((t.elapsed().as_nanos() as u64).max(1));
-                        if got {
-                            ok += 1
-                        } else {
-                            failed += 1
-                        }
+                        tally.record(t.elapsed(), got);
                         i += 1;
                     }
                     tokio::task::yield_now().await;
                 }
-                (h, ok, failed)
+                tally
             })
         })
         .collect()
