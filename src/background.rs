@@ -4,8 +4,10 @@
 //! [`FailoverClient`](crate::FailoverClient) clone is dropped, the tasks stop. All timing goes
 //! through `tokio::time`, so the tasks run unchanged under paused time and in the simulator.
 //!
-//! * **Prober** — every `probe.interval` (±jitter) while a vault is healthy and trusted, every
-//!   `probe.unhealthy_interval` otherwise, it reads the canary secret (or lists one page of
+//! * **Prober** — every `probe.interval` (±jitter) while a vault is healthy and trusted, doubling
+//!   with each healthy round up to `probe.interval_max`; every `probe.unhealthy_interval`
+//!   otherwise, doubling with each failed probe in a row up to `probe.unhealthy_interval_max`.
+//!   It reads the canary secret (or lists one page of
 //!   properties). Results feed the breaker (a probe is the half-open trial) and the latency
 //!   record; `probe.failures_to_trip` failed probes in a row open the breaker even with no caller
 //!   traffic, and `probe.failback_successes` good ones in a row make a vault trusted again.
@@ -103,8 +105,10 @@ async fn pause(d: Duration, shutdown: &mut watch::Receiver<()>) -> bool {
 
 async fn prober(weak: Weak<Inner>, idx: usize, seed: u64, mut shutdown: watch::Receiver<()>) {
     let mut rng = fastrand::Rng::with_seed(seed);
+    // Rounds in a row that found the vault healthy (probed or vouched for by callers).
+    let mut healthy_rounds: u32 = 0;
     loop {
-        let wait = {
+        let (wait, vouch_window) = {
             let Some(inner) = weak.upgrade() else { return };
             let p = &inner.config.probe;
             let v = &inner.vaults[idx];
@@ -112,18 +116,35 @@ async fn prober(weak: Weak<Inner>, idx: usize, seed: u64, mut shutdown: watch::R
                 && v.probe_failures() == 0
                 && !(inner.router.is_waiting_for_failback(idx)
                     && v.probe_streak() < p.failback_successes);
-            let base = if healthy {
-                p.interval
+            // Back off while nothing changes: a healthy vault is probed less and less often
+            // (a fleet of clients each probing every 10 s would spend a vault's whole limit on
+            // probes), a failed one a little less often with each failure in a row once its
+            // breaker is tripped (a tripping vault, and a recovering one's probes toward
+            // failback, are probed at the base interval).
+            let (base, doublings, max) = if healthy {
+                // Only a vault nothing has failed on since it last proved itself backs off:
+                // a caller's failed call keeps its probes at the base interval.
+                if !v.trusted(p.failback_successes, Duration::ZERO) {
+                    healthy_rounds = 0;
+                }
+                let n = healthy_rounds;
+                healthy_rounds = healthy_rounds.saturating_add(1);
+                (p.interval, n, p.interval_max)
             } else {
-                p.unhealthy_interval
+                healthy_rounds = 0;
+                let n = v.probe_failures().saturating_sub(p.failures_to_trip);
+                (p.unhealthy_interval, n, p.unhealthy_interval_max)
             };
-            base.mul_f64(1.0 + p.jitter * (2.0 * rng.f64() - 1.0))
+            let wait = base
+                .saturating_mul(1 << doublings.min(16))
+                .min(max.max(base));
+            (wait.mul_f64(1.0 + p.jitter * (2.0 * rng.f64() - 1.0)), wait)
         };
         if !pause(wait, &mut shutdown).await {
             return;
         }
         let Some(inner) = weak.upgrade() else { return };
-        // Passive health: a healthy vault whose callers' calls succeeded within the probe
+        // Passive health: a healthy vault whose callers' calls succeeded within this round's
         // interval (and none failed since) needs no probe; vault load follows traffic, not
         // the number of instances.
         {
@@ -132,7 +153,7 @@ async fn prober(weak: Weak<Inner>, idx: usize, seed: u64, mut shutdown: watch::R
             if v.breaker.state() == BreakerState::Closed
                 && v.probe_failures() == 0
                 && !inner.router.is_waiting_for_failback(idx)
-                && v.callers_vouch(p.interval)
+                && v.callers_vouch(vouch_window.max(p.interval))
             {
                 continue;
             }
@@ -384,7 +405,7 @@ impl Inner {
                         tracing::info!(secret = %name, region = %entry.region, "secret rotated");
                     }
                 }
-                if self.config.refresh.drift_check {
+                if self.config.refresh.drift_check && self.drift_due(&name) {
                     self.check_drift(&name, &entry).await;
                 }
                 Ok(entry)
@@ -403,6 +424,16 @@ impl Inner {
                 Err(error)
             }
         }
+    }
+
+    /// Whether this refresh of `name` is followed by a drift check: a sampled share of
+    /// refreshes (`refresh.drift_sample`, drawn from the client's seed), and every refresh of a
+    /// secret already found to differ, so that its record clears as soon as the vaults agree.
+    fn drift_due(&self, name: &SecretName) -> bool {
+        let sample = self.config.refresh.drift_sample;
+        sample >= 1.0
+            || crate::lock(&self.drift).contains_key(&**name.key())
+            || crate::lock(&self.rng).f64() < sample
     }
 
     fn digest(&self, value: &str) -> u64 {

@@ -12,6 +12,7 @@
 //! they follow paused time.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -111,6 +112,8 @@ pub(crate) struct VaultGate {
     inner: Mutex<GateState>,
     capacity: usize,
     window: Duration,
+    /// 429s in a row, with no answer in between.
+    throttle_streak: AtomicU32,
 }
 
 struct GateState {
@@ -124,11 +127,14 @@ impl VaultGate {
         let capacity = ((limit as f64 * fraction).floor() as usize).max(1);
         VaultGate {
             inner: Mutex::new(GateState {
-                sent: VecDeque::with_capacity(capacity.min(4096)),
+                // Grown as calls are sent: most clients send a few calls per window, and a
+                // fleet of clients should not each hold room for 4,000 instants per vault.
+                sent: VecDeque::new(),
                 throttled_until: None,
             }),
             capacity,
             window,
+            throttle_streak: AtomicU32::new(0),
         }
     }
 
@@ -165,11 +171,31 @@ impl VaultGate {
         self.take_below(limit)
     }
 
-    /// The vault answered 429: keep off it for `retry_after`.
-    pub(crate) fn throttle(&self, retry_after: Duration) {
-        let until = crate::clock::later(Instant::now(), retry_after);
+    /// The vault answered 429 asking for `asked` (already capped): keeps off it for that long,
+    /// or longer when it keeps answering 429: the `n`-th in a row, with no answer in between,
+    /// keeps off for a draw in [½, 1] × `asked` × 2^(n−1), at most `cap` and never less than
+    /// `asked`. `Retry-After` says when one client may try again; a vault's limit is shared,
+    /// and a fleet of clients that each come back at once keeps it saturated with 429s (at
+    /// 10,000 instances, 20,000 refused calls per second for a 1 s `Retry-After`).
+    /// `draw` is uniform in [0, 1). Returns the hold-off applied.
+    pub(crate) fn throttle(&self, asked: Duration, cap: Duration, draw: f64) -> Duration {
+        let n = self
+            .throttle_streak
+            .fetch_add(1, Ordering::Relaxed)
+            .saturating_add(1);
+        let ceiling = asked.saturating_mul(1 << (n - 1).min(16)).min(cap);
+        let wait = ceiling.mul_f64(0.5 + 0.5 * draw.clamp(0.0, 1.0)).max(asked);
+        let until = crate::clock::later(Instant::now(), wait);
         let mut st = lock(&self.inner);
         st.throttled_until = Some(st.throttled_until.map_or(until, |t| t.max(until)));
+        wait
+    }
+
+    /// The vault answered something other than 429: the next 429 starts a new streak.
+    pub(crate) fn answered(&self) {
+        if self.throttle_streak.load(Ordering::Relaxed) != 0 {
+            self.throttle_streak.store(0, Ordering::Relaxed);
+        }
     }
 
     /// Until when the vault asked us to back off, if that is still ahead.
@@ -231,11 +257,41 @@ mod tests {
         tokio::time::advance(Duration::from_secs(10)).await;
         assert_eq!((0..1000).filter(|_| g.try_take()).count(), 50);
         tokio::time::advance(Duration::from_secs(100)).await;
-        g.throttle(Duration::from_secs(3));
+        g.throttle(Duration::from_secs(3), Duration::from_secs(60), 0.5);
         assert!(!g.try_take());
         assert!(g.throttled_until().is_some());
         tokio::time::advance(Duration::from_secs(3)).await;
         assert!(g.try_take());
         assert!(g.throttled_until().is_none());
+    }
+
+    /// 429s in a row keep a client off longer and longer (never less than asked, never more
+    /// than the cap); an answer in between starts over.
+    #[tokio::test(start_paused = true)]
+    async fn a_streak_of_429s_backs_off_beyond_retry_after_up_to_the_cap() {
+        let g = VaultGate::new(100, Duration::from_secs(10), 0.5);
+        let (asked, cap) = (Duration::from_secs(1), Duration::from_secs(60));
+        let waits: Vec<u64> = (0..10)
+            .map(|_| g.throttle(asked, cap, 0.99).as_secs())
+            .collect();
+        assert_eq!(waits, [1, 1, 3, 7, 15, 31, 59, 59, 59, 59]);
+        // Half the ceiling at the lowest draw, never under what the vault asked.
+        g.answered();
+        assert_eq!(g.throttle(asked, cap, 0.0), asked);
+        assert_eq!(g.throttle(asked, cap, 0.0), asked);
+        assert_eq!(g.throttle(asked, cap, 0.0), 2 * asked);
+        // The hold-off applies: the gate stays shut for it.
+        let g = VaultGate::new(100, Duration::from_secs(10), 0.5);
+        g.throttle(asked, cap, 0.0);
+        g.throttle(asked, cap, 0.0);
+        g.throttle(asked, cap, 0.0);
+        tokio::time::advance(Duration::from_millis(1_900)).await;
+        assert!(!g.try_take());
+        tokio::time::advance(Duration::from_millis(200)).await;
+        assert!(g.try_take());
+        // A huge streak neither overflows nor passes the cap.
+        for _ in 0..100 {
+            assert!(g.throttle(Duration::from_secs(10), cap, 0.99) <= cap);
+        }
     }
 }

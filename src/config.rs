@@ -253,8 +253,18 @@ pub(crate) struct ProbeConfig {
     pub(crate) enabled: bool,
     #[serde(with = "humantime_serde")]
     pub(crate) interval: Duration,
+    /// The healthy interval doubles with each round in a row that found the vault healthy,
+    /// up to this (a probe is skipped while callers' calls to the vault succeed within it).
+    /// At least `interval` is used.
+    #[serde(with = "humantime_serde")]
+    pub(crate) interval_max: Duration,
     #[serde(with = "humantime_serde")]
     pub(crate) unhealthy_interval: Duration,
+    /// The unhealthy interval doubles with each failed probe in a row past
+    /// `failures_to_trip`, up to this. At least
+    /// `unhealthy_interval` is used.
+    #[serde(with = "humantime_serde")]
+    pub(crate) unhealthy_interval_max: Duration,
     #[serde(with = "humantime_serde")]
     pub(crate) timeout: Duration,
     pub(crate) jitter: f64,
@@ -270,7 +280,10 @@ impl Default for ProbeConfig {
         ProbeConfig {
             enabled: true,
             interval: Duration::from_secs(10),
+            interval_max: Duration::from_secs(60),
             unhealthy_interval: Duration::from_secs(2),
+            // Opt-in (fleets): recovery is seen within seconds by default.
+            unhealthy_interval_max: Duration::from_secs(2),
             timeout: Duration::from_secs(2),
             jitter: 0.2,
             canary: None,
@@ -315,6 +328,10 @@ pub(crate) struct RefreshConfig {
     pub(crate) concurrency: u32,
     pub(crate) reserve_for_reads: f64,
     pub(crate) drift_check: bool,
+    /// The share of refreshes followed by a drift check (a secret whose vaults were found to
+    /// differ is checked at every refresh until they agree). Each check costs a GET on every
+    /// other healthy vault, so checking every refresh doubles a fleet's refresh load.
+    pub(crate) drift_sample: f64,
     /// A cached secret not read for this long is no longer refreshed in the background (it
     /// stays cached as last-known-good; the next read fetches it). At least twice the
     /// refresh interval is used.
@@ -336,6 +353,7 @@ impl Default for RefreshConfig {
             concurrency: 8,
             reserve_for_reads: 0.25,
             drift_check: true,
+            drift_sample: 0.1,
             idle_after: Duration::from_secs(3600),
         }
     }
@@ -699,6 +717,12 @@ impl Config {
         if rf.idle_after.is_zero() {
             return bad("refresh.idle_after must be greater than zero".into());
         }
+        if !(rf.drift_sample > 0.0 && rf.drift_sample <= 1.0) {
+            return bad(format!(
+                "refresh.drift_sample {} must be in (0, 1] (to check never, set refresh.drift_check = false)",
+                rf.drift_sample
+            ));
+        }
         if !(0.0..1.0).contains(&rf.reserve_for_reads) {
             return bad(format!(
                 "refresh.reserve_for_reads {} must be in [0, 1)",
@@ -746,9 +770,15 @@ impl Config {
             ),
             ("throttle.max_retry_after", th.max_retry_after, MAX_TIMEOUT),
             ("probe.interval", p.interval, MAX_TIMEOUT),
+            ("probe.interval_max", p.interval_max, MAX_TIMEOUT),
             (
                 "probe.unhealthy_interval",
                 p.unhealthy_interval,
+                MAX_TIMEOUT,
+            ),
+            (
+                "probe.unhealthy_interval_max",
+                p.unhealthy_interval_max,
                 MAX_TIMEOUT,
             ),
             ("probe.timeout", p.timeout, MAX_TIMEOUT),
@@ -955,8 +985,16 @@ impl ConfigBuilder {
         /// fast probing interval).
         probe_interval: Duration => probe.interval);
     setter!(
+        /// The longest healthy probe interval: it doubles with each round in a row that found
+        /// the vault healthy, up to this (at least the probe interval is used). Default 60 s.
+        probe_interval_max: Duration => probe.interval_max);
+    setter!(
         /// Probe interval while a vault is failing or not yet trusted again. Default 2 s.
         probe_unhealthy_interval: Duration => probe.unhealthy_interval);
+    setter!(
+        /// The longest unhealthy probe interval: it doubles with each failed probe in a row
+        /// once the vault is tripped, up to this (at least the unhealthy interval is used). Default 10 s.
+        probe_unhealthy_interval_max: Duration => probe.unhealthy_interval_max);
     setter!(
         /// Timeout of one probe. Default 2 s.
         probe_timeout: Duration => probe.timeout);
@@ -991,6 +1029,10 @@ impl ConfigBuilder {
         /// Compare the content of each refreshed secret across healthy vaults (keyed hash).
         /// Default `true`.
         drift_check: bool => refresh.drift_check);
+    setter!(
+        /// The share of refreshes followed by a drift check, in (0, 1]; a secret found to
+        /// differ is checked at every refresh until the vaults agree. Default 0.1.
+        drift_sample: f64 => refresh.drift_sample);
     setter!(
         /// Stop refreshing a cached secret nobody has read for this long (it stays cached as
         /// last-known-good). Default 1 h; at least twice the refresh interval is used.
@@ -1075,6 +1117,13 @@ mod tests {
         assert!(err(two().max_attempts(0)).contains("max_attempts"));
         assert!(err(two().max_retry_after(Duration::from_millis(10))).contains("max_retry_after"));
         assert!(err(two().vault_write_limit(0)).contains("write_limit"));
+        for bad in [0.0, -0.5, 1.5, f64::NAN, f64::INFINITY] {
+            assert!(
+                err(two().drift_sample(bad)).contains("drift_sample"),
+                "{bad}"
+            );
+        }
+        two().drift_sample(1.0).build().unwrap();
     }
 
     #[test]

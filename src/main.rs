@@ -246,6 +246,7 @@ fn simulate_one(
     let options = sim::SimOptions {
         contenders,
         progress: Some(progress.clone()),
+        ..Default::default()
     };
     let wall = std::time::Instant::now();
     let run = with_progress(
@@ -289,6 +290,7 @@ fn simulate_swarm(
     let options = sim::SimOptions {
         contenders,
         progress: None,
+        ..Default::default()
     };
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let done = AtomicU64::new(0);

@@ -660,11 +660,15 @@ impl Inner {
     }
 
     /// Vault `idx` asked us to keep off it (429, or 503 with `Retry-After`): keep off it for
-    /// what it asked, capped at `throttle.max_retry_after`. Returns the wait applied.
+    /// what it asked, capped at `throttle.max_retry_after`, and longer after 429s in a row
+    /// ([`VaultGate::throttle`](crate::budget::VaultGate::throttle)). Returns the wait applied.
     pub(crate) fn throttled(&self, idx: usize, asked: Option<Duration>) -> Duration {
-        let retry_after = self.config.throttle.retry_after(asked);
+        let asked = self.config.throttle.retry_after(asked);
+        let draw = crate::lock(&self.rng).f64();
         let v = &self.vaults[idx];
-        v.gate.throttle(retry_after);
+        let retry_after = v
+            .gate
+            .throttle(asked, self.config.throttle.max_retry_after, draw);
         tracing::warn!(
             region = %v.name,
             retry_after_ms = retry_after.as_millis() as u64,

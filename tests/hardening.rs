@@ -621,6 +621,7 @@ fn pinned_versions_and_drift_records_are_bounded() {
             b.refresh_interval(Duration::from_secs(1))
                 .refresh_idle_after(Duration::from_secs(10))
                 .staleness_cap(Duration::from_secs(60))
+                .drift_sample(1.0)
         });
         let v1 = r.store("weu").insert("pinned", "p1");
         r.store("weu").insert("db", "left");

@@ -31,29 +31,30 @@ async fn route_to(rx: &mut Receiver<Event>, to: Option<&str>, within: Duration) 
     .unwrap_or_else(|_| panic!("route did not move to {to:?} within {within:?}"))
 }
 
-/// Defaults: probe every 10 s ±20 %, every 2 s ±20 % while unhealthy, 3 failed probes trip,
-/// probe timeout 2 s. With no traffic, a dead primary is noticed by the next healthy probe
-/// (≤ 12 s) and tripped after two more unhealthy probes (≤ 2 × 2.4 s), each ending at once
-/// (refused) or after the probe timeout (blackholed).
+/// Defaults: probe every 10 s ±20 %, doubling with each healthy round up to 60 s; every
+/// 2 s ±20 % while unhealthy; 3 failed probes trip; probe timeout 2 s. With no traffic, a
+/// dead primary is noticed by the next healthy probe (≤ 72 s once backed off) and tripped
+/// after two more unhealthy probes (≤ 2 × 2.4 s), each ending at once (refused) or after the
+/// probe timeout (blackholed).
 #[test]
 fn a_dead_primary_is_left_with_no_caller_traffic() {
     for (fault, bound) in [
         (
             Fault::Refuse,
-            Duration::from_millis(12_000 + 2 * 2_400 + 100),
+            Duration::from_millis(72_000 + 2 * 2_400 + 100),
         ),
         (
             Fault::Hang,
-            Duration::from_millis(12_000 + 2_000 + 2 * (2_400 + 2_000) + 100),
+            Duration::from_millis(72_000 + 2_000 + 2 * (2_400 + 2_000) + 100),
         ),
     ] {
         run_virtual(async {
             let r = rig_with(2, |b| b);
             let mut rx = r.client.subscribe();
-            advance(Duration::from_secs(30)).await;
+            advance(Duration::from_secs(300)).await;
             r.store("weu").set_fault(Some(fault.clone()));
             let t0 = Instant::now();
-            let at = route_to(&mut rx, Some("neu"), Duration::from_secs(60)).await;
+            let at = route_to(&mut rx, Some("neu"), Duration::from_secs(120)).await;
             assert!(at - t0 <= bound, "{fault:?}: {:?} > {bound:?}", at - t0);
             assert_eq!(r.client.health().mode(), Mode::ReadOnly);
             assert_eq!(
@@ -225,6 +226,60 @@ fn background_tasks_stop_when_the_client_is_dropped() {
     .unwrap();
 }
 
+/// A healthy vault is probed less and less often (10 s, 20 s, 40 s, then every 60 s, ±20 %):
+/// a fleet of idle clients each probing every 10 s would spend a vault's whole limit on
+/// probes. A failure starts over at the base intervals. Before: one probe every 10 s.
+#[test]
+fn probes_of_a_healthy_vault_back_off_and_a_failure_starts_over() {
+    run_virtual(async {
+        let r = rig_with(2, |b| b.background_refresh(false));
+        let weu = r.store("weu");
+        let calls = || weu.gets() + weu.lists();
+        advance(600 * S).await;
+        let n = calls();
+        assert!((9..=14).contains(&n), "{n} probes in 10 idle minutes");
+        // A dead vault is still found and left; once back, it is probed from the base
+        // intervals again (2 s toward failback, then 10 s, 20 s, ...), and failback follows.
+        let mut rx = r.client.subscribe();
+        weu.set_fault(Some(Fault::Refuse));
+        route_to(&mut rx, Some("neu"), Duration::from_secs(120)).await;
+        weu.set_fault(None);
+        let n = calls();
+        advance(60 * S).await;
+        let fresh = calls() - n;
+        assert!(
+            (5..=9).contains(&fresh),
+            "{fresh} probes in the minute after recovery"
+        );
+        route_to(&mut rx, Some("weu"), Duration::from_secs(120)).await;
+    })
+    .unwrap();
+}
+
+/// Opt-in for fleets: a tripped vault's probes back off too (2 s doubling per failure past
+/// the trip, here up to 16 s), so that a recovering vault does not meet every client's probes
+/// at once. The default (no back-off) probes a dead vault every 2 s.
+#[test]
+fn a_tripped_vault_is_probed_less_often_when_configured() {
+    for (max, range) in [(2u64, 120..=190), (16, 18..=32)] {
+        run_virtual(async move {
+            let r = rig_with(2, |b| {
+                b.background_refresh(false)
+                    .probe_unhealthy_interval_max(Duration::from_secs(max))
+            });
+            let weu = r.store("weu");
+            weu.set_fault(Some(Fault::Refuse));
+            advance(300 * S).await;
+            let n = weu.gets() + weu.lists();
+            assert!(
+                range.contains(&n),
+                "max {max} s: {n} probes of a dead vault in 5 min"
+            );
+        })
+        .unwrap();
+    }
+}
+
 /// Passive health (issue 13): while callers' calls to a healthy vault succeed, the prober
 /// skips its probes, so vault load follows traffic, not instances; an idle client still
 /// probes. Before: a probe every interval whatever the traffic.
@@ -246,11 +301,12 @@ fn callers_success_stands_in_for_probes() {
             "only the callers' GETs reached the vault"
         );
         assert_eq!(weu.lists(), lists, "and no listing probe");
-        // Idle: the prober takes over (one probe per 10 s interval, ±20 %).
+        // Idle: the prober takes over, at the interval it has backed off to while the vault
+        // stayed healthy (10 s doubling per round, at most 60 s, ±20 %).
         let probes = weu.gets() + weu.lists();
-        advance(60 * S).await;
+        advance(300 * S).await;
         let idle = weu.gets() + weu.lists() - probes;
-        assert!((4..=8).contains(&idle), "{idle} probes in an idle minute");
+        assert!((4..=7).contains(&idle), "{idle} probes in 5 idle minutes");
     })
     .unwrap();
 }

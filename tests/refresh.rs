@@ -170,7 +170,9 @@ fn refresh_now_refresh_all_and_preload() {
 fn drift_between_vaults_is_reported_without_values() {
     run_virtual(async {
         let r = rig_with(3, |b| {
-            b.refresh_interval(Duration::from_secs(10)).probing(false)
+            b.refresh_interval(Duration::from_secs(10))
+                .probing(false)
+                .drift_sample(1.0)
         });
         r.seed_all("same", "x");
         r.seed_all("drifted", "original");
@@ -193,6 +195,54 @@ fn drift_between_vaults_is_reported_without_values() {
         r.store("swc").insert("drifted", "original");
         advance(Duration::from_secs(11)).await;
         assert!(r.client.health().drift().is_empty());
+    })
+    .unwrap();
+}
+
+/// Drift checks are sampled: a tenth of refreshes costs a GET on the other vault, not every
+/// one (each check doubled a fleet's refresh load). A secret found to differ is checked at
+/// every refresh until the vaults agree, so its record clears at the next refresh.
+#[test]
+fn drift_checks_are_sampled_and_a_differing_secret_is_checked_until_it_agrees() {
+    run_virtual(async {
+        let r = rig_with(2, |b| {
+            b.refresh_interval(Duration::from_secs(10))
+                .refresh_idle_after(Duration::from_secs(3600))
+                .probing(false)
+                .hedging(false)
+        });
+        let names: Vec<String> = (0..20).map(|i| format!("s{i}")).collect();
+        for n in &names {
+            r.seed_all(n, "v");
+        }
+        r.client.preload(names.iter().map(String::as_str)).await;
+        let (weu0, neu0) = (r.store("weu").gets(), r.store("neu").gets());
+        advance(Duration::from_secs(600)).await;
+        let refreshes = r.store("weu").gets() - weu0;
+        let checks = r.store("neu").gets() - neu0;
+        assert!(refreshes >= 1_000, "{refreshes} refreshes in 10 min");
+        let share = checks as f64 / refreshes as f64;
+        assert!(
+            (0.05..=0.2).contains(&share),
+            "{checks} drift checks for {refreshes} refreshes"
+        );
+        // A difference is found by some sampled check, then checked at every refresh.
+        r.store("neu").insert("s3", "diverged");
+        let mut waited = Duration::ZERO;
+        while !r.client.health().drift().contains_key("s3") {
+            assert!(
+                waited < Duration::from_secs(3600),
+                "the drift was never seen"
+            );
+            advance(S).await;
+            waited += S;
+        }
+        r.store("neu").insert("s3", "v");
+        advance(Duration::from_secs(11)).await;
+        assert!(
+            r.client.health().drift().is_empty(),
+            "the record cleared at the next refresh"
+        );
     })
     .unwrap();
 }

@@ -12,7 +12,12 @@ const UNANSWERABLE: &[&str] = &["replication-lag"];
 /// Runs a shipped scenario twice with its seed: the JSON reports and the plots must be
 /// identical byte for byte, and the run sound.
 fn reproducible_and_sound(name: &str) {
-    let s = Scenario::builtin(name).unwrap();
+    let mut s = Scenario::builtin(name).unwrap();
+    // The 10,000-instance fleets take minutes in a debug build: here they run at 1/50 of
+    // their size (their full runs are in README's fleet tables, with the command).
+    if name.starts_with("fleet-10k") {
+        s = s.with_instances(200).unwrap();
+    }
     let a = simulate(&s, &SimOptions::default()).unwrap();
     let b = simulate(&s, &SimOptions::default()).unwrap();
     let (ja, jb) = (a.report().to_json(), b.report().to_json());
@@ -67,6 +72,9 @@ reproducible! {
     grey_failure_is_reproducible => "grey-failure",
     replication_lag_is_reproducible => "replication-lag",
     fleet_cold_start_is_reproducible => "fleet-cold-start",
+    fleet_10k_cold_start_is_reproducible => "fleet-10k-cold-start",
+    fleet_10k_regional_outage_is_reproducible => "fleet-10k-regional-outage",
+    fleet_10k_rotation_storm_is_reproducible => "fleet-10k-rotation-storm",
 }
 
 #[test]
@@ -101,6 +109,7 @@ fn broken(base: &str, extra: &str) -> keyvault_failover::sim::SimReport {
     let options = SimOptions {
         contenders: Some(vec![keyvault_failover::sim::ContenderKind::FailoverClient]),
         progress: None,
+        ..Default::default()
     };
     simulate(&s, &options).unwrap().report().clone()
 }
@@ -231,4 +240,43 @@ fn a_get_only_fault_spares_listings() {
         client.route_changes >= 2,
         "the route left the primary and came back:\n{r}"
     );
+}
+
+/// A fleet's report says how hard it leaned on each vault: per phase (the fleet's start is one)
+/// the peak GETs per 10 s and the 429s, the admitted GETs of every 10 s, and the probes' share.
+#[test]
+fn a_fleet_report_has_vault_load_per_phase_and_per_10s() {
+    let s = Scenario::builtin("fleet-cold-start")
+        .unwrap()
+        .with_instances(100)
+        .unwrap();
+    let options = SimOptions {
+        contenders: Some(vec![keyvault_failover::sim::ContenderKind::FailoverClient]),
+        ..Default::default()
+    };
+    let run = simulate(&s, &options).unwrap();
+    let c = &run.report().contenders[0];
+    let names: Vec<&str> = c.phases.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["fleet start", "steady"]);
+    for p in &c.phases {
+        assert_eq!(p.vaults.len(), 2);
+    }
+    let weu = &c.vaults[0];
+    assert_eq!(weu.per_10s.len(), 30, "5 minutes in 10 s buckets");
+    let admitted: u64 = weu.per_10s.iter().sum();
+    assert!(admitted > 0 && admitted + weu.throttled <= weu.gets);
+    assert_eq!(weu.mean_per_10s, (admitted as f64 / 30.0).round() as u64);
+    assert!(weu.per_10s.iter().all(|&n| n <= weu.peak_per_10s));
+    assert!(c
+        .phases
+        .iter()
+        .all(|p| p.vaults[0].peak_per_10s <= weu.peak_per_10s));
+    assert!(
+        c.probe_share > 0.0 && c.probe_share < 1.0,
+        "{}",
+        c.probe_share
+    );
+    assert!(weu.probes + c.vaults[1].probes > 0);
+    let json = run.report().to_json();
+    assert!(json.contains("\"per_10s\"") && json.contains("\"probe_share\""));
 }

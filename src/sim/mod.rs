@@ -38,7 +38,7 @@ pub use contender::ContenderKind;
 #[cfg(feature = "bench")]
 pub(crate) use report::lat;
 pub use report::{
-    ContenderReport, Invariant, Percentiles, PhaseReport, SimReport, VaultLoad, Writes,
+    ContenderReport, Invariant, Percentiles, PhaseLoad, PhaseReport, SimReport, VaultLoad, Writes,
 };
 pub(crate) use run::Timeline;
 pub use scenario::Scenario;
@@ -70,6 +70,8 @@ pub struct SimOptions {
     /// Progress: virtual milliseconds simulated so far, summed over contenders (the total is
     /// the scenario's duration times the number of contenders).
     pub progress: Option<Arc<AtomicU64>>,
+    /// Threads to spread the contenders over; 0 (the default): one per core.
+    pub threads: usize,
 }
 
 /// A finished simulation: the report and what its plot is drawn from.
@@ -92,7 +94,8 @@ impl Simulation {
     }
 }
 
-/// Runs `scenario`: each contender in its own virtual-time runtime, on the same timeline.
+/// Runs `scenario`: each contender in its own virtual-time runtime, on the same timeline, the
+/// contenders spread over the machine's cores.
 ///
 /// # Errors
 /// When the scenario's client settings are invalid or a runtime cannot be built.
@@ -101,16 +104,47 @@ pub fn simulate(scenario: &Scenario, options: &SimOptions) -> Result<Simulation,
         .contenders
         .clone()
         .unwrap_or_else(|| ContenderKind::all_for(scenario));
-    let mut contenders = Vec::with_capacity(kinds.len());
-    let mut timelines = Vec::with_capacity(kinds.len());
-    let total_ms = scenario.duration.as_millis() as u64;
-    for (i, kind) in kinds.into_iter().enumerate() {
-        let progress = options
-            .progress
-            .as_ref()
-            .map(|p| (p.clone(), i as u64 * total_ms));
-        let (report, timeline) = run_virtual(run::run(scenario, kind, progress))
-            .map_err(|e| Error::config(format!("cannot build the simulation runtime: {e}")))??;
+    // Each contender runs in its own virtual-time runtime, so they run on as many threads as
+    // the machine has cores; each is deterministic alone, so the report does not depend on
+    // how they were spread.
+    let threads = match options.threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let run_one = |kind: ContenderKind| {
+        run_virtual(run::run(scenario, kind, options.progress.clone()))
+            .map_err(|e| Error::config(format!("cannot build the simulation runtime: {e}")))?
+    };
+    let results: Vec<Result<(ContenderReport, run::Timeline), Error>> =
+        if threads < 2 || kinds.len() < 2 {
+            kinds.into_iter().map(run_one).collect()
+        } else {
+            let next = std::sync::atomic::AtomicUsize::new(0);
+            let slots: Vec<std::sync::Mutex<Option<_>>> =
+                kinds.iter().map(|_| std::sync::Mutex::new(None)).collect();
+            std::thread::scope(|scope| {
+                for _ in 0..threads.min(kinds.len()) {
+                    scope.spawn(|| loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(&kind) = kinds.get(i) else { return };
+                        let r = run_one(kind);
+                        *crate::lock(&slots[i]) = Some(r);
+                    });
+                }
+            });
+            slots
+                .into_iter()
+                .map(|s| {
+                    s.into_inner()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .unwrap_or_else(|| Err(Error::config("a simulation thread panicked")))
+                })
+                .collect()
+        };
+    let mut contenders = Vec::with_capacity(results.len());
+    let mut timelines = Vec::with_capacity(results.len());
+    for r in results {
+        let (report, timeline) = r?;
         contenders.push(report);
         timelines.push(timeline);
     }

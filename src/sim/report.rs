@@ -53,6 +53,17 @@ pub struct PhaseReport {
     pub availability: f64,
     /// Latency from intended send time.
     pub latency_us: Percentiles,
+    /// Per vault (in the order of the contender's `vaults`): its load in the phase.
+    pub vaults: Vec<PhaseLoad>,
+}
+
+/// The load on one vault during one phase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct PhaseLoad {
+    /// Most GETs admitted in any 10 s window that starts in the phase (cut at its end).
+    pub peak_per_10s: u64,
+    /// Calls answered 429 in the phase.
+    pub throttled: u64,
 }
 
 /// Load on one vault.
@@ -68,6 +79,14 @@ pub struct VaultLoad {
     pub throttled: u64,
     /// Most GETs admitted in any 10 s window.
     pub peak_per_10s: u64,
+    /// GETs admitted per 10 s, averaged over the run (rounded).
+    pub mean_per_10s: u64,
+    /// Health probes (GETs and listings) among `gets`.
+    pub probes: u64,
+    /// GETs admitted in each 10 s of the run (the last one may be shorter).
+    pub per_10s: Vec<u64>,
+    /// Calls answered 429 in each 10 s of the run.
+    pub throttled_per_10s: Vec<u64>,
     /// Its limit per 10 s.
     pub limit: u32,
 }
@@ -143,6 +162,8 @@ pub struct ContenderReport {
     /// Vault calls (GETs, probes) per read issued: retry, hedge, refresh and probe
     /// amplification together.
     pub vault_calls_per_read: f64,
+    /// Health probes' share of all vault calls.
+    pub probe_share: f64,
     /// Load per vault.
     pub vaults: Vec<VaultLoad>,
     /// Writes.
@@ -303,12 +324,18 @@ impl fmt::Display for SimReport {
                             .map_or("-".into(), |v| v.peak_per_10s.to_string())
                     },
                 )?;
+                row(f, &format!("{} mean/10s", v.region), &|c| {
+                    c.vaults
+                        .get(i)
+                        .map_or("-".into(), |v| v.mean_per_10s.to_string())
+                })?;
                 row(f, &format!("{} GETs / 429s", v.region), &|c| {
                     c.vaults
                         .get(i)
                         .map_or("-".into(), |v| format!("{} / {}", v.gets, v.throttled))
                 })?;
             }
+            row(f, "probe share of calls", &|c| pct(c.probe_share))?;
             writeln!(f, "\nphases (availability, p99):")?;
             for (i, p) in first.phases.iter().enumerate() {
                 row(
@@ -320,6 +347,25 @@ impl fmt::Display for SimReport {
                         })
                     },
                 )?;
+            }
+        }
+        if let Some(first) = cols.first() {
+            writeln!(f, "\nvault load per phase (peak GETs/10s, 429s):")?;
+            for (i, p) in first.phases.iter().enumerate() {
+                for (j, v) in first.vaults.iter().enumerate() {
+                    row(
+                        f,
+                        &format!("  {:.0}-{:.0} s {}", p.start_s, p.end_s, v.region),
+                        &|c| {
+                            c.phases
+                                .get(i)
+                                .and_then(|p| p.vaults.get(j))
+                                .map_or("-".into(), |l| {
+                                    format!("{} / {}", l.peak_per_10s, l.throttled)
+                                })
+                        },
+                    )?;
+                }
             }
         }
         let v = self.violations();

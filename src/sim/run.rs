@@ -11,7 +11,9 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::contender::{ContenderKind, Instance, ReadResult, WriteResult};
-use super::report::{ContenderReport, Invariant, Percentiles, PhaseReport, VaultLoad, Writes};
+use super::report::{
+    ContenderReport, Invariant, Percentiles, PhaseLoad, PhaseReport, VaultLoad, Writes,
+};
 use super::scenario::{FaultKind, Op, Scenario};
 use super::vault::SimVault;
 use crate::breaker::BreakerState;
@@ -59,6 +61,9 @@ fn phases(s: &Scenario) -> Vec<Phase> {
     for f in &s.faults {
         cuts.extend([f.start.min(s.duration), f.end.min(s.duration)]);
     }
+    // A fleet that starts over a spread: its start is a phase of its own.
+    let spread = fleet_start(s);
+    cuts.push(spread.min(s.duration));
     cuts.sort();
     cuts.dedup();
     let mut seen_fault = false;
@@ -81,6 +86,8 @@ fn phases(s: &Scenario) -> Vec<Phase> {
             let name = if !active.is_empty() {
                 seen_fault = true;
                 active.join(" + ")
+            } else if mid < spread {
+                "fleet start".into()
             } else if seen_fault {
                 "recovery".into()
             } else {
@@ -97,6 +104,38 @@ fn phases(s: &Scenario) -> Vec<Phase> {
             }
         })
         .collect()
+}
+
+/// How long the fleet takes to start: the workload's start spread, for more than one instance.
+fn fleet_start(s: &Scenario) -> Duration {
+    if s.fleet.instances > 1 {
+        s.workload.start_spread
+    } else {
+        Duration::ZERO
+    }
+}
+
+/// Sums of `per_sec` over consecutive 10 s buckets.
+fn per_10s(per_sec: &[u32], duration: Duration) -> Vec<u64> {
+    let secs = (duration.as_secs() as usize).min(per_sec.len());
+    per_sec[..secs]
+        .chunks(10)
+        .map(|c| c.iter().map(|&x| u64::from(x)).sum())
+        .collect()
+}
+
+/// The most in any 10 s window starting in [`a`, `b`) seconds, cut at `b`.
+fn peak_10s(per_sec: &[u32], a: usize, b: usize) -> u64 {
+    let b = b.min(per_sec.len());
+    (a..b)
+        .map(|i| {
+            per_sec[i..(i + 10).min(b)]
+                .iter()
+                .map(|&x| u64::from(x))
+                .sum::<u64>()
+        })
+        .max()
+        .unwrap_or(0)
 }
 
 fn op_name(o: Op) -> &'static str {
@@ -218,11 +257,11 @@ struct RouteLog {
 }
 
 /// Runs `kind` over `s` (in virtual time: call inside [`super::run_virtual`]).
-/// `progress` receives `base +` the virtual milliseconds done.
+/// `progress` is advanced by the virtual milliseconds done (several contenders may share it).
 pub(crate) async fn run(
     s: &Scenario,
     kind: ContenderKind,
-    progress: Option<(Arc<AtomicU64>, u64)>,
+    progress: Option<Arc<AtomicU64>>,
 ) -> Result<(ContenderReport, Timeline), crate::Error> {
     let start = Instant::now();
     let vaults: Vec<Arc<SimVault>> = s
@@ -373,7 +412,8 @@ pub(crate) async fn run(
         route_logs.push(log);
     }
 
-    // One open-loop driver per instance.
+    // One open-loop driver per instance; instance 0's reports progress.
+    let reported_total = Arc::new(AtomicU64::new(0));
     let mut drivers = JoinSet::new();
     let interval = Duration::from_secs_f64(1.0 / s.workload.reads_per_sec);
     for (k, inst) in instances.iter().enumerate() {
@@ -386,7 +426,9 @@ pub(crate) async fn run(
             Duration::ZERO
         };
         let seed = s.seed ^ (k as u64 + 7).wrapping_mul(0xD1B5_4A32_D192_ED03);
-        let progress = (k == 0).then(|| progress.clone()).flatten();
+        let progress = (k == 0)
+            .then(|| progress.clone().map(|p| (p, reported_total.clone())))
+            .flatten();
         drivers.spawn(async move {
             let mut rng = fastrand::Rng::with_seed(seed);
             let t0 = start + offset;
@@ -402,11 +444,10 @@ pub(crate) async fn run(
                 }
                 tokio::time::sleep_until(intended).await;
                 while calls.try_join_next().is_some() {}
-                if let Some((p, base)) = &progress {
-                    p.store(
-                        base + (intended - start).as_millis() as u64,
-                        Ordering::Relaxed,
-                    );
+                if let Some((p, reported)) = &progress {
+                    let t = (intended - start).as_millis() as u64;
+                    let before = reported.fetch_max(t, Ordering::Relaxed);
+                    p.fetch_add(t.saturating_sub(before), Ordering::Relaxed);
                 }
                 if let (Some(at), Some(every)) = (next_write, w.write_every) {
                     if intended >= at {
@@ -438,8 +479,11 @@ pub(crate) async fn run(
     }
     while drivers.join_next().await.is_some() {}
     let _ = rotator.await;
-    if let Some((p, base)) = &progress {
-        p.store(base + s.duration.as_millis() as u64, Ordering::Relaxed);
+    if let Some(p) = &progress {
+        // Instance 0's driver reported up to its last read; the rest of the run now.
+        let total = s.duration.as_millis() as u64;
+        let reported = reported_total.load(Ordering::Relaxed);
+        p.fetch_add(total.saturating_sub(reported), Ordering::Relaxed);
     }
     let route_changes: u64 = instances.iter().map(|i| i.route_changes()).sum();
     for i in &instances {
@@ -487,16 +531,41 @@ pub(crate) async fn run(
     let g = lock(&rec);
     let mut vault_loads = Vec::new();
     let mut calls = 0;
+    let mut probes = 0;
     let mut read_only_writes = Vec::new();
+    let mut phase_loads: Vec<Vec<PhaseLoad>> = vec![Vec::new(); g.phases.len()];
     for (v, r) in vaults.iter().zip(&s.regions) {
         let per_sec = v.per_sec();
+        let throttled_per_sec = v.throttled_per_sec();
         let peak = per_sec
             .windows(10.min(per_sec.len()).max(1))
             .map(|w| w.iter().map(|&c| u64::from(c)).sum::<u64>())
             .max()
             .unwrap_or(0);
+        for (loads, p) in phase_loads.iter_mut().zip(&g.phases) {
+            let (a, b) = (p.start.as_secs() as usize, p.end.as_secs() as usize);
+            loads.push(PhaseLoad {
+                peak_per_10s: peak_10s(&per_sec, a, b),
+                throttled: throttled_per_sec
+                    .get(a..b.min(throttled_per_sec.len()))
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|&x| u64::from(x))
+                    .sum(),
+            });
+        }
+        let per_10s = per_10s(&per_sec, s.duration);
+        let admitted: u64 = per_10s.iter().sum();
+        let tens = s.duration.as_secs_f64() / 10.0;
+        let mean_per_10s = if tens > 0.0 {
+            (admitted as f64 / tens).round() as u64
+        } else {
+            0
+        };
         let gets = v.gets.load(Ordering::Relaxed);
+        let vault_probes = v.probes.load(Ordering::Relaxed);
         calls += gets;
+        probes += vault_probes;
         let ro = v.writes_to_read_only.load(Ordering::Relaxed);
         if ro > 0 {
             read_only_writes.push(format!("{ro} to {}", v.name));
@@ -507,6 +576,10 @@ pub(crate) async fn run(
             writes: v.writes.load(Ordering::Relaxed),
             throttled: v.throttled.load(Ordering::Relaxed),
             peak_per_10s: peak,
+            mean_per_10s,
+            probes: vault_probes,
+            per_10s,
+            throttled_per_10s: self::per_10s(&throttled_per_sec, s.duration),
             limit: r.limit,
         });
     }
@@ -560,7 +633,8 @@ pub(crate) async fn run(
         phases: g
             .phases
             .iter()
-            .map(|p| PhaseReport {
+            .zip(phase_loads)
+            .map(|(p, vaults)| PhaseReport {
                 name: p.name.clone(),
                 start_s: p.start.as_secs_f64(),
                 end_s: p.end.as_secs_f64(),
@@ -569,6 +643,7 @@ pub(crate) async fn run(
                 stale: p.stale,
                 availability: ratio(p.reads - p.failed, p.reads),
                 latency_us: Percentiles::of(&p.lat),
+                vaults,
             })
             .collect(),
         rotations: rotations.iter().filter(|r| r.at < s.duration).count() as u32,
@@ -581,6 +656,11 @@ pub(crate) async fn run(
             0.0
         } else {
             (calls as f64 / g.reads as f64 * 1000.0).round() / 1000.0
+        },
+        probe_share: if calls == 0 {
+            0.0
+        } else {
+            ratio(probes, calls)
         },
         vaults: vault_loads,
         writes: g.writes,

@@ -54,6 +54,18 @@ const BUILTIN: &[(&str, &str)] = &[
         "fleet-cold-start",
         include_str!("../../simulations/fleet-cold-start.toml"),
     ),
+    (
+        "fleet-10k-cold-start",
+        include_str!("../../simulations/fleet-10k-cold-start.toml"),
+    ),
+    (
+        "fleet-10k-regional-outage",
+        include_str!("../../simulations/fleet-10k-regional-outage.toml"),
+    ),
+    (
+        "fleet-10k-rotation-storm",
+        include_str!("../../simulations/fleet-10k-rotation-storm.toml"),
+    ),
 ];
 
 /// A simulation scenario, read from TOML.
@@ -349,6 +361,16 @@ impl Scenario {
     /// When `duration` is zero.
     pub fn with_duration(mut self, duration: Duration) -> Result<Self, Error> {
         self.duration = duration;
+        self.validate()?;
+        Ok(self)
+    }
+
+    /// The same scenario with `instances` client instances sharing the vaults.
+    ///
+    /// # Errors
+    /// When `instances` is zero or more than the scenario format allows.
+    pub fn with_instances(mut self, instances: u32) -> Result<Self, Error> {
+        self.fleet.instances = instances;
         self.validate()?;
         Ok(self)
     }

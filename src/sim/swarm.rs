@@ -170,6 +170,8 @@ pub fn swarm(
     let options = SimOptions {
         contenders: options.contenders.clone(),
         progress: None,
+        // The seeds are spread over the threads already.
+        threads: 1,
     };
     std::thread::scope(|scope| {
         for _ in 0..threads.max(1) {

@@ -47,8 +47,10 @@ struct State {
     next_version: u64,
     rng: fastrand::Rng,
     admitted: VecDeque<Instant>,
-    /// GETs that reached the vault, per second of the run.
+    /// GETs admitted (answered, not 429), per second of the run.
     per_sec: Vec<u32>,
+    /// Calls answered 429, per second of the run.
+    throttled_per_sec: Vec<u32>,
 }
 
 /// One simulated vault, shared by every client instance (and so by their load).
@@ -64,6 +66,8 @@ pub(crate) struct SimVault {
     pub(crate) gets: AtomicU64,
     pub(crate) writes: AtomicU64,
     pub(crate) throttled: AtomicU64,
+    /// Health probes (GETs and listings) that reached it.
+    pub(crate) probes: AtomicU64,
     /// Writes that reached a vault the scenario declares read-only.
     pub(crate) writes_to_read_only: AtomicU64,
     /// Where a write accepted here is replicated, and after how long.
@@ -117,10 +121,12 @@ impl SimVault {
                 rng: fastrand::Rng::with_seed(seed),
                 admitted: VecDeque::new(),
                 per_sec: vec![0; duration.as_secs() as usize + 2],
+                throttled_per_sec: vec![0; duration.as_secs() as usize + 2],
             }),
             gets: AtomicU64::new(0),
             writes: AtomicU64::new(0),
             throttled: AtomicU64::new(0),
+            probes: AtomicU64::new(0),
             writes_to_read_only: AtomicU64::new(0),
             replicas: OnceLock::new(),
         }
@@ -173,6 +179,11 @@ impl SimVault {
     /// GETs per second of the run.
     pub(crate) fn per_sec(&self) -> Vec<u32> {
         self.lock().per_sec.clone()
+    }
+
+    /// Calls answered 429, per second of the run.
+    pub(crate) fn throttled_per_sec(&self) -> Vec<u32> {
+        self.lock().throttled_per_sec.clone()
     }
 
     fn effect(&self, now: Instant, op: Op, probe: bool) -> Effect {
@@ -251,6 +262,12 @@ impl SimVault {
                     }
                 }
             }
+            if throttle.is_some() {
+                let sec = (now - self.start).as_secs() as usize;
+                if let Some(c) = st.throttled_per_sec.get_mut(sec) {
+                    *c += 1;
+                }
+            }
             (latency, fail, throttle)
         };
         tokio::time::sleep(latency).await;
@@ -289,6 +306,9 @@ impl SimVault {
         probe: bool,
     ) -> Result<StoredSecret, StoreError> {
         self.gets.fetch_add(1, Ordering::Relaxed);
+        if probe {
+            self.probes.fetch_add(1, Ordering::Relaxed);
+        }
         self.enter(Op::Get, probe).await?;
         let st = self.lock();
         let versions = st
@@ -305,6 +325,9 @@ impl SimVault {
 
     async fn list_as(&self, probe: bool) -> Result<Vec<SecretProperties>, StoreError> {
         self.gets.fetch_add(1, Ordering::Relaxed);
+        if probe {
+            self.probes.fetch_add(1, Ordering::Relaxed);
+        }
         self.enter(Op::List, probe).await?;
         let st = self.lock();
         let mut out: Vec<_> = st
