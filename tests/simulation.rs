@@ -280,3 +280,20 @@ fn a_fleet_report_has_vault_load_per_phase_and_per_10s() {
     let json = run.report().to_json();
     assert!(json.contains("\"per_10s\"") && json.contains("\"probe_share\""));
 }
+
+/// Two rotations of one secret 10 s apart, within the refresh interval: the first is
+/// superseded before the instance could see it, and only the second must propagate. Before,
+/// the first counted as "never propagated".
+#[test]
+fn a_rotation_superseded_before_it_was_seen_is_not_never_propagated() {
+    let text = OUTAGE.replace(
+        r#"rotations = [{ at = "1m", secret = 1 }, { at = "7m", secret = 2 }]"#,
+        r#"rotations = [{ at = "1m", secret = 1 }, { at = "1m10s", secret = 1 }]"#,
+    );
+    assert_ne!(text, OUTAGE);
+    let r = broken(&text, "");
+    let c = &r.contenders[0];
+    assert_eq!(c.rotations, 2);
+    assert_eq!(c.rotations_unpropagated, 0, "{r}");
+    assert!(c.rotation_delay_ms.is_some_and(|d| d <= 60_000), "{r}");
+}

@@ -352,7 +352,12 @@ pub(crate) async fn run(
                     continue;
                 }
                 if j == 0 {
-                    lock(&rec).truth[i as usize] = (gen, at);
+                    let mut g = lock(&rec);
+                    g.truth[i as usize] = (gen, at);
+                    // A generation superseded before every instance saw it no longer counts
+                    // as unpropagated: only the newest one must reach them. (Two rotations of
+                    // a secret within a refresh interval counted the first as "never".)
+                    g.last_read_old.retain(|&(k, old), _| k != i || old >= gen);
                 }
                 vaults[j].rotate(i, gen);
             }
