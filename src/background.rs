@@ -112,8 +112,13 @@ async fn prober(weak: Weak<Inner>, idx: usize, seed: u64, mut shutdown: watch::R
             let Some(inner) = weak.upgrade() else { return };
             let p = &inner.config.probe;
             let v = &inner.vaults[idx];
+            // Healthy: nothing to prove. A vault a call failed on since it last passed
+            // `failback_successes` probes in a row (suspect, though its breaker is closed)
+            // proves itself at the unhealthy interval: at the healthy one, three good probes
+            // took 30 s after the vaults came back before a client was ready again.
             let healthy = v.breaker.state() == BreakerState::Closed
                 && v.probe_failures() == 0
+                && v.trusted(p.failback_successes, Duration::ZERO)
                 && !(inner.router.is_waiting_for_failback(idx)
                     && v.probe_streak() < p.failback_successes);
             // Back off while nothing changes: a healthy vault is probed less and less often
@@ -122,11 +127,6 @@ async fn prober(weak: Weak<Inner>, idx: usize, seed: u64, mut shutdown: watch::R
             // breaker is tripped (a tripping vault, and a recovering one's probes toward
             // failback, are probed at the base interval).
             let (base, doublings, max) = if healthy {
-                // Only a vault nothing has failed on since it last proved itself backs off:
-                // a caller's failed call keeps its probes at the base interval.
-                if !v.trusted(p.failback_successes, Duration::ZERO) {
-                    healthy_rounds = 0;
-                }
                 let n = healthy_rounds;
                 healthy_rounds = healthy_rounds.saturating_add(1);
                 (p.interval, n, p.interval_max)

@@ -280,6 +280,37 @@ fn a_tripped_vault_is_probed_less_often_when_configured() {
     }
 }
 
+/// A vault a caller's call failed on (its breaker still closed) proves itself again at the
+/// unhealthy interval: three good probes 2 s apart, so a client with nothing cached is ready
+/// within seconds of the vaults coming back. Before: at the healthy interval, about 30 s (the
+/// agent's readiness test waited 28 s of its 30 s bound).
+#[test]
+fn a_vault_a_call_failed_on_proves_itself_at_the_unhealthy_interval() {
+    run_virtual(async {
+        let r = rig_with(2, |b| b.background_refresh(false).wait_for_recovery(false));
+        r.seed_all("s", "v");
+        for s in &r.stores {
+            s.set_fault(Some(Fault::Refuse));
+        }
+        assert!(r.client.get_secret("s").await.is_err());
+        assert!(!r.client.health().is_ready());
+        for s in &r.stores {
+            s.set_fault(None);
+        }
+        let t0 = Instant::now();
+        while !r.client.health().is_ready() {
+            assert!(t0.elapsed() < Duration::from_secs(60), "never ready again");
+            advance(Duration::from_millis(100)).await;
+        }
+        let took = t0.elapsed();
+        assert!(
+            took <= Duration::from_millis(3 * 2_400 + 200),
+            "ready after {took:?}"
+        );
+    })
+    .unwrap();
+}
+
 /// Passive health (issue 13): while callers' calls to a healthy vault succeed, the prober
 /// skips its probes, so vault load follows traffic, not instances; an idle client still
 /// probes. Before: a probe every interval whatever the traffic.
