@@ -107,6 +107,8 @@ async fn prober(weak: Weak<Inner>, idx: usize, seed: u64, mut shutdown: watch::R
     let mut rng = fastrand::Rng::with_seed(seed);
     // Rounds in a row that found the vault healthy (probed or vouched for by callers).
     let mut healthy_rounds: u32 = 0;
+    // The last wait while the vault was not healthy.
+    let mut unhealthy_wait = Duration::ZERO;
     loop {
         let (wait, vouch_window) = {
             let Some(inner) = weak.upgrade() else { return };
@@ -135,9 +137,21 @@ async fn prober(weak: Weak<Inner>, idx: usize, seed: u64, mut shutdown: watch::R
                 let n = v.probe_failures().saturating_sub(p.failures_to_trip);
                 (p.unhealthy_interval, n, p.unhealthy_interval_max)
             };
-            let wait = base
+            let mut wait = base
                 .saturating_mul(1 << doublings.min(16))
                 .min(max.max(base));
+            if healthy {
+                unhealthy_wait = Duration::ZERO;
+            } else {
+                // A recovering vault's proving probes keep the pace its probes had backed off
+                // to: with `unhealthy_interval_max` raised (fleets), every instance proving the
+                // primary at 2 s after a regional outage met it with three probes per instance
+                // within seconds. With the default (no back-off) this changes nothing.
+                if v.probe_failures() == 0 {
+                    wait = wait.max(unhealthy_wait);
+                }
+                unhealthy_wait = wait;
+            }
             (wait.mul_f64(1.0 + p.jitter * (2.0 * rng.f64() - 1.0)), wait)
         };
         if !pause(wait, &mut shutdown).await {

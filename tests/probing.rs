@@ -311,6 +311,34 @@ fn a_vault_a_call_failed_on_proves_itself_at_the_unhealthy_interval() {
     .unwrap();
 }
 
+/// With the tripped vault's back-off raised (fleets), its proving probes after it recovers keep
+/// the pace they had backed off to, instead of three probes 2 s apart from every instance at
+/// once; failback still follows. With the default, proving is at 2 s (see above).
+#[test]
+fn a_recovering_vault_is_proven_at_the_pace_its_probes_backed_off_to() {
+    run_virtual(async {
+        let r = rig_with(2, |b| {
+            b.background_refresh(false)
+                .probe_unhealthy_interval_max(Duration::from_secs(16))
+        });
+        let weu = r.store("weu");
+        let mut rx = r.client.subscribe();
+        weu.set_fault(Some(Fault::Refuse));
+        route_to(&mut rx, Some("neu"), Duration::from_secs(120)).await;
+        advance(300 * S).await;
+        weu.set_fault(None);
+        let n = weu.gets() + weu.lists();
+        advance(30 * S).await;
+        let proving = weu.gets() + weu.lists() - n;
+        assert!(
+            (1..=2).contains(&proving),
+            "{proving} probes in the 30 s after recovery"
+        );
+        route_to(&mut rx, Some("weu"), Duration::from_secs(120)).await;
+    })
+    .unwrap();
+}
+
 /// Passive health (issue 13): while callers' calls to a healthy vault succeed, the prober
 /// skips its probes, so vault load follows traffic, not instances; an idle client still
 /// probes. Before: a probe every interval whatever the traffic.
