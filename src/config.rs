@@ -993,7 +993,10 @@ impl ConfigBuilder {
         probe_unhealthy_interval: Duration => probe.unhealthy_interval);
     setter!(
         /// The longest unhealthy probe interval: it doubles with each failed probe in a row
-        /// once the vault is tripped, up to this (at least the unhealthy interval is used). Default 10 s.
+        /// once the vault is tripped, up to this (at least the unhealthy interval is used);
+        /// once the vault answers again, its proving probes keep that pace. Default 2 s (no
+        /// back-off: recovery is seen within seconds); a fleet of thousands of clients should
+        /// raise it, so that a recovering vault is not met by every client's probes at once.
         probe_unhealthy_interval_max: Duration => probe.unhealthy_interval_max);
     setter!(
         /// Timeout of one probe. Default 2 s.
