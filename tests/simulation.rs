@@ -22,6 +22,7 @@ fn reproducible_and_sound(name: &str) {
     let b = simulate(&s, &SimOptions::default()).unwrap();
     let (ja, jb) = (a.report().to_json(), b.report().to_json());
     assert!(ja == jb, "{name}: same seed, different JSON reports");
+    golden(name, &ja);
     assert!(a.svg() == b.svg(), "{name}: same seed, different plots");
     assert!(a.svg().starts_with("<svg"), "{name}: a plot was drawn");
     assert!(
@@ -38,6 +39,41 @@ fn reproducible_and_sound(name: &str) {
             0,
             "{name}: the client failed reads:\n{}",
             a.report()
+        );
+    }
+}
+
+/// The checked-in report of `name` at its seed (`simulations/golden/NAME.json`): a change that
+/// was meant to leave behaviour alone leaves it byte-identical. An intended change of behaviour
+/// rewrites them with `GOLDEN_UPDATE=1 cargo test --test simulation`, in a commit of its own
+/// that says why.
+fn golden(name: &str, json: &str) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("simulations/golden")
+        .join(format!("{name}.json"));
+    if std::env::var_os("GOLDEN_UPDATE").is_some() {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, json).unwrap();
+        return;
+    }
+    let want = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} (write it with GOLDEN_UPDATE=1 cargo test --test simulation)",
+            path.display()
+        )
+    });
+    if want != json {
+        let line = want
+            .lines()
+            .zip(json.lines())
+            .position(|(w, g)| w != g)
+            .unwrap_or_else(|| want.lines().count().min(json.lines().count()));
+        panic!(
+            "{name}: the report differs from {} from line {}:\n  golden: {}\n  now:    {}",
+            path.display(),
+            line + 1,
+            want.lines().nth(line).unwrap_or("<end>"),
+            json.lines().nth(line).unwrap_or("<end>"),
         );
     }
 }
