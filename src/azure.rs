@@ -328,7 +328,7 @@ fn retry_after_of(h: &azure_core::http::headers::Headers) -> Option<Duration> {
     use azure_core::http::headers::{RETRY_AFTER, RETRY_AFTER_MS, X_MS_RETRY_AFTER_MS};
     h.get_optional_str(&RETRY_AFTER_MS)
         .or_else(|| h.get_optional_str(&X_MS_RETRY_AFTER_MS))
-        .and_then(crate::retry_after::parse_retry_after_ms)
+        .and_then(keyvault_failover_core::retry_after::parse_retry_after_ms)
         .or_else(|| {
             h.get_optional_str(&RETRY_AFTER)
                 .and_then(|v| crate::parse_retry_after(v, std::time::SystemTime::now()))

@@ -93,7 +93,7 @@ struct Lifeline {
 ///   after it passed several probes in a row and the route has stood for a dwell time.
 ///
 /// ```
-/// # keyvault_failover::sim::run_virtual(async {
+/// # keyvault_failover::run_virtual(async {
 /// use keyvault_failover::{store::{Fault, MemoryStore}, Access, Config, FailoverClient};
 /// use std::sync::Arc;
 ///
@@ -479,7 +479,7 @@ impl FailoverClient {
     /// secret (it is shared) and is bounded by `timeouts.deadline`.
     ///
     /// ```
-    /// # keyvault_failover::sim::run_virtual(async {
+    /// # keyvault_failover::run_virtual(async {
     /// use std::{sync::Arc, time::Duration};
     /// use keyvault_failover::{store::{Fault, MemoryStore}, Access, Config, FailoverClient, ReadOptions};
     /// let weu = Arc::new(MemoryStore::new("weu"));
@@ -521,7 +521,7 @@ impl FailoverClient {
     /// then does the rest.
     ///
     /// ```
-    /// # keyvault_failover::sim::run_virtual(async {
+    /// # keyvault_failover::run_virtual(async {
     /// use std::sync::Arc;
     /// use keyvault_failover::{store::MemoryStore, Access, Config, FailoverClient};
     /// let weu = Arc::new(MemoryStore::new("weu"));
@@ -871,6 +871,16 @@ impl FailoverClient {
             .await
             .map(|(_, l)| l)
             .map_err(|e| e.error)
+    }
+
+    /// The configuration the client runs with.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// How many last-known-good values the client holds.
+    pub fn held(&self) -> usize {
+        self.inner.cache.len()
     }
 
     /// Events (route changes, breaker transitions, throttling, drift, stale serves) from now on.

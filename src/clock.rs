@@ -1,59 +1,12 @@
-//! Keeping `failsafe`'s clock in step with tokio's.
-//!
-//! The client reads time only through `tokio::time::Instant`, so under a paused runtime it
-//! follows virtual time. `failsafe` reads `std::time::Instant`, or a thread-local `MockClock`
-//! inside `failsafe::clock::freeze`. [`run_virtual`] runs a paused
-//! current-thread runtime inside `freeze`, and [`sync_breaker_clock`] (called right before
-//! every breaker operation) moves the mock clock forward to match tokio's. Outside
-//! `run_virtual` it is one thread-local read and nothing else.
+//! Time in the engine: tokio's clock only (`tokio::time::Instant`), so under a paused runtime
+//! everything follows virtual time; the decision core takes the `now` the engine reads here.
 
-use std::cell::Cell;
 #[cfg(any(test, feature = "test-util"))]
 use std::future::Future;
 
-use failsafe::clock::MockClock;
-
-struct Bridge {
-    clock: *mut MockClock,
-    mock_base: std::time::Instant,
-    tokio_base: tokio::time::Instant,
-}
-
-thread_local! {
-    static BRIDGE: Cell<Option<Bridge>> = const { Cell::new(None) };
-}
-
-/// Moves failsafe's mock clock to tokio's virtual now, when running under [`run_virtual`].
-pub(crate) fn sync_breaker_clock() {
-    BRIDGE.with(|cell| {
-        if let Some(b) = cell.take() {
-            let target = b.mock_base + (tokio::time::Instant::now() - b.tokio_base);
-            // SAFETY: `clock` points at the MockClock owned by the `failsafe::clock::freeze`
-            // frame that encloses the whole of `run_virtual`, on this thread; the bridge is
-            // cleared before that frame returns (see `Reset`). failsafe only reads it through
-            // its own pointer between our calls, never while this reference exists.
-            let clock = unsafe { &mut *b.clock };
-            let now = clock.now();
-            if target > now {
-                clock.advance(target - now);
-            }
-            cell.set(Some(b));
-        }
-    });
-}
-
-#[cfg(any(test, feature = "test-util"))]
-struct Reset;
-#[cfg(any(test, feature = "test-util"))]
-impl Drop for Reset {
-    fn drop(&mut self) {
-        BRIDGE.with(|c| c.set(None));
-    }
-}
-
-/// Runs `fut` to completion in virtual time (a paused current-thread runtime, with the
-/// breakers' clock following it). Fails only if the runtime cannot be built. For an
-/// embedder's deterministic tests (feature `test-util`) and the simulator.
+/// Runs `fut` to completion in virtual time (a paused current-thread runtime: every timer and
+/// every decision of the client follow tokio's paused clock). Fails only if the runtime cannot
+/// be built. For an embedder's deterministic tests (feature `test-util`) and the simulator.
 ///
 /// ```
 /// use std::time::Duration;
@@ -70,21 +23,7 @@ pub fn run_virtual<F: Future>(fut: F) -> std::io::Result<F::Output> {
         .enable_time()
         .start_paused(true)
         .build()?;
-    Ok(failsafe::clock::freeze(|clock| {
-        let mock_base = clock.now();
-        let ptr: *mut MockClock = clock;
-        rt.block_on(async move {
-            BRIDGE.with(|c| {
-                c.set(Some(Bridge {
-                    clock: ptr,
-                    mock_base,
-                    tokio_base: tokio::time::Instant::now(),
-                }))
-            });
-            let _reset = Reset;
-            fut.await
-        })
-    }))
+    Ok(rt.block_on(fut))
 }
 
 /// `now + d`, never panicking: a duration from outside (a server's `Retry-After`, a setting)

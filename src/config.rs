@@ -449,6 +449,12 @@ impl Config {
         self.timeouts.deadline
     }
 
+    /// How long a last-known-good value may be served stale (`cache.staleness_cap`; a secret
+    /// of its own in `cache.staleness_caps` may have another).
+    pub fn default_staleness_cap(&self) -> Duration {
+        self.cache.staleness_cap
+    }
+
     /// The timeout of one vault call (`timeouts.attempt`).
     pub fn attempt_timeout(&self) -> Duration {
         self.timeouts.attempt

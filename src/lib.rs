@@ -34,11 +34,11 @@
 //! ```
 //!
 //! The vaults are reached through the [`SecretStore`] trait. [`store::MemoryStore`] is an
-//! in-process vault with scriptable faults for tests and the [simulator](sim).
+//! in-process vault with scriptable faults for tests and the simulator.
 //!
 //! Time is read only through `tokio::time`, so the same code runs in production, under tokio's
-//! paused clock in tests (`run_virtual`, feature `test-util`), and in the deterministic
-//! simulator (module `sim`, feature `sim`).
+//! paused clock in tests ([`run_virtual`], feature `test-util`), and in the deterministic
+//! simulator (the `keyvault-failover-sim` package of this workspace).
 //!
 //! # Features
 //!
@@ -46,16 +46,13 @@
 //! |---|---|---|
 //! | `azure` | the Azure backend (`azure` module: `azure_security_keyvault_secrets`, `azure_identity`) | yes |
 //! | `otel` | metrics through the OpenTelemetry API (meter `keyvault-failover`) | yes |
-//! | `test-util` | `run_virtual`: the client on tokio's paused clock, breakers in step | yes |
-//! | `emulator` | the HTTPS Key Vault emulator (`emulator` module) | yes |
-//! | `sim` | the deterministic simulator (`sim` module) and its plots | yes |
-//! | `bench` | latency under fault injection against the emulator (`bench` module) | yes |
-//! | `snapshot` | sealed last-known-good snapshots (`Snapshot`, AES-256-GCM through aws-lc-rs) | yes |
-//! | `agent` | the failover agent (`agent` module): HTTP on loopback or a Unix socket, `/metrics` | yes |
-//! | `cli` | the `keyvault-failover` command | yes |
+//! | `snapshot` | sealed last-known-good snapshots (`Snapshot`, AES-256-GCM through aws-lc-rs) | no |
+//! | `test-util` | `run_virtual`: the client on tokio's paused clock, breakers in step | no |
 //!
 //! An embedder writes `default-features = false, features = ["azure"]`: the client, the
-//! `SecretStore` trait, `MemoryStore` and the Azure backend, nothing else.
+//! `SecretStore` trait, `MemoryStore` and the Azure backend, nothing else. The tools (the
+//! emulator, the simulator, the bench, the agent and the `keyvault-failover` command) are
+//! packages of their own in this workspace, built on this library.
 #![deny(missing_docs)]
 
 /// Locks `m`, going on through poisoning: every guarded value here stays consistent when a
@@ -76,23 +73,12 @@ mod events;
 mod metrics;
 mod name;
 mod read;
-mod retry_after;
 mod router;
 mod secret;
 mod vault;
 
-#[cfg(feature = "agent")]
-pub mod agent;
 #[cfg(feature = "azure")]
 pub mod azure;
-#[cfg(feature = "bench")]
-pub mod bench;
-#[cfg(feature = "emulator")]
-pub mod emulator;
-#[cfg(feature = "sim")]
-mod plot;
-#[cfg(feature = "sim")]
-pub mod sim;
 #[cfg(feature = "snapshot")]
 pub mod snapshot;
 pub mod store;
@@ -109,13 +95,13 @@ pub use client::{
 pub use config::{Access, Config, ConfigBuilder, CredentialKind, Region};
 pub use error::{Attempt, AttemptFailure, Error, StoreError, StoreErrorKind, MAX_MESSAGE_LEN};
 pub use events::Event;
-pub use name::SecretName;
-pub use retry_after::{parse_retry_after, parse_retry_after_ms};
+pub use keyvault_failover_core::retry_after::{parse_retry_after, parse_retry_after_ms};
+pub use name::{SecretName, MAX_NAME_LEN};
 pub use router::Mode;
-pub use secret::{Freshness, Secret, SecretProperties, StoredSecret, Written};
+pub use secret::{Freshness, Secret, SecretProperties, StoredSecret, Written, MAX_VALUE_LEN};
 pub use store::SecretStore;
 pub use vault::LatencySummary;
 
-#[cfg(all(doctest, feature = "cli"))]
+#[cfg(all(doctest, feature = "test-util", feature = "azure"))]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;

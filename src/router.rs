@@ -21,18 +21,7 @@ use crate::config::Access;
 use crate::events::{Event, Events};
 use crate::vault::Vault;
 
-/// What the client can do on its current route.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Mode {
-    /// The active vault is the healthy writable primary: reads and writes.
-    ReadWrite,
-    /// The active vault is a read-only region (or the primary is unhealthy): reads only;
-    /// writes are refused at once.
-    ReadOnly,
-    /// No vault is healthy: reads are served from last-known-good values only.
-    CacheOnly,
-}
+pub use keyvault_failover_core::Mode;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Route {

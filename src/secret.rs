@@ -264,7 +264,7 @@ pub enum Freshness {
 /// `Debug` and `Display` never show the value; call [`Secret::expose`] where the value is used.
 ///
 /// ```
-/// # keyvault_failover::sim::run_virtual(async {
+/// # keyvault_failover::run_virtual(async {
 /// use keyvault_failover::{Config, FailoverClient, Access, store::MemoryStore};
 /// use std::sync::Arc;
 /// let weu = Arc::new(MemoryStore::new("weu"));

@@ -21,7 +21,7 @@
 //!   plaintext buffers are zeroized when dropped.
 //!
 //! ```
-//! # keyvault_failover::sim::run_virtual(async {
+//! # keyvault_failover::run_virtual(async {
 //! use std::sync::Arc;
 //! use keyvault_failover::{store::{Fault, MemoryStore}, Access, Config, FailoverClient, Snapshot};
 //! let dir = std::env::temp_dir().join(format!("kvf-doc-snapshot-{}", std::process::id()));

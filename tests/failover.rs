@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::{advance, rig};
-use keyvault_failover::sim::run_virtual;
+use keyvault_failover::run_virtual;
 use keyvault_failover::store::Fault;
 use keyvault_failover::{BreakerState, Mode};
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use common::{advance, rig, rig_with};
-use keyvault_failover::sim::run_virtual;
+use keyvault_failover::run_virtual;
 use keyvault_failover::store::{Fault, MemoryStore};
 use keyvault_failover::{
     Access, BreakerState, Config, Event, FailoverClient, SecretName, SecretProperties, SecretStore,

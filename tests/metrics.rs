@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::{advance, rig_with};
-use keyvault_failover::sim::run_virtual;
+use keyvault_failover::run_virtual;
 use keyvault_failover::store::Fault;
 use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData, ResourceMetrics};
 use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMeterProvider};

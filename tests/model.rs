@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use keyvault_failover::sim::run_virtual;
+use keyvault_failover::run_virtual;
 use keyvault_failover::store::{Fault, MemoryStore};
 use keyvault_failover::{
     Access, AttemptFailure, BreakerState, Config, FailoverClient, Freshness, SecretName,

@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::{advance, rig_with};
-use keyvault_failover::sim::run_virtual;
+use keyvault_failover::run_virtual;
 use keyvault_failover::store::{Fault, Latency};
 use keyvault_failover::{BreakerState, Event, Mode};
 use tokio::sync::broadcast::Receiver;

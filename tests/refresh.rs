@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::{advance, rig_with};
-use keyvault_failover::sim::run_virtual;
+use keyvault_failover::run_virtual;
 use keyvault_failover::store::Fault;
 use keyvault_failover::Event;
 use tokio::time::Instant;

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use keyvault_failover::sim::run_virtual;
+use keyvault_failover::run_virtual;
 use keyvault_failover::store::{Fault, MemoryStore};
 use keyvault_failover::{Access, Config, FailoverClient, Freshness, Snapshot};
 

@@ -80,7 +80,7 @@ struct State {
 /// faulted or not, so tests can prove a request was never sent.
 ///
 /// ```
-/// # keyvault_failover::sim::run_virtual(async {
+/// # keyvault_failover::run_virtual(async {
 /// use keyvault_failover::{store::{Fault, MemoryStore}, SecretName, SecretStore};
 /// let s = MemoryStore::new("weu");
 /// s.insert("db", "v1");

@@ -1,0 +1,257 @@
+//! The `[agent]` table of the configuration file.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use secrecy::zeroize::Zeroizing;
+use serde::Deserialize;
+
+use crate::error::{Error, Kind};
+use keyvault_failover::Config;
+use keyvault_failover::Snapshot;
+
+/// Where the agent listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Listen {
+    /// A TCP address: loopback unless `allow_non_loopback`.
+    Tcp(SocketAddr),
+    /// A Unix socket (created with mode 0600; a leftover socket nobody answers on is replaced).
+    #[cfg(unix)]
+    Unix(PathBuf),
+}
+
+/// The `[agent]` table: where to listen, the token's source, preloading, limits and the
+/// optional `[agent.snapshot]`. Every field has a default but the token source.
+///
+/// ```toml
+/// [agent]
+/// listen = "127.0.0.1:2780"        # or socket = "/run/kvf/agent.sock"
+/// token_file = "agent.token"       # or token_env = "KVF_AGENT_TOKEN"; at least 16 characters
+/// preload = ["db-password"]
+/// preload_jitter = "1s"
+/// max_connections = 256
+/// request_timeout = "7s"           # default: the client's deadline plus a second
+///
+/// [agent.snapshot]
+/// path = "/var/lib/kvf/lkg.snapshot"
+/// key_file = "/etc/kvf/snapshot.key"  # or key_env; 64 hex digits (openssl rand -hex 32)
+/// interval = "30s"
+/// ```
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    #[serde(default)]
+    listen: Option<SocketAddr>,
+    #[serde(default)]
+    socket: Option<PathBuf>,
+    #[serde(default)]
+    allow_non_loopback: bool,
+    #[serde(default)]
+    token_file: Option<PathBuf>,
+    #[serde(default)]
+    token_env: Option<String>,
+    #[serde(default)]
+    preload: Vec<String>,
+    #[serde(default = "one_second", with = "humantime_serde")]
+    preload_jitter: Duration,
+    #[serde(default = "max_connections")]
+    max_connections: usize,
+    #[serde(default, with = "humantime_serde")]
+    request_timeout: Option<Duration>,
+    #[serde(default)]
+    snapshot: Option<SnapshotConfig>,
+    /// The configuration file's directory: relative paths are taken from it.
+    #[serde(skip)]
+    base: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SnapshotConfig {
+    path: PathBuf,
+    #[serde(default)]
+    key_file: Option<PathBuf>,
+    #[serde(default)]
+    key_env: Option<String>,
+    #[serde(default = "thirty_seconds", with = "humantime_serde")]
+    interval: Duration,
+    #[serde(default)]
+    allow_key_beside_snapshot: bool,
+}
+
+fn one_second() -> Duration {
+    Duration::from_secs(1)
+}
+fn thirty_seconds() -> Duration {
+    Duration::from_secs(30)
+}
+fn max_connections() -> usize {
+    256
+}
+
+/// The agent's default port.
+pub const DEFAULT_PORT: u16 = 2780;
+
+fn config_error(message: String) -> Error {
+    Error::new(Kind::Config, message)
+}
+
+impl AgentConfig {
+    /// The client configuration and the `[agent]` table of the file at `path`.
+    pub fn from_file(path: &Path) -> Result<(Config, AgentConfig), Error> {
+        let (config, table) = Config::from_file_with(path, Some("agent"))?;
+        let text = toml::to_string(&table.unwrap_or_default())
+            .map_err(|e| config_error(format!("{}: [agent]: {e}", path.display())))?;
+        let mut agent = AgentConfig::from_toml(&text)
+            .map_err(|e| config_error(format!("{}: {e}", path.display())))?;
+        agent.base = path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        Ok((config, agent))
+    }
+
+    /// The `[agent]` table's contents (without the header), checked.
+    pub fn from_toml(text: &str) -> Result<AgentConfig, Error> {
+        let a: AgentConfig =
+            toml::from_str(text).map_err(|e| config_error(format!("[agent]: {e}")))?;
+        if a.max_connections == 0 || a.max_connections > 65_536 {
+            return Err(config_error(
+                "[agent] max_connections must be in 1..=65536".into(),
+            ));
+        }
+        let hour = Duration::from_secs(3600);
+        if a.preload_jitter > hour || a.request_timeout.is_some_and(|t| t.is_zero() || t > hour) {
+            return Err(config_error(
+                "[agent] preload_jitter and request_timeout must be at most 1 h (and the timeout > 0)"
+                    .into(),
+            ));
+        }
+        if a.preload.len() > 100_000 {
+            return Err(config_error(
+                "[agent] preload lists at most 100,000 names".into(),
+            ));
+        }
+        if let Some(s) = &a.snapshot {
+            if s.interval < Duration::from_secs(1) || s.interval > Duration::from_secs(86_400) {
+                return Err(config_error(
+                    "[agent.snapshot] interval must be between 1 s and 24 h".into(),
+                ));
+            }
+        }
+        match (&a.listen, &a.socket) {
+            (Some(_), Some(_)) => {
+                return Err(config_error(
+                    "[agent] set listen or socket, not both".into(),
+                ))
+            }
+            #[cfg(not(unix))]
+            (None, Some(_)) => {
+                return Err(config_error(
+                    "[agent] socket: Unix sockets need a Unix system".into(),
+                ))
+            }
+            _ => {}
+        }
+        if let Some(addr) = a.listen {
+            if !addr.ip().is_loopback() && !a.allow_non_loopback {
+                return Err(config_error(format!(
+                    "[agent] listen {addr} is not a loopback address; set allow_non_loopback = \
+                     true to serve secrets beyond this machine"
+                )));
+            }
+        }
+        Ok(a)
+    }
+
+    fn at_base(&self, p: &Path) -> PathBuf {
+        if p.is_relative() {
+            self.base.join(p)
+        } else {
+            p.to_path_buf()
+        }
+    }
+
+    /// Where to listen (default `127.0.0.1:2780`).
+    pub fn listen(&self) -> Listen {
+        #[cfg(unix)]
+        if let Some(p) = &self.socket {
+            return Listen::Unix(self.at_base(p));
+        }
+        Listen::Tcp(
+            self.listen
+                .unwrap_or(SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT))),
+        )
+    }
+
+    pub(crate) fn preload(&self) -> &[String] {
+        &self.preload
+    }
+    pub(crate) fn preload_jitter(&self) -> Duration {
+        self.preload_jitter
+    }
+    pub(crate) fn max_connections(&self) -> usize {
+        self.max_connections
+    }
+    pub(crate) fn request_timeout(&self) -> Option<Duration> {
+        self.request_timeout
+    }
+
+    /// The token from `token_file` or `token_env` (exactly one), at least 16 characters.
+    pub(crate) fn read_token(&self) -> Result<Zeroizing<Vec<u8>>, Error> {
+        let token = Zeroizing::new(match (&self.token_file, &self.token_env) {
+            (Some(f), None) => {
+                let f = self.at_base(f);
+                let meta = std::fs::metadata(&f).map_err(|e| {
+                    config_error(format!("[agent] token_file {}: {e}", f.display()))
+                })?;
+                if meta.len() > 4096 {
+                    return Err(config_error(format!(
+                        "[agent] token_file {}: more than 4 KiB",
+                        f.display()
+                    )));
+                }
+                std::fs::read_to_string(&f)
+                    .map_err(|e| config_error(format!("[agent] token_file {}: {e}", f.display())))?
+            }
+            (None, Some(var)) => std::env::var(var).map_err(|_| {
+                config_error(format!(
+                    "[agent] token_env: environment variable {var} is not set"
+                ))
+            })?,
+            _ => {
+                return Err(config_error(
+                    "[agent] needs exactly one of token_file or token_env".into(),
+                ))
+            }
+        });
+        let token = Zeroizing::new(token.trim().as_bytes().to_vec());
+        if token.len() < 16 {
+            return Err(config_error(
+                "[agent] the token must be at least 16 characters".into(),
+            ));
+        }
+        Ok(token)
+    }
+
+    /// The sealed snapshot of `[agent.snapshot]`, if configured, and how often to save it.
+    pub(crate) fn snapshot(&self) -> Result<Option<(Arc<Snapshot>, Duration)>, Error> {
+        let Some(s) = &self.snapshot else {
+            return Ok(None);
+        };
+        let mut b = Snapshot::builder(self.at_base(&s.path))
+            .allow_key_beside_snapshot(s.allow_key_beside_snapshot);
+        b = match (&s.key_file, &s.key_env) {
+            (Some(f), None) => b.key_file(self.at_base(f)),
+            (None, Some(v)) => b.key_env(v),
+            _ => {
+                return Err(config_error(
+                    "[agent.snapshot] needs exactly one of key_file or key_env".into(),
+                ))
+            }
+        };
+        Ok(Some((Arc::new(b.build()?), s.interval)))
+    }
+}

@@ -1,0 +1,403 @@
+//! The failover agent (feature `agent`): [`FailoverClient`] served over HTTP on the loopback
+//! interface or a Unix socket, for services in any language. `keyvault-failover agent
+//! --config FILE` runs it from the client configuration plus an `[agent]` table.
+//!
+//! * `GET /v1/secrets/{name}[?version=V]` → `{name, value, version, region, freshness, age_s}`
+//!   with `X-Keyvault-Region`, `X-Keyvault-Version`, `X-Keyvault-Freshness`; errors are
+//!   `{code, message}` with a stable code and status: `invalid_name` 400, `forwarded` 400,
+//!   `unauthorized` 401, `forbidden` 403, `not_found` 404, `no_route` 404,
+//!   `method_not_allowed` 405, `throttled` 429, `unavailable` 503.
+//! * `GET /healthz/live` (no token), `GET /healthz/ready` (200 ready, 503 not ready); both
+//!   say whether the client is degraded. `GET /metrics`: Prometheus text.
+//! * Every request but liveness carries `X-Agent-Token`; a request with `X-Forwarded-For` is
+//!   refused: the agent is for processes on this machine only.
+//! * Bounded: connections (over the cap they are closed at once), header time (10 s) and each
+//!   request's time; on shutdown it stops accepting and lets requests in flight finish (at
+//!   most 30 s).
+//! * Optional sealed snapshot ([`Snapshot`]): restored before the agent listens, saved every
+//!   `interval` and at shutdown, so a restart during an outage still serves what it held.
+
+#![deny(missing_docs)]
+
+mod config;
+mod error;
+mod http;
+mod prometheus;
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use secrecy::zeroize::Zeroizing;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::watch;
+
+use crate::error::Kind;
+use keyvault_failover::FailoverClient;
+use keyvault_failover::Snapshot;
+
+pub use config::{AgentConfig, Listen, DEFAULT_PORT};
+pub use error::Error;
+pub use prometheus::PrometheusReader;
+
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+const DRAIN: Duration = Duration::from_secs(30);
+
+/// Shared by every connection.
+pub(crate) struct State {
+    pub(crate) client: FailoverClient,
+    pub(crate) token: Zeroizing<Vec<u8>>,
+    pub(crate) metrics: Option<PrometheusReader>,
+}
+
+/// An agent ready to bind: a client, its token and limits. From a configuration file with
+/// [`Agent::from_file`], or around a client of your own with [`Agent::new`].
+pub struct Agent {
+    state: Arc<State>,
+    config: AgentConfig,
+    snapshot: Option<(Arc<Snapshot>, Duration)>,
+}
+
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent")
+            .field("listen", &self.config.listen())
+            .field("snapshot", &self.snapshot.as_ref().map(|s| s.0.path()))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Agent {
+    /// Reads the client configuration and its `[agent]` table from `path`, reads the token and
+    /// the snapshot key, and connects the Azure client. `metrics` backs `GET /metrics` (install
+    /// it in the global meter provider before this call, so the client's instruments reach it).
+    pub fn from_file(path: &Path, metrics: Option<PrometheusReader>) -> Result<Agent, Error> {
+        let (client_config, agent) = AgentConfig::from_file(path)?;
+        let token = agent.read_token()?;
+        let snapshot = agent.snapshot()?;
+        let client = keyvault_failover::azure::connect_with_config(client_config)?;
+        Ok(Agent {
+            state: Arc::new(State {
+                client,
+                token,
+                metrics,
+            }),
+            config: agent,
+            snapshot,
+        })
+    }
+
+    /// An agent around `client`, with `token` (at least 16 characters) and the rest of
+    /// `config` (its token source and snapshot are not read).
+    pub fn new(client: FailoverClient, token: &str, config: AgentConfig) -> Result<Agent, Error> {
+        let token = token.trim();
+        if token.len() < 16 {
+            return Err(Error::new(
+                Kind::Config,
+                "[agent] the token must be at least 16 characters",
+            ));
+        }
+        Ok(Agent {
+            state: Arc::new(State {
+                client,
+                token: Zeroizing::new(token.as_bytes().to_vec()),
+                metrics: None,
+            }),
+            config,
+            snapshot: None,
+        })
+    }
+
+    /// Keeps a sealed snapshot, saved every `interval` and at shutdown, restored by
+    /// [`bind`](Self::bind).
+    pub fn with_snapshot(mut self, snapshot: Snapshot, interval: Duration) -> Self {
+        self.snapshot = Some((Arc::new(snapshot), interval.max(Duration::from_secs(1))));
+        self
+    }
+
+    /// The client served.
+    pub fn client(&self) -> &FailoverClient {
+        &self.state.client
+    }
+
+    /// Restores the snapshot (if any; a refused one is logged and the agent starts without
+    /// it), then binds the listener. Nothing is served until [`Bound::serve`].
+    pub async fn bind(self) -> Result<Bound, Error> {
+        let mut restored = None;
+        if let Some((snap, _)) = &self.snapshot {
+            let client = self.state.client.clone();
+            let snap_path = snap.path().to_path_buf();
+            let missing = matches!(std::fs::metadata(&snap_path),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound);
+            let r = if missing {
+                // The first start: nothing to restore yet, and nothing wrong.
+                tracing::info!(path = %snap_path.display(), "no snapshot yet");
+                Ok(0)
+            } else {
+                let snap = snap.clone();
+                tokio::task::spawn_blocking(move || snap.restore(&client))
+                    .await
+                    .map_err(|e| Error::new(Kind::Snapshot, format!("restore task: {e}")))
+                    .and_then(|r| r.map_err(Error::from))
+            };
+            match &r {
+                Ok(n) => {
+                    tracing::info!(restored = n, path = %snap_path.display(), "snapshot restored")
+                }
+                Err(e) => tracing::warn!(error = %e, "snapshot refused; starting without it"),
+            }
+            restored = Some(r);
+        }
+        let listener = match self.config.listen() {
+            Listen::Tcp(addr) => {
+                let l = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                    Error::new(Kind::Listen, format!("cannot listen on {addr}: {e}"))
+                })?;
+                Listener::Tcp(l)
+            }
+            #[cfg(unix)]
+            Listen::Unix(path) => Listener::Unix(bind_unix(&path)?, path),
+        };
+        Ok(Bound {
+            agent: self,
+            listener,
+            restored,
+        })
+    }
+}
+
+#[cfg(unix)]
+fn bind_unix(path: &Path) -> Result<tokio::net::UnixListener, Error> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let err = |e: std::io::Error| {
+        Error::new(
+            Kind::Listen,
+            format!("cannot listen on unix socket {}: {e}", path.display()),
+        )
+    };
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(Error::new(
+                Kind::Config,
+                format!("{} exists and is not a socket", path.display()),
+            ));
+        }
+        // A socket file nobody answers on is left over from a process that died: replace it.
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(Error::new(
+                Kind::Listen,
+                format!("another process listens on {}", path.display()),
+            ));
+        }
+        std::fs::remove_file(path).map_err(err)?;
+    }
+    let l = tokio::net::UnixListener::bind(path).map_err(err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
+    Ok(l)
+}
+
+enum Listener {
+    Tcp(tokio::net::TcpListener),
+    #[cfg(unix)]
+    Unix(tokio::net::UnixListener, PathBuf),
+}
+
+/// A bound agent: where it listens, what the snapshot restored; [`serve`](Self::serve) runs it.
+pub struct Bound {
+    agent: Agent,
+    listener: Listener,
+    restored: Option<Result<usize, Error>>,
+}
+
+impl std::fmt::Debug for Bound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bound")
+            .field("address", &self.address())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Bound {
+    /// `127.0.0.1:PORT` or `unix:PATH`.
+    pub fn address(&self) -> String {
+        match &self.listener {
+            Listener::Tcp(l) => l
+                .local_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_else(|_| "?".into()),
+            #[cfg(unix)]
+            Listener::Unix(_, p) => format!("unix:{}", p.display()),
+        }
+    }
+
+    /// What restoring the snapshot came to: `None` without one, else how many values it
+    /// restored or why it was refused.
+    pub fn restored(&self) -> Option<&Result<usize, Error>> {
+        self.restored.as_ref()
+    }
+
+    /// Serves until `shutdown` completes: preloads (after the configured jitter), keeps the
+    /// snapshot, then stops accepting, lets requests in flight finish (at most 30 s), and
+    /// saves the snapshot a last time.
+    pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+        let Bound {
+            agent, listener, ..
+        } = self;
+        let cfg = &agent.config;
+        let state = agent.state.clone();
+        let client = state.client.clone();
+        let request_timeout = cfg
+            .request_timeout()
+            .unwrap_or(client.config().deadline() + Duration::from_secs(1));
+        let mut background = tokio::task::JoinSet::new();
+        if !cfg.preload().is_empty() {
+            let (c, names, jitter) = (client.clone(), cfg.preload().to_vec(), cfg.preload_jitter());
+            background.spawn(async move {
+                tokio::time::sleep(jitter.mul_f64(fastrand::f64())).await;
+                for (name, e) in c.preload(&names).await {
+                    tracing::warn!(secret = %name, error = %e, "preload failed");
+                }
+            });
+        }
+        let snapshot = agent.snapshot.clone();
+        if let Some((snap, every)) = snapshot.clone() {
+            let c = client.clone();
+            background.spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    save(&snap, &c).await;
+                }
+            });
+        }
+        let slots = Arc::new(tokio::sync::Semaphore::new(cfg.max_connections()));
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut conns = tokio::task::JoinSet::new();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                acc = accept(&listener) => {
+                    let Some(io) = acc else { continue };
+                    // Over the cap the connection is closed at once: bounded memory.
+                    let Ok(slot) = slots.clone().try_acquire_owned() else { continue };
+                    let (state, stop_rx) = (state.clone(), stop_rx.clone());
+                    match io {
+                        Accepted::Tcp(s) => {
+                            conns.spawn(connection(s, state, stop_rx, request_timeout, slot));
+                        }
+                        #[cfg(unix)]
+                        Accepted::Unix(s) => {
+                            conns.spawn(connection(s, state, stop_rx, request_timeout, slot));
+                        }
+                    }
+                }
+                _ = &mut shutdown => break,
+            }
+            while conns.try_join_next().is_some() {}
+        }
+        #[cfg(unix)]
+        if let Listener::Unix(_, p) = &listener {
+            let _ = std::fs::remove_file(p);
+        }
+        drop(listener);
+        tracing::info!("stopping: no new connections; finishing requests in flight");
+        let _ = stop_tx.send(true);
+        let drained =
+            tokio::time::timeout(DRAIN, async { while conns.join_next().await.is_some() {} }).await;
+        if drained.is_err() {
+            tracing::warn!("requests still in flight after 30 s were cut");
+        }
+        background.shutdown().await;
+        if let Some((snap, _)) = snapshot {
+            save(&snap, &client).await;
+        }
+        Ok(())
+    }
+}
+
+/// Saves unless nothing is held (an agent that restored nothing and reached no vault must not
+/// replace a snapshot it could not open with an empty one).
+async fn save(snap: &Arc<Snapshot>, client: &FailoverClient) {
+    if client.held() == 0 {
+        return;
+    }
+    let (snap, c) = (snap.clone(), client.clone());
+    match tokio::task::spawn_blocking(move || snap.save(&c)).await {
+        Ok(Ok(n)) => tracing::debug!(values = n, "snapshot saved"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "snapshot not saved"),
+        Err(e) => tracing::warn!(error = %e, "snapshot task failed"),
+    }
+}
+
+enum Accepted {
+    Tcp(tokio::net::TcpStream),
+    #[cfg(unix)]
+    Unix(tokio::net::UnixStream),
+}
+
+/// The next connection, or `None` for an accept error (out of descriptors, a reset before
+/// accept): logged, with a short pause so a persistent error does not spin.
+async fn accept(l: &Listener) -> Option<Accepted> {
+    let r = match l {
+        Listener::Tcp(l) => l.accept().await.map(|(s, _)| Accepted::Tcp(s)),
+        #[cfg(unix)]
+        Listener::Unix(l, _) => l.accept().await.map(|(s, _)| Accepted::Unix(s)),
+    };
+    match r {
+        Ok(a) => Some(a),
+        Err(e) => {
+            tracing::warn!(error = %e, "accept failed");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            None
+        }
+    }
+}
+
+async fn connection<I>(
+    io: I,
+    state: Arc<State>,
+    mut stop_rx: watch::Receiver<bool>,
+    request_timeout: Duration,
+    slot: tokio::sync::OwnedSemaphorePermit,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |req| {
+        let state = state.clone();
+        async move {
+            let r = tokio::time::timeout(request_timeout, http::handle(state, req))
+                .await
+                .unwrap_or_else(|_| {
+                    http::error(
+                        hyper::StatusCode::SERVICE_UNAVAILABLE,
+                        "unavailable",
+                        "the request took longer than the agent allows",
+                    )
+                });
+            Ok::<_, std::convert::Infallible>(r)
+        }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .keep_alive(true)
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .serve_connection(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = async { stop_rx.wait_for(|s| *s).await.map(|_| ()) } => {
+            // Finish the request in flight, then close.
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+    drop(slot);
+}
+
+/// Locks `m`, going on through poisoning: the guarded text is written in one step.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}

@@ -1,0 +1,47 @@
+//! `keyvault-failover agent --config FILE`: the library's agent with the process around it
+//! (the global meter provider behind `/metrics`, SIGTERM, and the lines tests and scripts read).
+
+use std::io::Write;
+use std::path::Path;
+use std::process::ExitCode;
+
+use keyvault_failover_agent::{Agent, PrometheusReader};
+
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// Runs the agent until SIGTERM or Ctrl-C.
+pub(crate) fn run(config: &Path) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    // Installed before the client is built: its meter comes from the global provider.
+    let metrics = PrometheusReader::new();
+    opentelemetry::global::set_meter_provider(metrics.provider());
+    crate::cli::server_runtime()?.block_on(async move {
+        let agent = Agent::from_file(config, Some(metrics))?;
+        let bound = agent.bind().await?;
+        println!("listening on {}", bound.address());
+        match bound.restored() {
+            Some(Ok(n)) => println!(
+                "snapshot: restored {n} value{}",
+                if *n == 1 { "" } else { "s" }
+            ),
+            Some(Err(e)) => println!("snapshot: refused, starting without it: {e}"),
+            None => {}
+        }
+        let _ = std::io::stdout().flush();
+        bound.serve(stop_signal()).await?;
+        println!("stopped");
+        Ok::<_, Box<dyn std::error::Error>>(ExitCode::SUCCESS)
+    })
+}

@@ -1,0 +1,547 @@
+//! The agent as a process, driven by a real HTTP client (reqwest) against the emulator,
+//! configured by the file the emulator writes plus an `[agent]` table. Every wait is bounded.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use keyvault_failover_emulator::{Emulator, VaultFault};
+
+const TOKEN: &str = "agent-test-token-0123456789";
+
+struct Agent {
+    child: Child,
+    base: String,
+    stdout: BufReader<std::process::ChildStdout>,
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn temp_dir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("kvf-agent-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Starts the agent on the emulator's configuration with an `[agent]` table; waits (at most
+/// 30 s) for its "listening on" line.
+async fn start_agent(emu: &Emulator, dir: &std::path::Path, extra: &str) -> Agent {
+    start_agent_on(emu, dir, "listen = \"127.0.0.1:0\"", extra).await
+}
+
+/// [`start_agent`] listening where `listen` says (`listen = ...` or `socket = ...`); `base` is
+/// `http://` and what the agent printed.
+async fn start_agent_on(emu: &Emulator, dir: &std::path::Path, listen: &str, extra: &str) -> Agent {
+    let client = std::fs::read_to_string(emu.write_client_config().unwrap()).unwrap();
+    std::fs::write(dir.join("agent.token"), format!("{TOKEN}\n")).unwrap();
+    let config = dir.join("agent.toml");
+    std::fs::write(
+        &config,
+        format!("{client}\n[agent]\n{listen}\ntoken_file = \"agent.token\"\n{extra}"),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_keyvault-failover"))
+        .args(["agent", "--config", config.to_str().unwrap()])
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the agent starts");
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let agent = Agent {
+        child,
+        base: String::new(),
+        stdout,
+    };
+    let (line, mut agent) = next_line(agent).await;
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+    agent.base = format!("http://{addr}");
+    agent
+}
+
+/// Two emulated vaults writing their CA into `dir`, each holding `secrets`.
+async fn emulator(dir: &std::path::Path, secrets: &[(&str, &str)]) -> Emulator {
+    let emu = Emulator::builder()
+        .vault("weu")
+        .vault("neu")
+        .cert_dir(dir)
+        .start()
+        .await
+        .unwrap();
+    for r in ["weu", "neu"] {
+        for (name, value) in secrets {
+            emu.insert(r, name, value);
+        }
+    }
+    emu
+}
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .no_proxy()
+        .build()
+        .unwrap()
+}
+
+async fn get(
+    c: &reqwest::Client,
+    url: &str,
+    token: Option<&str>,
+) -> (u16, reqwest::header::HeaderMap, serde_json::Value) {
+    let mut r = c.get(url);
+    if let Some(t) = token {
+        r = r.header("X-Agent-Token", t);
+    }
+    let resp = r.send().await.expect("the agent answers");
+    let (status, headers) = (resp.status().as_u16(), resp.headers().clone());
+    let bytes = resp.bytes().await.unwrap_or_default();
+    let body = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+    (status, headers, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_error_codes_provenance_and_failover() {
+    let dir = temp_dir("codes");
+    let emu = emulator(&dir, &[("db-password", "hunter2"), ("cold", "c0ld")]).await;
+    let agent = start_agent(
+        &emu,
+        &dir,
+        "preload = [\"db-password\"]\npreload_jitter = \"0s\"\n",
+    )
+    .await;
+    let c = http();
+    let url = |p: &str| format!("{}{p}", agent.base);
+
+    // Liveness needs no token; everything else does.
+    let (s, _, b) = get(&c, &url("/healthz/live"), None).await;
+    assert_eq!((s, b["live"].clone()), (200, serde_json::Value::Bool(true)));
+    for token in [None, Some("wrong-token-0123456789")] {
+        let (s, _, b) = get(&c, &url("/v1/secrets/db-password"), token).await;
+        assert_eq!((s, b["code"].as_str()), (401, Some("unauthorized")));
+        assert!(!b.to_string().contains("hunter2"));
+    }
+    let resp = c
+        .get(url("/v1/secrets/db-password"))
+        .header("X-Agent-Token", TOKEN)
+        .header("X-Forwarded-For", "203.0.113.7")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status().as_u16(),
+        400,
+        "a forwarded request is refused"
+    );
+
+    // Ready: a vault is trusted (and the preload list is being read).
+    let (s, _, b) = get(&c, &url("/healthz/ready"), Some(TOKEN)).await;
+    assert_eq!((s, b["state"].as_str()), (200, Some("ready")), "{b}");
+
+    // A secret, with its provenance in headers and body.
+    let (s, h, b) = get(&c, &url("/v1/secrets/db-password"), Some(TOKEN)).await;
+    assert_eq!(s, 200);
+    assert_eq!(b["value"], "hunter2");
+    assert_eq!(b["freshness"], "fresh");
+    assert_eq!(h["x-keyvault-region"], "weu");
+    assert_eq!(h["x-keyvault-freshness"], "fresh");
+    assert_eq!(
+        h["x-keyvault-version"].to_str().unwrap(),
+        b["version"].as_str().unwrap()
+    );
+
+    // Error codes.
+    let (s, _, b) = get(&c, &url("/v1/secrets/missing"), Some(TOKEN)).await;
+    assert_eq!((s, b["code"].as_str()), (404, Some("not_found")));
+    let (s, _, b) = get(&c, &url("/v1/secrets/bad_name"), Some(TOKEN)).await;
+    assert_eq!((s, b["code"].as_str()), (400, Some("invalid_name")));
+    let (s, _, b) = get(&c, &url("/elsewhere"), Some(TOKEN)).await;
+    assert_eq!((s, b["code"].as_str()), (404, Some("no_route")));
+
+    // The primary refuses while clients read: a cold read is served by the secondary.
+    emu.apply_fault("weu", VaultFault::Refuse).await.unwrap();
+    let (s, h, b) = get(&c, &url("/v1/secrets/cold"), Some(TOKEN)).await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(h["x-keyvault-region"], "neu");
+    // Every vault refuses: unavailable, 503.
+    emu.apply_fault("neu", VaultFault::Refuse).await.unwrap();
+    let (s, _, b) = get(&c, &url("/v1/secrets/never-read"), Some(TOKEN)).await;
+    assert_eq!((s, b["code"].as_str()), (503, Some("unavailable")));
+    // Every vault throttles: throttled, 429 (nothing held to fall back on).
+    for r in ["weu", "neu"] {
+        emu.apply_fault(
+            r,
+            VaultFault::Throttle {
+                retry_after_secs: 1,
+            },
+        )
+        .await
+        .unwrap();
+    }
+    let (s, _, b) = get(&c, &url("/v1/secrets/never-read-2"), Some(TOKEN)).await;
+    assert_eq!((s, b["code"].as_str()), (429, Some("throttled")), "{b}");
+    // The vaults refuse this identity: forbidden, 403.
+    for r in ["weu", "neu"] {
+        emu.apply_fault(r, VaultFault::Forbidden).await.unwrap();
+    }
+    let (s, _, b) = get(&c, &url("/v1/secrets/never-read-3"), Some(TOKEN)).await;
+    assert_eq!((s, b["code"].as_str()), (403, Some("forbidden")), "{b}");
+    // Not GET: 405.
+    let resp = c
+        .post(url("/v1/secrets/db-password"))
+        .header("X-Agent-Token", TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 405);
+    drop(agent);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_reads_in_flight_finish() {
+    let dir = temp_dir("term");
+    let emu = emulator(&dir, &[("slow", "s1ow")]).await;
+    let mut agent = start_agent(&emu, &dir, "").await;
+    for r in ["weu", "neu"] {
+        emu.apply_fault(r, VaultFault::Delay { ms: 1500 })
+            .await
+            .unwrap();
+    }
+    let c = http();
+    let before = emu.gets("weu") + emu.gets("neu");
+    let read = {
+        let (c, url) = (c.clone(), format!("{}/v1/secrets/slow", agent.base));
+        tokio::spawn(async move { get(&c, &url, Some(TOKEN)).await })
+    };
+    // The read is in flight once a vault has it (bounded wait on that event).
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while emu.gets("weu") + emu.gets("neu") == before {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the read reached a vault");
+    let pid = agent.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let (s, _, b) = tokio::time::timeout(Duration::from_secs(20), read)
+        .await
+        .expect("the read in flight ends")
+        .unwrap();
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["value"], "s1ow");
+    let mut child = std::mem::replace(&mut agent.child, Command::new("true").spawn().unwrap());
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap());
+    let status = tokio::time::timeout(Duration::from_secs(40), status)
+        .await
+        .expect("the agent exits")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut agent.stdout, &mut rest).unwrap();
+    assert!(rest.contains("stopped"), "{rest}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_non_loopback_address_or_a_missing_token_is_refused_at_start() {
+    let dir = temp_dir("refuse");
+    let base = "[[regions]]\nname = \"weu\"\nurl = \"https://app-weu.vault.azure.net\"\naccess = \"read-write\"\n";
+    std::fs::write(dir.join("t"), TOKEN).unwrap();
+    for (agent, want) in [
+        (
+            "[agent]\nlisten = \"0.0.0.0:2780\"\ntoken_file = \"t\"\n",
+            "not a loopback address",
+        ),
+        (
+            "[agent]\nlisten = \"127.0.0.1:0\"\n",
+            "token_file or token_env",
+        ),
+        (
+            "[agent]\nlisten = \"127.0.0.1:0\"\ntoken_env = \"KVF_TEST_NO_SUCH_VAR\"\n",
+            "KVF_TEST_NO_SUCH_VAR",
+        ),
+    ] {
+        let path = dir.join("a.toml");
+        std::fs::write(&path, format!("{base}{agent}")).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_keyvault-failover"))
+            .args(["agent", "--config", path.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(want), "{want:?} not in {err}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Sends SIGTERM and waits (at most 40 s) for the agent to exit; returns the rest of its
+/// standard output.
+async fn terminate(mut agent: Agent) -> String {
+    let pid = agent.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let mut child = std::mem::replace(&mut agent.child, Command::new("true").spawn().unwrap());
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap());
+    let status = tokio::time::timeout(Duration::from_secs(40), status)
+        .await
+        .expect("the agent exits")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    let mut rest = String::new();
+    let mut out = std::mem::replace(&mut agent.stdout, BufReader::new(empty_stdout()));
+    tokio::task::spawn_blocking(move || {
+        std::io::Read::read_to_string(&mut out, &mut rest).map(|_| rest)
+    })
+    .await
+    .unwrap()
+    .unwrap()
+}
+
+fn empty_stdout() -> std::process::ChildStdout {
+    let mut c = Command::new("true").stdout(Stdio::piped()).spawn().unwrap();
+    let out = c.stdout.take().unwrap();
+    let _ = c.wait();
+    out
+}
+
+/// The next line the agent prints (at most 30 s).
+async fn next_line(mut agent: Agent) -> (String, Agent) {
+    let mut stdout = std::mem::replace(&mut agent.stdout, BufReader::new(empty_stdout()));
+    let line = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        (line, stdout)
+    });
+    let (line, stdout) = tokio::time::timeout(Duration::from_secs(30), line)
+        .await
+        .expect("the agent prints within 30 s")
+        .unwrap();
+    agent.stdout = stdout;
+    (line, agent)
+}
+
+const SNAPSHOT_KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+
+/// The snapshot table: the snapshot in `state/`, its key one directory up.
+fn snapshot_table(dir: &std::path::Path) -> String {
+    std::fs::create_dir_all(dir.join("state")).unwrap();
+    std::fs::write(dir.join("snapshot.key"), SNAPSHOT_KEY).unwrap();
+    "[agent.snapshot]\npath = \"state/lkg.snapshot\"\nkey_file = \"snapshot.key\"\ninterval = \"1s\"\n"
+        .to_string()
+}
+
+/// Issue 12: a restart while every vault is down. With the sealed snapshot every secret it held
+/// is served, stale with its age, and the agent is ready (its preload list is held); without
+/// it, nothing can be served and the agent is not ready; a tampered snapshot is refused and
+/// the agent starts without it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_during_a_total_outage_with_and_without_the_snapshot() {
+    let dir = temp_dir("restart");
+    let secrets = [
+        ("db-password", "hunter2"),
+        ("api-key", "k-123"),
+        ("cert-pass", "c3rt"),
+    ];
+    let emu = emulator(&dir, &secrets).await;
+    let preload =
+        "preload = [\"db-password\", \"api-key\", \"cert-pass\"]\npreload_jitter = \"0s\"\n";
+    let snap = snapshot_table(&dir);
+    let c = http();
+
+    // First life: reads everything, then stops (the last snapshot is written on the way out).
+    let agent = start_agent(&emu, &dir, &snap).await;
+    for (name, value) in secrets {
+        let (s, _, b) = get(
+            &c,
+            &format!("{}/v1/secrets/{name}", agent.base),
+            Some(TOKEN),
+        )
+        .await;
+        assert_eq!((s, b["value"].as_str()), (200, Some(value)));
+    }
+    terminate(agent).await;
+    let sealed = std::fs::read(dir.join("state/lkg.snapshot")).expect("the snapshot is written");
+    assert!(
+        !sealed.windows(7).any(|w| w == b"hunter2"),
+        "sealed, not in the clear"
+    );
+
+    for r in ["weu", "neu"] {
+        emu.apply_fault(r, VaultFault::Refuse).await.unwrap();
+    }
+
+    // Restart with the snapshot: served, stale, with an age; ready (degraded).
+    let agent = start_agent(&emu, &dir, &format!("{preload}{snap}")).await;
+    let (line, agent) = next_line(agent).await;
+    assert_eq!(line.trim(), "snapshot: restored 3 values");
+    for (name, value) in secrets {
+        let (s, h, b) = get(
+            &c,
+            &format!("{}/v1/secrets/{name}", agent.base),
+            Some(TOKEN),
+        )
+        .await;
+        assert_eq!((s, b["value"].as_str()), (200, Some(value)), "{b}");
+        assert_eq!(b["freshness"], "stale");
+        assert!(b["age_s"].as_f64().unwrap() > 0.0, "{b}");
+        assert_eq!(h["x-keyvault-freshness"], "stale");
+    }
+    let (s, _, b) = get(&c, &format!("{}/healthz/ready", agent.base), Some(TOKEN)).await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["degraded"], true);
+    // Kill it (no last save): the snapshot on disk stays the good one.
+    drop(agent);
+
+    // Restart without the snapshot: nothing to serve, not ready.
+    let agent = start_agent(&emu, &dir, preload).await;
+    let (s, _, b) = get(
+        &c,
+        &format!("{}/v1/secrets/db-password", agent.base),
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!((s, b["code"].as_str()), (503, Some("unavailable")), "{b}");
+    let (s, _, _) = get(&c, &format!("{}/healthz/ready", agent.base), Some(TOKEN)).await;
+    assert_eq!(s, 503);
+    drop(agent);
+
+    // A tampered snapshot: refused with a clear line, the agent starts without it.
+    let path = dir.join("state/lkg.snapshot");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x80;
+    std::fs::write(&path, &bytes).unwrap();
+    let agent = start_agent(&emu, &dir, &snap).await;
+    let (line, agent) = next_line(agent).await;
+    assert!(
+        line.starts_with("snapshot: refused") && line.contains("tampered"),
+        "{line}"
+    );
+    let (s, _, b) = get(
+        &c,
+        &format!("{}/v1/secrets/db-password", agent.base),
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!((s, b["code"].as_str()), (503, Some("unavailable")), "{b}");
+    drop(agent);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `/metrics` is Prometheus text with the client's instruments, behind the token, and names no
+/// secret or value; readiness waits for a vault or the preload list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_and_readiness() {
+    let dir = temp_dir("metrics");
+    let emu = emulator(&dir, &[("db-password", "hunter2")]).await;
+    for r in ["weu", "neu"] {
+        emu.apply_fault(r, VaultFault::Refuse).await.unwrap();
+    }
+    let agent = start_agent(
+        &emu,
+        &dir,
+        "preload = [\"db-password\"]\npreload_jitter = \"0s\"\n",
+    )
+    .await;
+    let c = http();
+    let url = |p: &str| format!("{}{p}", agent.base);
+    // No vault answers and nothing is held: not ready.
+    let (s, _, b) = get(&c, &url("/healthz/ready"), Some(TOKEN)).await;
+    assert_eq!((s, b["ready"].as_bool()), (503, Some(false)), "{b}");
+    for r in ["weu", "neu"] {
+        emu.apply_fault(r, VaultFault::Up).await.unwrap();
+    }
+    // Ready once a probe or the preload's retry reaches a vault (bounded wait).
+    tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            if get(&c, &url("/healthz/ready"), Some(TOKEN)).await.0 == 200 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("ready once the vaults answer");
+    let (s, _, _) = get(&c, &url("/v1/secrets/db-password"), Some(TOKEN)).await;
+    assert_eq!(s, 200);
+
+    let (s, _, _) = get(&c, &url("/metrics"), None).await;
+    assert_eq!(s, 401);
+    let resp = c
+        .get(url("/metrics"))
+        .header("X-Agent-Token", TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
+    let text = resp.text().await.unwrap();
+    assert!(text.contains("keyvault_failover_agent_ready 1"), "{text}");
+    assert!(
+        text.contains("# TYPE http_client_request_duration_seconds histogram"),
+        "{text}"
+    );
+    assert!(
+        text.contains("http_client_request_duration_seconds_bucket{"),
+        "{text}"
+    );
+    assert!(text.contains("keyvault_failover_region=\"weu\""), "{text}");
+    assert!(!text.contains("hunter2") && !text.contains("db-password"));
+    drop(agent);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The agent on a Unix socket (mode 0600), spoken to in plain HTTP/1.1; a leftover socket file
+/// is replaced, and the file is removed on shutdown.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_unix_socket_serves_the_same_api() {
+    use std::os::unix::fs::PermissionsExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let dir = temp_dir("unix");
+    let emu = emulator(&dir, &[("db-password", "hunter2")]).await;
+    let sock = dir.join("agent.sock");
+    // A socket left by a process that died.
+    drop(std::os::unix::net::UnixListener::bind(&sock).unwrap());
+    let agent = start_agent_on(&emu, &dir, "socket = \"agent.sock\"", "").await;
+    assert_eq!(agent.base, format!("http://unix:{}", sock.display()));
+    let mode = std::fs::metadata(&sock).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    let mut s = tokio::net::UnixStream::connect(&sock).await.unwrap();
+    let req = format!(
+        "GET /v1/secrets/db-password HTTP/1.1\r\nHost: localhost\r\nX-Agent-Token: {TOKEN}\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(20), s.read_to_string(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("\"value\":\"hunter2\""), "{answer}");
+    terminate(agent).await;
+    assert!(!sock.exists(), "the socket file is removed on shutdown");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,0 +1,218 @@
+//! The operator's CLI against the emulator, configured by exactly the file
+//! `keyvault-failover emulator` writes (`Emulator::write_client_config`): a real process, real
+//! HTTPS on 127.0.0.1, every wait bounded.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::Duration;
+
+use keyvault_failover_emulator::{Emulator, VaultFault};
+
+async fn emulator(dir: &Path) -> Emulator {
+    Emulator::builder()
+        .vault("weu")
+        .vault("neu")
+        .cert_dir(dir)
+        .start()
+        .await
+        .expect("emulator starts")
+}
+
+fn temp_dir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("kvf-cli-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Runs the CLI with `args`, at most 60 s.
+async fn cli(args: &[&str]) -> Output {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let run = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_keyvault-failover"))
+            .args(&args)
+            .env_remove("RUST_LOG")
+            .output()
+            .expect("the CLI runs")
+    });
+    tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("the CLI ends within a minute")
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_probe_and_get_work_from_the_emulators_own_configuration() {
+    let dir = temp_dir("status");
+    let emu = emulator(&dir).await;
+    emu.insert("weu", "db-password", "hunter2");
+    emu.insert("neu", "db-password", "hunter2");
+    let config = emu.write_client_config().unwrap();
+    let config = config.to_str().unwrap();
+
+    // status --json: both regions answer, reads go to the primary.
+    let out = cli(&["status", "--config", config, "--json"]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(v["read_from"], "weu");
+    assert_eq!(v["writable"], true);
+    let regions = v["regions"].as_array().unwrap();
+    assert_eq!(regions.len(), 2);
+    assert!(regions.iter().all(|r| r["result"] == "ok"), "{v}");
+
+    // get: metadata, the value only with --reveal.
+    let out = cli(&["get", "db-password", "--config", config, "--json"]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        !text.contains("hunter2"),
+        "the value is hidden without --reveal"
+    );
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["region"], "weu");
+    assert_eq!(v["freshness"], "fresh");
+    let out = cli(&["get", "db-password", "--config", config, "--reveal"]).await;
+    assert!(String::from_utf8_lossy(&out.stdout).contains("hunter2"));
+
+    // The primary refuses: probe exits 1 naming it; status sends reads to the secondary and
+    // says writes are refused.
+    emu.apply_fault("weu", VaultFault::Refuse).await.unwrap();
+    let out = cli(&["probe", "--config", config, "--json"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v[0]["region"], "weu");
+    assert_eq!(v[0]["result"], "connect", "{v}");
+    assert_eq!(v[1]["result"], "ok");
+    let out = cli(&["status", "--config", config]).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(text.contains("reads go to neu"), "{text}");
+    assert!(text.contains("writes refused"), "{text}");
+
+    // Every region down: status exits 1.
+    emu.apply_fault("neu", VaultFault::Refuse).await.unwrap();
+    let out = cli(&["status", "--config", config, "--json"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_bad_configuration_file_gets_a_clear_error() {
+    let dir = temp_dir("bad");
+    let path = dir.join("client.toml");
+    std::fs::write(
+        &path,
+        "ca_bundle = \"missing.pem\"\n[[regions]]\nname = \"weu\"\nurl = \"https://app-weu.vault.azure.net\"\naccess = \"read-write\"\naddress = \"127.0.0.1:9\"\n",
+    )
+    .unwrap();
+    let out = cli(&["status", "--config", path.to_str().unwrap()]).await;
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("ca_bundle") && err.contains("missing.pem"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `verify-replication`: equal contents pass; a secret that differs, or is missing from a
+/// region, fails with exit 1 and says which; the value never appears in the output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_replication_finds_differences_without_showing_values() {
+    let dir = temp_dir("verify");
+    let emu = emulator(&dir).await;
+    emu.insert("weu", "same", "s3cret-same");
+    emu.insert("neu", "same", "s3cret-same");
+    let config = emu.write_client_config().unwrap();
+    let config = config.to_str().unwrap();
+    let out = cli(&["verify-replication", "--config", config, "--json"]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v[0]["name"], "same");
+    assert_eq!(v[0]["in_sync"], true);
+
+    emu.insert("weu", "rotated", "s3cret-new");
+    emu.insert("neu", "rotated", "s3cret-old");
+    emu.insert("weu", "only-primary", "s3cret-x");
+    let out = cli(&["verify-replication", "--config", config, "--json"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(!text.contains("s3cret"), "no value in the output: {text}");
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let by_name = |n: &str| {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == n)
+            .unwrap_or_else(|| panic!("{n} checked: {v}"))
+            .clone()
+    };
+    assert_eq!(by_name("same")["in_sync"], true);
+    assert_eq!(by_name("rotated")["in_sync"], false);
+    let missing = by_name("only-primary");
+    assert_eq!(missing["in_sync"], false);
+    assert_eq!(missing["copies"][1]["error"], "not-found");
+    // Named secrets only.
+    let out = cli(&["verify-replication", "--config", config, "same"]).await;
+    assert!(out.status.success());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `watch`: with the primary refusing, the client's prober trips its breaker and the route
+/// moves; each event is a JSON line. (The emulator's file, with faster probing.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_prints_breaker_and_route_events() {
+    let dir = temp_dir("watch");
+    let emu = emulator(&dir).await;
+    let written = emu.write_client_config().unwrap();
+    let mut t: toml::Table = toml::from_str(&std::fs::read_to_string(&written).unwrap()).unwrap();
+    let probe = t["probe"].as_table_mut().unwrap();
+    probe.insert("interval".into(), "300ms".into());
+    probe.insert("unhealthy_interval".into(), "200ms".into());
+    probe.insert("failures_to_trip".into(), 2.into());
+    let config = dir.join("fast.toml");
+    std::fs::write(&config, toml::to_string(&t).unwrap()).unwrap();
+    emu.apply_fault("weu", VaultFault::Refuse).await.unwrap();
+    let out = cli(&[
+        "watch",
+        "--config",
+        config.to_str().unwrap(),
+        "--duration",
+        "4s",
+        "--json",
+    ])
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect();
+    assert!(
+        events
+            .iter()
+            .any(|e| e["event"] == "breaker" && e["region"] == "weu" && e["state"] == "Open"),
+        "{events:?}"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e["event"] == "route-changed" && e["to"] == "neu"),
+        "{events:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
