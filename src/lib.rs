@@ -61,18 +61,17 @@ pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-mod background;
 mod breaker;
 mod budget;
 mod cache;
 mod client;
 mod clock;
 mod config;
+mod engine;
 mod error;
 mod events;
 mod metrics;
 mod name;
-mod read;
 mod router;
 mod secret;
 mod vault;

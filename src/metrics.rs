@@ -31,17 +31,16 @@ pub(crate) enum Method {
 
 #[cfg(feature = "otel")]
 mod imp {
-    use std::sync::{Arc, Mutex, Weak};
+    use std::sync::{Arc, Mutex};
     use std::time::Duration;
 
     use opentelemetry::metrics::{Counter, Histogram, ObservableGauge};
     use opentelemetry::KeyValue;
 
     use super::Method;
-    use crate::breaker::BreakerState;
-    use crate::client::Inner;
     use crate::error::StoreError;
-    use crate::events::Event;
+    use keyvault_failover_core::BreakerState;
+    use keyvault_failover_core::Event;
 
     const REGION: &str = "keyvault_failover.region";
 
@@ -120,23 +119,25 @@ mod imp {
             }
         }
 
-        /// Registers the gauges read from the client (breaker states, cache size).
-        pub(crate) fn observe(&self, inner: Weak<Inner>) {
+        /// Registers the gauges, fed by closures the engine gives: each region's breaker
+        /// state, and how many values are held (`None` once the client is gone).
+        pub(crate) fn observe(
+            &self,
+            breakers: impl Fn() -> Vec<(Arc<str>, BreakerState)> + Send + Sync + 'static,
+            held: impl Fn() -> Option<usize> + Send + Sync + 'static,
+        ) {
             let m = opentelemetry::global::meter("keyvault-failover");
-            let weak = inner.clone();
             let breaker = m
                 .i64_observable_gauge("keyvault_failover.breaker.state")
                 .with_description("Circuit breaker state: 0 closed, 1 half-open, 2 open.")
                 .with_callback(move |o| {
-                    if let Some(inner) = weak.upgrade() {
-                        for v in &inner.vaults {
-                            let s = match v.breaker.state() {
-                                BreakerState::Closed => 0,
-                                BreakerState::HalfOpen => 1,
-                                BreakerState::Open => 2,
-                            };
-                            o.observe(s, &[KeyValue::new(REGION, v.name.to_string())]);
-                        }
+                    for (region, state) in breakers() {
+                        let s = match state {
+                            BreakerState::Closed => 0,
+                            BreakerState::HalfOpen => 1,
+                            BreakerState::Open => 2,
+                        };
+                        o.observe(s, &[KeyValue::new(REGION, region.to_string())]);
                     }
                 })
                 .build();
@@ -144,8 +145,8 @@ mod imp {
                 .i64_observable_gauge("keyvault_failover.cache.size")
                 .with_description("Secrets and versions held as last-known-good.")
                 .with_callback(move |o| {
-                    if let Some(inner) = inner.upgrade() {
-                        o.observe(inner.cache.len() as i64, &[]);
+                    if let Some(n) = held() {
+                        o.observe(n as i64, &[]);
                     }
                 })
                 .build();
@@ -253,14 +254,22 @@ pub(crate) use imp::Metrics;
 pub(crate) struct Metrics;
 
 #[cfg(not(feature = "otel"))]
-use {crate::error::StoreError, crate::events::Event, std::time::Duration};
+use {crate::error::StoreError, keyvault_failover_core::Event, std::time::Duration};
 
 #[cfg(not(feature = "otel"))]
 impl Metrics {
     pub(crate) fn new(_vaults: Vec<(std::sync::Arc<str>, String)>) -> Self {
         Metrics
     }
-    pub(crate) fn observe(&self, _inner: std::sync::Weak<crate::client::Inner>) {}
+    pub(crate) fn observe(
+        &self,
+        _breakers: impl Fn() -> Vec<(std::sync::Arc<str>, keyvault_failover_core::BreakerState)>
+            + Send
+            + Sync
+            + 'static,
+        _held: impl Fn() -> Option<usize> + Send + Sync + 'static,
+    ) {
+    }
     pub(crate) fn request(
         &self,
         _vault: usize,

@@ -11,9 +11,9 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use secrecy::ExposeSecret;
 use tokio::time::Instant;
 
+use super::{Engine, FetchError, Fetched};
 use crate::breaker::{BreakerState, Outcome, Permit};
 use crate::cache::Urgency;
-use crate::client::{FetchError, Fetched, Inner};
 use crate::clock::later;
 use crate::error::{Attempt, AttemptFailure, Error, Kind, StoreError, StoreErrorKind};
 use crate::name::SecretName;
@@ -124,7 +124,7 @@ struct Call {
     earliest_unthrottle: Option<Instant>,
 }
 
-impl Inner {
+impl Engine {
     /// Reads `name` from the vaults and caches it, unless a write finished after the fetch
     /// `started`. A background `urgency` (a refresh nobody waits for) leaves a reserve of each
     /// vault's budget to callers' reads and does not hedge, until a caller joins.

@@ -26,8 +26,8 @@ use secrecy::ExposeSecret;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use super::{Engine, FetchError};
 use crate::breaker::{BreakerState, Outcome};
-use crate::client::{FetchError, Inner};
 use crate::clock::later;
 use crate::error::{Error, StoreErrorKind};
 use crate::events::Event;
@@ -35,7 +35,7 @@ use crate::name::SecretName;
 use crate::secret::Entry;
 
 /// Starts the prober of each vault and the refresher, each under a supervisor.
-pub(crate) fn start(inner: &Arc<Inner>) {
+pub(crate) fn start(inner: &Arc<Engine>) {
     let shutdown = inner.shutdown.clone();
     if inner.config.probe.enabled {
         for idx in 0..inner.vaults.len() {
@@ -66,7 +66,7 @@ pub(crate) fn start(inner: &Arc<Inner>) {
 /// and starts it again after a second, for as long as the client lives. A task that returns
 /// has seen the client go and is not restarted. Without this, one bad input that panicked a
 /// prober would silently leave its vault unprobed for the life of the process.
-fn supervise<F, Fut>(task: Arc<str>, weak: Weak<Inner>, make: F)
+fn supervise<F, Fut>(task: Arc<str>, weak: Weak<Engine>, make: F)
 where
     F: Fn(u32) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
@@ -103,7 +103,7 @@ async fn pause(d: Duration, shutdown: &mut watch::Receiver<()>) -> bool {
     }
 }
 
-async fn prober(weak: Weak<Inner>, idx: usize, seed: u64, mut shutdown: watch::Receiver<()>) {
+async fn prober(weak: Weak<Engine>, idx: usize, seed: u64, mut shutdown: watch::Receiver<()>) {
     let mut rng = fastrand::Rng::with_seed(seed);
     // Rounds in a row that found the vault healthy (probed or vouched for by callers).
     let mut healthy_rounds: u32 = 0;
@@ -194,7 +194,7 @@ async fn until_shutdown(
     }
 }
 
-async fn refresher(weak: Weak<Inner>, mut shutdown: watch::Receiver<()>) {
+async fn refresher(weak: Weak<Engine>, mut shutdown: watch::Receiver<()>) {
     loop {
         let next = {
             let Some(inner) = weak.upgrade() else { return };
@@ -228,9 +228,9 @@ async fn refresher(weak: Weak<Inner>, mut shutdown: watch::Receiver<()>) {
 /// Sleeps until `next` or a wake-up of the client's `notify`; false when the client is gone or
 /// shutting down.
 async fn sleep_or_wake(
-    weak: &Weak<Inner>,
+    weak: &Weak<Engine>,
     next: Instant,
-    notify: fn(&Inner) -> &tokio::sync::Notify,
+    notify: fn(&Engine) -> &tokio::sync::Notify,
     shutdown: &mut watch::Receiver<()>,
 ) -> bool {
     let Some(inner) = weak.upgrade() else {
@@ -247,7 +247,7 @@ async fn sleep_or_wake(
 /// Marks each latest value expired as its refresh interval ends, so that a cache hit needs no
 /// clock read of its own (`get_cached` checks the mark). Never waits on a vault: its marks are
 /// as late as tokio's timer (1 ms) and the runtime's scheduling, whatever the refreshes do.
-async fn expirer(weak: Weak<Inner>, mut shutdown: watch::Receiver<()>) {
+async fn expirer(weak: Weak<Engine>, mut shutdown: watch::Receiver<()>) {
     loop {
         let next = {
             let Some(inner) = weak.upgrade() else { return };
@@ -264,7 +264,7 @@ async fn expirer(weak: Weak<Inner>, mut shutdown: watch::Receiver<()>) {
     }
 }
 
-impl Inner {
+impl Engine {
     /// Takes what the schedule says is due at `now` and decides each: a secret callers read
     /// within `refresh.idle_after` is refreshed (returned, in schedule order); an unread one is
     /// kept as last-known-good until its staleness cap and then dropped (with its drift
@@ -478,7 +478,7 @@ impl Inner {
                     "drift check timed out",
                 ))
             });
-            self.settle(idx, permit, crate::read::outcome_of(&res));
+            self.settle(idx, permit, crate::engine::calls::outcome_of(&res));
             let differs = match res {
                 Ok(s) => self.digest(s.value().expose_secret()) != reference,
                 Err(e) if *e.kind() == StoreErrorKind::NotFound => true,
