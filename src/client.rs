@@ -29,7 +29,7 @@ use crate::store::SecretStore;
 use crate::vault::{LatencySummary, Vault};
 
 /// Held only by [`FailoverClient`] clones, never by background tasks: its drop is the signal
-/// that nobody can use the client any more. (`Inner` itself may outlive the last clone for
+/// that nobody can use the client any more. (the [`Engine`] itself may outlive the last clone for
 /// as long as a task is in the middle of something.)
 struct Lifeline {
     _tx: watch::Sender<()>,

@@ -47,7 +47,7 @@
 //! | `azure` | the Azure backend (`azure` module: `azure_security_keyvault_secrets`, `azure_identity`) | yes |
 //! | `otel` | metrics through the OpenTelemetry API (meter `keyvault-failover`) | yes |
 //! | `snapshot` | sealed last-known-good snapshots (`Snapshot`, AES-256-GCM through aws-lc-rs) | no |
-//! | `test-util` | `run_virtual`: the client on tokio's paused clock, breakers in step | no |
+//! | `test-util` | `run_virtual`: the client on tokio's paused clock (breakers included) | no |
 //!
 //! An embedder writes `default-features = false, features = ["azure"]`: the client, the
 //! `SecretStore` trait, `MemoryStore` and the Azure backend, nothing else. The tools (the

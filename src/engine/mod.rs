@@ -1,10 +1,11 @@
-//! The engine: everything a [`FailoverClient`](crate::FailoverClient) does, behind the facade.
+//! The engine: what a [`FailoverClient`](crate::FailoverClient) does behind the facade (all but
+//! the write path, which still lives in `client.rs`).
 //!
 //! [`Engine`] holds the vaults (each with its breaker, gates and latency), the router, the
 //! last-known-good cache, the retry budget and the event fan-out. Its children are the call
 //! path ([`calls`]: planning a read across regions, hedging, settling outcomes) and the
 //! background ([`tasks`]: the supervisor, the probers, the refresher and the expirer). The
-//! decisions themselves (breaker, classification, events) live in the core crate,
+//! decisions themselves (breaker, events, Retry-After) live in the core crate,
 //! `keyvault-failover-core`, which takes `now` from here.
 
 pub(crate) mod calls;
@@ -54,7 +55,7 @@ pub(crate) struct Engine {
     pub(crate) drift_key: RandomState,
     /// The secret the prober reads when no canary is configured: the last one a vault served.
     pub(crate) probe_target: Mutex<Option<SecretName>>,
-    /// Closes when the last [`FailoverClient`] clone is dropped (its [`Lifeline`] goes):
+    /// Closes when the last [`FailoverClient`] clone is dropped (its lifeline goes):
     /// background tasks stop, even in the middle of a vault call.
     pub(crate) shutdown: watch::Receiver<()>,
     /// When the client was built: the base of the two marks below.

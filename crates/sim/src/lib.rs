@@ -2,7 +2,7 @@
 //!
 //! The simulator runs the *production* [`FailoverClient`](keyvault_failover::FailoverClient) (breakers,
 //! prober, refresher, hedging) over in-process simulated vaults on a paused current-thread
-//! tokio runtime, with `failsafe`'s clock kept in step. Every random draw (latencies, jitter,
+//! tokio runtime, which drives every timer and every breaker decision. Every random draw (latencies, jitter,
 //! fault draws, workload) comes from seeds derived from the scenario's seed, so the same
 //! scenario and seed give a byte-identical report; a day of traffic takes seconds.
 //!
