@@ -38,7 +38,29 @@ async fn start_agent(emu: &Emulator, dir: &std::path::Path, extra: &str) -> Agen
 /// [`start_agent`] listening where `listen` says (`listen = ...` or `socket = ...`); `base` is
 /// `http://` and what the agent printed.
 async fn start_agent_on(emu: &Emulator, dir: &std::path::Path, listen: &str, extra: &str) -> Agent {
-    let client = std::fs::read_to_string(emu.write_client_config().unwrap()).unwrap();
+    start_agent_with(emu, dir, listen, extra, true).await
+}
+
+/// [`start_agent_on`], with the client's hedged reads on or off. Off, the first read of a
+/// healthy primary is answered by the primary however slow its first handshake is (with them
+/// on, a primary slower than the 150 ms default hedge delay on a loaded machine loses the read
+/// to the secondary).
+async fn start_agent_with(
+    emu: &Emulator,
+    dir: &std::path::Path,
+    listen: &str,
+    extra: &str,
+    hedging: bool,
+) -> Agent {
+    let mut client = std::fs::read_to_string(emu.write_client_config().unwrap()).unwrap();
+    if !hedging {
+        let on = "[hedge]\nenabled = true\n";
+        assert!(
+            client.contains(on),
+            "the client file has a [hedge] table:\n{client}"
+        );
+        client = client.replace(on, "[hedge]\nenabled = false\n");
+    }
     std::fs::write(dir.join("agent.token"), format!("{TOKEN}\n")).unwrap();
     let config = dir.join("agent.toml");
     std::fs::write(
@@ -113,10 +135,13 @@ async fn get(
 async fn tokens_error_codes_provenance_and_failover() {
     let dir = temp_dir("codes");
     let emu = emulator(&dir, &[("db-password", "hunter2"), ("cold", "c0ld")]).await;
-    let agent = start_agent(
+    // Unhedged: the provenance asserted below is the primary's, not whichever vault won a race.
+    let agent = start_agent_with(
         &emu,
         &dir,
+        "listen = \"127.0.0.1:0\"",
         "preload = [\"db-password\"]\npreload_jitter = \"0s\"\n",
+        false,
     )
     .await;
     let c = http();
