@@ -90,13 +90,8 @@ pub fn http_client_for(config: &Config) -> Result<reqwest::Client, Error> {
     let mut b = reqwest::Client::builder().timeout(t).connect_timeout(t);
     if let Some(path) = config.ca_bundle() {
         let bad = |m: String| Error::config(format!("ca_bundle {}: {m}", path.display()));
-        let len = std::fs::metadata(path)
-            .map_err(|e| bad(e.to_string()))?
-            .len();
-        if len > MAX_CA_BUNDLE {
-            return Err(bad(format!("{len} bytes, more than 1 MiB")));
-        }
-        let pem = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+        let pem =
+            crate::files::read_bounded(path, MAX_CA_BUNDLE).map_err(|e| bad(e.to_string()))?;
         let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| bad(e.to_string()))?;
         if certs.is_empty() {
             return Err(bad("no PEM certificate in it".into()));

@@ -529,6 +529,19 @@ impl FailoverClient {
     /// Reads one version of `name`. Version ids are per vault: a version written in one region
     /// is unknown to the others, so a 404 from a secondary falls back to the last-known-good.
     pub async fn get_secret_version(&self, name: &str, version: &str) -> Result<Secret, Error> {
+        self.get_secret_version_with(name, version, &ReadOptions::default())
+            .await
+    }
+
+    /// Reads one version of `name` like [`get_secret_version`](Self::get_secret_version),
+    /// within the options' deadline for this call, as
+    /// [`get_secret_with`](Self::get_secret_with) does for the latest version.
+    pub async fn get_secret_version_with(
+        &self,
+        name: &str,
+        version: &str,
+        opts: &ReadOptions,
+    ) -> Result<Secret, Error> {
         let name = SecretName::new(name)?;
         if version.is_empty()
             || !version
@@ -549,7 +562,21 @@ impl FailoverClient {
                 return Ok(Secret::new(entry, Freshness::Fresh));
             }
         }
-        self.read(name, Some(version)).await
+        let Some(d) = opts.deadline else {
+            return self.read(name, Some(version)).await;
+        };
+        match tokio::time::timeout(d, Box::pin(self.read(name.clone(), Some(version)))).await {
+            Ok(r) => r,
+            Err(_) => {
+                let error = Error::deadline(format!(
+                    "no answer for version {version} of secret `{name}` within this call's \
+                     deadline of {}",
+                    humantime::format_duration(round_ms(d))
+                ));
+                self.inner
+                    .stale(&name, &cache::key(name.key(), Some(version)), error)
+            }
+        }
     }
 
     async fn read(&self, name: SecretName, version: Option<&str>) -> Result<Secret, Error> {

@@ -491,17 +491,11 @@ impl Config {
         path: &std::path::Path,
         section: Option<&str>,
     ) -> Result<(Config, Option<toml::Table>), Error> {
-        let meta = std::fs::metadata(path)
+        // A regular file of at most 1 MiB: a FIFO or a device at the path is refused at once.
+        let bytes = crate::files::read_bounded(path, 1024 * 1024)
             .map_err(|e| Error::config(format!("cannot read {}: {e}", path.display())))?;
-        if meta.len() > 1024 * 1024 {
-            return Err(Error::config(format!(
-                "{}: {} bytes; a configuration file is at most 1 MiB",
-                path.display(),
-                meta.len()
-            )));
-        }
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::config(format!("cannot read {}: {e}", path.display())))?;
+        let text = String::from_utf8(bytes.to_vec())
+            .map_err(|_| Error::config(format!("{}: not UTF-8 text", path.display())))?;
         let in_file = |e: Error| Error::config(format!("{}: {e}", path.display()));
         let (text, extra) = match section {
             None => (text, None),

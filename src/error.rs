@@ -477,6 +477,19 @@ impl Error {
         &self.inner.attempts
     }
 
+    /// The longest `Retry-After` a vault sent among the attempts, as sent (uncapped), for a
+    /// caller that passes it on (the agent's 429).
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.inner
+            .attempts
+            .iter()
+            .filter_map(|a| match &a.failure {
+                AttemptFailure::Store(e) => e.retry_after(),
+                _ => None,
+            })
+            .max()
+    }
+
     fn has_store_kind(&self, pred: impl Fn(&StoreErrorKind) -> bool) -> bool {
         let sent: Vec<&StoreError> = self
             .inner

@@ -78,6 +78,7 @@ mod vault;
 
 #[cfg(feature = "azure")]
 pub mod azure;
+pub mod files;
 #[cfg(feature = "snapshot")]
 pub mod snapshot;
 pub mod store;

@@ -7,18 +7,25 @@
 //!   version id, region, the wall-clock time a vault last confirmed it, and the vault's
 //!   `created` time. Any other magic is refused as an unknown format; any change to a byte, a
 //!   truncation or another key fails authentication and the whole file is refused.
-//! * **Atomic.** Written to a temporary file beside it (mode 0600), fsynced, renamed over the
-//!   old one, and the directory fsynced: a crash leaves the old snapshot or the new one.
+//! * **Atomic.** Written to a temporary file beside it with a random name, created new with
+//!   mode 0600 (never through a link or over a file someone left there), fsynced, renamed over
+//!   the old one, and the directory fsynced: a crash leaves the old snapshot or the new one.
 //! * **Ages survive.** Each entry keeps its fetch time, so the staleness cap applies across a
 //!   restart: a restored value past its cap is dropped, and one within it is served stale with
-//!   its age counted from the real fetch (a fetch time more than a day ahead of this clock is
-//!   not trusted: dropped). A restored value is never a fresh hit: callers' reads
-//!   ask the vaults first, and the value is what they fall back on.
+//!   its age counted from the real fetch: the age it had when the snapshot was written plus
+//!   the time since (a clock set back since adds nothing but takes nothing away; a write time
+//!   more than a day ahead of this clock is not trusted: nothing is restored). A restored value
+//!   is never a fresh hit: callers' reads ask the vaults first, and the value is what they
+//!   fall back on.
 //! * **The key** is 32 bytes written as 64 hex digits (`openssl rand -hex 32`), from a file or
 //!   an environment variable. A key file in the snapshot's own directory is refused unless
 //!   allowed explicitly: whoever can read the snapshot should not find the key beside it.
-//! * **Bounded.** A file over [`MAX_SNAPSHOT_BYTES`] is refused before it is read; the
-//!   plaintext buffers are zeroized when dropped.
+//! * **Bounded.** Only a regular file is read (a FIFO or a device is refused without waiting),
+//!   at most [`MAX_SNAPSHOT_BYTES`]; the plaintext buffers are zeroized when dropped, and values
+//!   are decoded by hand into zeroized buffers (the JSON decoder's scratch never holds one).
+//! * **The key file** must be private (no access for other users, at most read for the group).
+//! * **A refused snapshot** can be moved aside ([`Snapshot::set_aside`]) before anything is
+//!   saved over it; [`Snapshot::check_writable`] finds a missing directory before the first save.
 //!
 //! ```
 //! # keyvault_failover::run_virtual(async {
@@ -171,19 +178,12 @@ impl SnapshotBuilder {
     pub fn key_file(mut self, path: impl AsRef<Path>) -> Self {
         let path = path.as_ref();
         let read = || -> Result<_, Error> {
-            let meta = std::fs::metadata(path)
-                .map_err(|e| config_error(format!("snapshot key file {}: {e}", path.display())))?;
-            if meta.len() > 4096 {
-                return Err(config_error(format!(
-                    "snapshot key file {}: more than 4 KiB",
-                    path.display()
-                )));
-            }
-            let text =
-                Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
-                    config_error(format!("snapshot key file {}: {e}", path.display()))
-                })?);
-            let key = parse_key(&text, &format!("file {}", path.display()))?;
+            let bad =
+                |m: String| config_error(format!("snapshot key file {}: {m}", path.display()));
+            let bytes = crate::files::read_bounded(path, 4096).map_err(|e| bad(e.to_string()))?;
+            crate::files::check_private(path).map_err(bad)?;
+            let text = std::str::from_utf8(&bytes).map_err(|_| bad("not UTF-8 text".into()))?;
+            let key = parse_key(text, &format!("file {}", path.display()))?;
             Ok((key, Some(path.to_path_buf())))
         };
         self.key = Some(read());
@@ -221,6 +221,9 @@ impl SnapshotBuilder {
             return Err(config_error("the snapshot path is empty".into()));
         }
         if let Some(kp) = key_path {
+            // The key file's own target, not the link: a key file that is a symbolic link into
+            // the snapshot's directory is beside it.
+            let kp = std::fs::canonicalize(&kp).unwrap_or(kp);
             let dir = |p: &Path| {
                 let parent = p.parent().filter(|d| !d.as_os_str().is_empty());
                 let parent = parent.unwrap_or(Path::new("."));
@@ -242,17 +245,39 @@ impl SnapshotBuilder {
     }
 }
 
-#[derive(Serialize, Deserialize)]
-struct Body {
+/// The sealed JSON as written: every string borrowed from the cache (no copy of a value).
+#[derive(Serialize)]
+struct Body<'a> {
     written_unix_ms: u64,
-    entries: Vec<Record>,
+    entries: Vec<Record<'a>>,
 }
 
-#[derive(Serialize, Deserialize)]
-struct Record {
+#[derive(Serialize)]
+struct Record<'a> {
     /// Cache key: the folded name, or `name/version` for a pinned version.
+    key: &'a str,
+    value: &'a str,
+    version: &'a str,
+    region: &'a str,
+    fetched_unix_ms: u64,
+    created_unix_ms: Option<u64>,
+}
+
+/// The sealed JSON as read: each value stays the raw JSON text inside the opened (zeroized)
+/// buffer until [`unescape`] copies it into a zeroized one; serde_json's scratch buffer, which
+/// it frees unzeroed, never sees a value.
+#[derive(Deserialize)]
+struct BodyIn<'a> {
+    written_unix_ms: u64,
+    #[serde(borrow)]
+    entries: Vec<RecordIn<'a>>,
+}
+
+#[derive(Deserialize)]
+struct RecordIn<'a> {
     key: String,
-    value: String,
+    #[serde(borrow)]
+    value: &'a serde_json::value::RawValue,
     version: String,
     region: String,
     fetched_unix_ms: u64,
@@ -260,11 +285,72 @@ struct Record {
     created_unix_ms: Option<u64>,
 }
 
-impl Drop for Record {
-    fn drop(&mut self) {
-        use secrecy::zeroize::Zeroize;
-        self.value.zeroize();
+/// How many bytes `s` takes as a JSON string (an upper bound: every control character counted
+/// as `\u00XX`), quotes included.
+fn json_len(s: &str) -> usize {
+    2 + s
+        .bytes()
+        .map(|b| match b {
+            b'"' | b'\\' => 2,
+            0..=0x1f => 6,
+            _ => 1,
+        })
+        .sum::<usize>()
+}
+
+/// The JSON string literal `raw` (quotes included) decoded into a zeroized buffer that never
+/// grows (a JSON escape is never shorter than what it stands for), then copied once into a
+/// string of exactly its length. `None` for anything that is not a well-formed string.
+fn unescape(raw: &str) -> Option<SecretString> {
+    let inner = raw.strip_prefix('"')?.strip_suffix('"')?;
+    let mut out = Zeroizing::new(String::with_capacity(inner.len()));
+    let mut chars = inner.chars();
+    let hex4 = |chars: &mut std::str::Chars<'_>| -> Option<u32> {
+        let mut v = 0;
+        for _ in 0..4 {
+            v = v * 16 + chars.next()?.to_digit(16)?;
+        }
+        Some(v)
+    };
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            if (c as u32) < 0x20 {
+                return None;
+            }
+            out.push(c);
+            continue;
+        }
+        let c = match chars.next()? {
+            '"' => '"',
+            '\\' => '\\',
+            '/' => '/',
+            'b' => '\u{8}',
+            'f' => '\u{c}',
+            'n' => '\n',
+            'r' => '\r',
+            't' => '\t',
+            'u' => {
+                let hi = hex4(&mut chars)?;
+                if (0xD800..0xDC00).contains(&hi) {
+                    if chars.next()? != '\\' || chars.next()? != 'u' {
+                        return None;
+                    }
+                    let lo = hex4(&mut chars)?;
+                    if !(0xDC00..0xE000).contains(&lo) {
+                        return None;
+                    }
+                    char::from_u32(0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00))?
+                } else {
+                    char::from_u32(hi)?
+                }
+            }
+            _ => return None,
+        };
+        out.push(c);
     }
+    let mut exact = String::with_capacity(out.len());
+    exact.push_str(&out);
+    Some(SecretString::from(exact))
 }
 
 fn unix_ms(t: SystemTime) -> u64 {
@@ -284,10 +370,10 @@ impl Snapshot {
         let records: Vec<Record> = entries
             .iter()
             .map(|(k, e)| Record {
-                key: k.to_string(),
-                value: e.value.expose_secret().to_string(),
-                version: e.version.to_string(),
-                region: e.region.to_string(),
+                key: k,
+                value: e.value.expose_secret(),
+                version: &e.version,
+                region: &e.region,
                 fetched_unix_ms: unix_ms(now.checked_sub(e.age()).unwrap_or(UNIX_EPOCH)),
                 created_unix_ms: e.created.map(unix_ms),
             })
@@ -300,6 +386,63 @@ impl Snapshot {
         Ok(n)
     }
 
+    /// Checks now that a save can succeed: the snapshot's directory exists and a file can be
+    /// created in it (one is created and removed). An agent calls it before it serves, so that
+    /// a missing or read-only directory stops it at start instead of leaving every restart
+    /// during an outage uncovered.
+    ///
+    /// # Errors
+    /// [`Error::is_config`] naming the directory and why.
+    pub fn check_writable(&self) -> Result<(), Error> {
+        let dir = self
+            .path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let bad = |m: String| {
+            config_error(format!(
+                "the snapshot's directory {} cannot hold it: {m}",
+                dir.display()
+            ))
+        };
+        match std::fs::metadata(dir) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => return Err(bad("not a directory".into())),
+            Err(e) => return Err(bad(e.to_string())),
+        }
+        let file_name = self
+            .path
+            .file_name()
+            .ok_or_else(|| bad("the path names no file".into()))?;
+        let probe = dir.join(temp_name(file_name).map_err(|e| bad(e.to_string()))?);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&probe)
+            .map_err(|e| bad(e.to_string()))?;
+        let _ = std::fs::remove_file(&probe);
+        Ok(())
+    }
+
+    /// Moves a snapshot that [`restore`](Self::restore) refused out of the way, to
+    /// `<file>.refused-<unix ms>` beside it, so that the next save does not destroy what it
+    /// may still hold (a key mixed up, a read error that passes). Returns where it went.
+    ///
+    /// # Errors
+    /// [`Error::is_snapshot`] when it cannot be moved: then nothing should be saved over it.
+    pub fn set_aside(&self) -> Result<PathBuf, Error> {
+        let mut name = self.path.as_os_str().to_os_string();
+        name.push(format!(".refused-{}", unix_ms(SystemTime::now())));
+        let to = PathBuf::from(name);
+        std::fs::rename(&self.path, &to).map_err(|e| {
+            snapshot_error(format!(
+                "cannot move the refused snapshot {} aside: {e}",
+                self.path.display()
+            ))
+        })?;
+        Ok(to)
+    }
+
     /// Seals `body` and writes it atomically.
     fn write_body(&self, body: Body) -> Result<(), Error> {
         // A save still running on a blocking thread (its task was aborted at shutdown) and the
@@ -310,7 +453,9 @@ impl Snapshot {
         let estimate = body
             .entries
             .iter()
-            .map(|r| r.key.len() + 2 * r.value.len() + r.version.len() + r.region.len() + 160)
+            .map(|r| {
+                json_len(r.key) + json_len(r.value) + json_len(r.version) + json_len(r.region) + 160
+            })
             .sum::<usize>()
             + 64;
         let mut buf = Zeroizing::new(Vec::with_capacity(estimate + TAG_LEN));
@@ -354,15 +499,9 @@ impl Snapshot {
     /// refused ([`Error::is_snapshot`]) and nothing is restored. Blocking file I/O.
     pub fn restore(&self, client: &FailoverClient) -> Result<usize, Error> {
         let shown = self.path.display();
-        let meta = std::fs::metadata(&self.path)
-            .map_err(|e| snapshot_error(format!("snapshot {shown}: {e}")))?;
-        if meta.len() > MAX_SNAPSHOT_BYTES {
-            return Err(snapshot_error(format!(
-                "snapshot {shown} is {} bytes, over the {MAX_SNAPSHOT_BYTES} a snapshot may hold",
-                meta.len()
-            )));
-        }
-        let bytes = std::fs::read(&self.path)
+        // A regular file within the bound, or nothing: a FIFO put at the path cannot block the
+        // restore, nor a device fill memory.
+        let bytes = crate::files::read_bounded(&self.path, MAX_SNAPSHOT_BYTES)
             .map_err(|e| snapshot_error(format!("snapshot {shown}: {e}")))?;
         if bytes.len() < MAGIC.len() + NONCE_LEN + TAG_LEN {
             return Err(snapshot_error(format!(
@@ -392,13 +531,26 @@ impl Snapshot {
                      sealed with another key"
                 ))
             })?;
-        let body: Body = serde_json::from_slice(plain).map_err(|e| {
+        let body: BodyIn = serde_json::from_slice(plain).map_err(|e| {
             snapshot_error(format!("snapshot {shown} opened but cannot be read: {e}"))
         })?;
         let inner = &client.inner;
         let (now, wall) = (Instant::now(), SystemTime::now());
+        // Ages are counted from the snapshot's own write time: the age each value had when it
+        // was written, plus the time since. A clock set back since (the write time is ahead of
+        // it) adds nothing, but cannot make a value younger than it was when written; a write
+        // time more than a day ahead is nonsense, and nothing in the file is trusted.
+        let Some(written) = UNIX_EPOCH.checked_add(Duration::from_millis(body.written_unix_ms))
+        else {
+            return Ok(0);
+        };
+        let since_written = match wall.duration_since(written) {
+            Ok(d) => d,
+            Err(e) if e.duration() <= Duration::from_secs(86_400) => Duration::ZERO,
+            Err(_) => return Ok(0),
+        };
         let mut restored = 0;
-        for mut r in body.entries {
+        for r in body.entries {
             let (name, version) = match r.key.split_once('/') {
                 Some((n, v)) => (n, Some(v)),
                 None => (r.key.as_str(), None),
@@ -415,23 +567,18 @@ impl Snapshot {
             {
                 continue;
             }
-            // Checked: a time past what `SystemTime` holds is refused, not a panic.
-            let Some(fetched) = UNIX_EPOCH.checked_add(Duration::from_millis(r.fetched_unix_ms))
-            else {
+            // A value fetched after the snapshot was written is nonsense: not trusted.
+            let Some(age_when_written) = body.written_unix_ms.checked_sub(r.fetched_unix_ms) else {
                 continue;
             };
-            // A fetch time a little ahead of this clock (it was set back) counts as just
-            // fetched; one more than a day ahead is nonsense, and its value is not trusted.
-            let age = match wall.duration_since(fetched) {
-                Ok(age) => age,
-                Err(e) if e.duration() <= Duration::from_secs(86_400) => Duration::ZERO,
-                Err(_) => continue,
-            };
+            let age = Duration::from_millis(age_when_written).saturating_add(since_written);
             if age > inner.config.staleness_cap(name.key()) {
                 continue;
             }
             let key = crate::cache::key(name.key(), version);
-            let value = SecretString::from(std::mem::take(&mut r.value));
+            let Some(value) = unescape(r.value.get()) else {
+                continue;
+            };
             let mut e = Entry::new(
                 value,
                 Arc::from(r.version.as_str()),
@@ -455,6 +602,20 @@ impl Snapshot {
     }
 }
 
+/// `.<file>.tmp-<32 random hex digits>`.
+fn temp_name(file_name: &std::ffi::OsStr) -> std::io::Result<std::ffi::OsString> {
+    let mut r = [0u8; 16];
+    aws_lc_rs::rand::fill(&mut r)
+        .map_err(|_| std::io::Error::other("no random name for the temporary file"))?;
+    let mut name = std::ffi::OsString::from(".");
+    name.push(file_name);
+    name.push(".tmp-");
+    for b in r {
+        name.push(format!("{b:02x}"));
+    }
+    Ok(name)
+}
+
 /// Temporary file (0600) beside `path`, fsync, rename over `path`, fsync of the directory.
 fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = path
@@ -464,18 +625,18 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let file_name = path.file_name().ok_or_else(|| {
         std::io::Error::new(std::io::ErrorKind::InvalidInput, "the path names no file")
     })?;
-    let mut tmp_name = file_name.to_os_string();
-    tmp_name.push(format!(".tmp-{}", std::process::id()));
-    let tmp = dir.join(tmp_name);
+    // A fresh name nobody can guess, created new (never opened if it exists, never through a
+    // symbolic link someone put in the directory), so its mode is ours: 0600.
+    let tmp = dir.join(temp_name(file_name)?);
     let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
+    opts.write(true).create_new(true);
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;
         opts.mode(0o600);
     }
+    let mut f = opts.open(&tmp)?;
     let result = (|| {
-        let mut f = opts.open(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
         drop(f);
@@ -505,17 +666,17 @@ mod tests {
             .key_hex(&"cd".repeat(32))
             .build()
             .unwrap();
-        let record = |key: &str, fetched: u64, created: Option<u64>| Record {
-            key: key.into(),
-            value: "v".into(),
-            version: "v1".into(),
-            region: "weu".into(),
+        let record = |key: &'static str, fetched: u64, created: Option<u64>| Record {
+            key,
+            value: "v",
+            version: "v1",
+            region: "weu",
             fetched_unix_ms: fetched,
             created_unix_ms: created,
         };
         let now = unix_ms(SystemTime::now());
         snap.write_body(Body {
-            written_unix_ms: u64::MAX,
+            written_unix_ms: now,
             entries: vec![
                 record("far", u64::MAX, None),
                 record("created", now, Some(u64::MAX)),
@@ -544,6 +705,270 @@ mod tests {
         std::fs::remove_dir_all(&dir).ok();
     }
 
+    fn temp(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("kvf-snap-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn one_region() -> crate::Config {
+        crate::Config::builder()
+            .region(
+                "weu",
+                "https://app-weu.vault.azure.net",
+                crate::Access::ReadWrite,
+            )
+            .build()
+            .unwrap()
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap()
+    }
+
+    /// Issue 20: the temporary file had a guessable name (`<file>.tmp-<pid>`) opened with
+    /// create and truncate: a symbolic link put there made the save overwrite its target, and
+    /// a leftover file there kept its mode (0644 in, 0644 snapshot out). Now the name is random
+    /// and the file is created new with 0600.
+    #[cfg(unix)]
+    #[test]
+    fn the_temporary_file_cannot_be_aimed_elsewhere_and_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = temp("tmpfile");
+        let victim = dir.join("victim");
+        std::fs::write(&victim, "precious").unwrap();
+        let pid = std::process::id();
+        let path = dir.join("lkg.snapshot");
+        std::os::unix::fs::symlink(&victim, dir.join(format!("lkg.snapshot.tmp-{pid}"))).unwrap();
+        let other = dir.join("other.snapshot");
+        let leftover = dir.join(format!("other.snapshot.tmp-{pid}"));
+        std::fs::write(&leftover, "left").unwrap();
+        std::fs::set_permissions(&leftover, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let body = || Body {
+            written_unix_ms: unix_ms(SystemTime::now()),
+            entries: vec![],
+        };
+        for p in [&path, &other] {
+            let snap = Snapshot::builder(p)
+                .key_hex(&"ab".repeat(32))
+                .build()
+                .unwrap();
+            snap.write_body(body()).unwrap();
+            let meta = std::fs::symlink_metadata(p).unwrap();
+            assert!(
+                meta.is_file(),
+                "{}: a regular file, not a link",
+                p.display()
+            );
+            assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{}", p.display());
+        }
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+        // Two snapshots of one path, saving at once, do not share a temporary file.
+        let snaps: Vec<_> = (0..4)
+            .map(|_| {
+                Arc::new(
+                    Snapshot::builder(&path)
+                        .key_hex(&"ab".repeat(32))
+                        .build()
+                        .unwrap(),
+                )
+            })
+            .collect();
+        let threads: Vec<_> = snaps
+            .iter()
+            .cloned()
+            .map(|s| {
+                std::thread::spawn(move || {
+                    (0..25).map(|_| s.write_body(body())).collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        for t in threads {
+            for r in t.join().unwrap() {
+                r.unwrap();
+            }
+        }
+        let rt = runtime();
+        rt.block_on(async {
+            let client = FailoverClient::builder(one_region())
+                .store("weu", Arc::new(crate::store::MemoryStore::new("weu")))
+                .build()
+                .unwrap();
+            assert_eq!(snaps[0].restore(&client).unwrap(), 0, "whole, and empty");
+        });
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    /// Issue 20: a clock set back after the snapshot was written made a restored value young
+    /// again (a fetch time ahead of the clock counted as age 0). The age is now counted from
+    /// the snapshot's write time: at least the age the value had when it was written.
+    #[test]
+    fn a_clock_set_back_does_not_make_a_restored_value_young() {
+        let dir = temp("clockback");
+        let snap = Snapshot::builder(dir.join("lkg.snapshot"))
+            .key_hex(&"cd".repeat(32))
+            .build()
+            .unwrap();
+        // Fetched, then written 50 minutes later; the clock has since been set back to
+        // 10 minutes before the fetch.
+        let now = unix_ms(SystemTime::now());
+        let fetched = now + 10 * 60_000;
+        snap.write_body(Body {
+            written_unix_ms: fetched + 50 * 60_000,
+            entries: vec![Record {
+                key: "db",
+                value: "hunter2",
+                version: "v1",
+                region: "weu",
+                fetched_unix_ms: fetched,
+                created_unix_ms: None,
+            }],
+        })
+        .unwrap();
+        runtime().block_on(async {
+            let weu = Arc::new(crate::store::MemoryStore::new("weu"));
+            weu.set_fault(Some(crate::store::Fault::Refuse));
+            let client = FailoverClient::builder(one_region())
+                .store("weu", weu)
+                .build()
+                .unwrap();
+            assert_eq!(snap.restore(&client).unwrap(), 1);
+            let s = client.get_secret("db").await.unwrap();
+            let crate::Freshness::Stale { age } = s.freshness() else {
+                panic!("served stale");
+            };
+            assert!(age >= Duration::from_secs(50 * 60), "{age:?}");
+        });
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    /// Values are decoded by hand from the raw JSON (serde_json's scratch buffer never holds
+    /// one): every escape JSON has comes back as written.
+    #[test]
+    fn values_with_escapes_come_back_exactly() {
+        let samples = [
+            "",
+            "plain",
+            "-----BEGIN KEY-----\nAAAA\r\n-----END KEY-----\n",
+            "quote \" backslash \\ slash / tab \t",
+            "\u{0}\u{1}\u{1f}\u{7f}",
+            "é ü 日本 😀 \u{10FFFF}",
+        ];
+        for v in samples {
+            let raw = serde_json::to_string(v).unwrap();
+            assert_eq!(unescape(&raw).unwrap().expose_secret(), v, "{raw}");
+            assert!(json_len(v) >= raw.len(), "{raw}");
+        }
+        assert_eq!(
+            unescape(r#""\u00e9\ud83d\ude00\/""#)
+                .unwrap()
+                .expose_secret(),
+            "é😀/"
+        );
+        for bad in [
+            r#""\x""#,
+            r#""\ud83d""#,
+            r#""\u12""#,
+            "\"a",
+            "a\"",
+            "\"\u{1}\"",
+        ] {
+            assert!(unescape(bad).is_none(), "{bad}");
+        }
+        // Through a sealed file: a PEM with its newlines.
+        let dir = temp("escapes");
+        let snap = Snapshot::builder(dir.join("lkg.snapshot"))
+            .key_hex(&"cd".repeat(32))
+            .build()
+            .unwrap();
+        let pem = "-----BEGIN KEY-----\nAAAA\n-----END KEY-----\n";
+        runtime().block_on(async {
+            let weu = Arc::new(crate::store::MemoryStore::new("weu"));
+            weu.insert("pem", pem);
+            let client = FailoverClient::builder(one_region())
+                .store("weu", weu.clone())
+                .build()
+                .unwrap();
+            client.get_secret("pem").await.unwrap();
+            assert_eq!(snap.save(&client).unwrap(), 1);
+            weu.set_fault(Some(crate::store::Fault::Refuse));
+            let restarted = FailoverClient::builder(one_region())
+                .store("weu", weu)
+                .build()
+                .unwrap();
+            assert_eq!(snap.restore(&restarted).unwrap(), 1);
+            assert_eq!(restarted.get_secret("pem").await.unwrap().expose(), pem);
+        });
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    /// Issue 20: a FIFO at the snapshot's path is refused at once (before: the restore blocked
+    /// in `std::fs::read` until a writer came, and the agent never listened).
+    #[cfg(unix)]
+    #[test]
+    fn a_fifo_at_the_snapshot_path_is_refused_not_waited_on() {
+        let dir = temp("fifo");
+        let path = dir.join("lkg.snapshot");
+        assert!(std::process::Command::new("mkfifo")
+            .arg(&path)
+            .status()
+            .unwrap()
+            .success());
+        let snap = Snapshot::builder(&path)
+            .key_hex(&"cd".repeat(32))
+            .build()
+            .unwrap();
+        runtime().block_on(async {
+            let client = FailoverClient::builder(one_region())
+                .store("weu", Arc::new(crate::store::MemoryStore::new("weu")))
+                .build()
+                .unwrap();
+            let e = snap.restore(&client).unwrap_err();
+            assert!(e.is_snapshot() && e.to_string().contains("FIFO"), "{e}");
+        });
+        // Set aside, it no longer stands in the way of a save.
+        let aside = snap.set_aside().unwrap();
+        assert!(aside.to_string_lossy().contains(".refused-"));
+        snap.check_writable().unwrap();
+        let e = Snapshot::builder(dir.join("missing").join("lkg.snapshot"))
+            .key_hex(&"cd".repeat(32))
+            .build()
+            .unwrap()
+            .check_writable()
+            .unwrap_err();
+        assert!(e.is_config() && e.to_string().contains("missing"), "{e}");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    /// Issue 20: a key file other users can read is refused (ssh's rule), and a key file that
+    /// is a symbolic link into the snapshot's directory is "beside" it.
+    #[cfg(unix)]
+    #[test]
+    fn a_shared_key_file_or_a_link_beside_the_snapshot_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = temp("keyperm");
+        std::fs::create_dir_all(dir.join("keys")).unwrap();
+        let key = dir.join("keys").join("snap.key");
+        std::fs::write(&key, "cd".repeat(32)).unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let snap = dir.join("state").join("lkg.snapshot");
+        let e = Snapshot::builder(&snap).key_file(&key).build().unwrap_err();
+        assert!(e.is_config() && e.to_string().contains("chmod 600"), "{e}");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        Snapshot::builder(&snap).key_file(&key).build().unwrap();
+        // The key itself beside the snapshot, reached through a link from elsewhere.
+        std::fs::create_dir_all(dir.join("state")).unwrap();
+        let beside = dir.join("state").join("snap.key");
+        std::fs::rename(&key, &beside).unwrap();
+        std::os::unix::fs::symlink(&beside, &key).unwrap();
+        let e = Snapshot::builder(&snap).key_file(&key).build().unwrap_err();
+        assert!(e.to_string().contains("own directory"), "{e}");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
     #[test]
     fn keys_are_64_hex_digits() {
         assert!(parse_key(&"ab".repeat(32), "t").is_ok());
@@ -566,6 +991,11 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let key = dir.join("snap.key");
         std::fs::write(&key, "cd".repeat(32)).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
         let e = Snapshot::builder(dir.join("lkg.snapshot"))
             .key_file(&key)
             .build()

@@ -134,6 +134,11 @@ impl AgentConfig {
                 "[agent] preload lists at most 100,000 names".into(),
             ));
         }
+        // A name that cannot be a secret's would be skipped at every start without a word.
+        for name in &a.preload {
+            keyvault_failover::SecretName::new(name)
+                .map_err(|e| config_error(format!("[agent] preload {name:?}: {e}")))?;
+        }
         if let Some(s) = &a.snapshot {
             if s.interval < Duration::from_secs(1) || s.interval > Duration::from_secs(86_400) {
                 return Err(config_error(
@@ -204,17 +209,14 @@ impl AgentConfig {
         let token = Zeroizing::new(match (&self.token_file, &self.token_env) {
             (Some(f), None) => {
                 let f = self.at_base(f);
-                let meta = std::fs::metadata(&f).map_err(|e| {
-                    config_error(format!("[agent] token_file {}: {e}", f.display()))
-                })?;
-                if meta.len() > 4096 {
-                    return Err(config_error(format!(
-                        "[agent] token_file {}: more than 4 KiB",
-                        f.display()
-                    )));
-                }
-                std::fs::read_to_string(&f)
-                    .map_err(|e| config_error(format!("[agent] token_file {}: {e}", f.display())))?
+                let bad =
+                    |m: String| config_error(format!("[agent] token_file {}: {m}", f.display()));
+                // A regular file of at most 4 KiB (a FIFO or a device is refused at once),
+                // private to its owner: a token every local user can read guards nothing.
+                let bytes = keyvault_failover::files::read_bounded(&f, 4096)
+                    .map_err(|e| bad(e.to_string()))?;
+                keyvault_failover::files::check_private(&f).map_err(bad)?;
+                String::from_utf8(bytes.to_vec()).map_err(|_| bad("not UTF-8 text".into()))?
             }
             (None, Some(var)) => std::env::var(var).map_err(|_| {
                 config_error(format!(

@@ -9,7 +9,7 @@ use hyper::{Request, Response, StatusCode};
 use serde_json::json;
 
 use super::State;
-use keyvault_failover::{Error, FailoverClient, Freshness, HealthState};
+use keyvault_failover::{Error, FailoverClient, Freshness, HealthState, ReadOptions};
 
 /// A response body holding a secret value: its bytes are zeroed when the body is dropped.
 struct Wiped(Vec<u8>);
@@ -44,6 +44,21 @@ pub(crate) fn error(status: StatusCode, code: &str, message: &str) -> Response<F
     reply(status, json!({ "code": code, "message": message }))
 }
 
+/// The longest path a refused request's log line keeps (cut on a character boundary).
+const LOGGED_PATH: usize = 128;
+
+/// `s` cut to at most `max` bytes, on a character boundary.
+fn cut(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
 fn error_of(e: &Error) -> Response<Full<Bytes>> {
     let (status, code) = if e.is_invalid_name() {
         (StatusCode::BAD_REQUEST, "invalid_name")
@@ -57,7 +72,16 @@ fn error_of(e: &Error) -> Response<Full<Bytes>> {
         (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
     };
     // Errors name secrets and regions, never values.
-    error(status, code, &e.to_string())
+    let mut resp = error(status, code, &e.to_string());
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        // Whole seconds, at least one: what the vault asked for, else a second.
+        let secs = e
+            .retry_after()
+            .map_or(1, |d| d.as_secs_f64().ceil().clamp(1.0, 3600.0) as u64);
+        resp.headers_mut()
+            .insert(hyper::header::RETRY_AFTER, secs.into());
+    }
+    resp
 }
 
 fn health(client: &FailoverClient) -> serde_json::Value {
@@ -87,13 +111,41 @@ fn push_json_str(out: &mut Vec<u8>, s: &str) {
     let _ = serde_json::to_writer(&mut *out, s);
 }
 
+/// Whether the request's `Host` (if any: a browser always sends one) is one the agent
+/// answers to.
+fn host_allowed<B>(state: &State, req: &Request<B>) -> bool {
+    let Some(hosts) = &state.hosts else {
+        return true;
+    };
+    match req.headers().get(hyper::header::HOST) {
+        None => true,
+        Some(h) => h
+            .to_str()
+            .is_ok_and(|h| hosts.iter().any(|a| a.eq_ignore_ascii_case(h))),
+    }
+}
+
 pub(crate) async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Full<Bytes>> {
-    if req.method() != hyper::Method::GET {
+    if !host_allowed(&state, &req) {
+        // A page whose name was rebound to 127.0.0.1 sends its own name: refused before
+        // anything else, liveness included.
         return error(
+            StatusCode::FORBIDDEN,
+            "host",
+            "the Host header must name this machine's loopback address",
+        );
+    }
+    if req.method() != hyper::Method::GET {
+        let mut resp = error(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
             "GET only",
         );
+        resp.headers_mut().insert(
+            hyper::header::ALLOW,
+            hyper::header::HeaderValue::from_static("GET"),
+        );
+        return resp;
     }
     if req.headers().contains_key("x-forwarded-for") {
         return error(
@@ -112,12 +164,19 @@ pub(crate) async fn handle(state: Arc<State>, req: Request<Incoming>) -> Respons
         .is_some_and(|t| same(t.as_bytes(), &state.token));
     if !token_ok {
         // The path only: never the token sent.
-        tracing::warn!(path = %path.get(..128).unwrap_or(path), "request without a valid X-Agent-Token refused");
-        return error(
+        tracing::warn!(path = %cut(path, LOGGED_PATH), "request without a valid X-Agent-Token refused");
+        let mut resp = error(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
             "missing or wrong X-Agent-Token",
         );
+        resp.headers_mut().insert(
+            hyper::header::WWW_AUTHENTICATE,
+            hyper::header::HeaderValue::from_static(
+                "X-Agent-Token realm=\"keyvault-failover agent\"",
+            ),
+        );
+        return resp;
     }
     if path == "/healthz/ready" {
         let body = health(&state.client);
@@ -139,9 +198,13 @@ pub(crate) async fn handle(state: Arc<State>, req: Request<Incoming>) -> Respons
             .find_map(|kv| kv.strip_prefix("version="))
             .map(str::to_string)
     });
+    let opts = match state.read_deadline {
+        Some(d) => ReadOptions::new().deadline(d),
+        None => ReadOptions::new(),
+    };
     let got = match &version {
-        Some(v) => state.client.get_secret_version(name, v).await,
-        None => state.client.get_secret(name).await,
+        Some(v) => state.client.get_secret_version_with(name, v, &opts).await,
+        None => state.client.get_secret_with(name, &opts).await,
     };
     let secret = match got {
         Ok(s) => s,
@@ -151,35 +214,14 @@ pub(crate) async fn handle(state: Arc<State>, req: Request<Incoming>) -> Respons
         Freshness::Stale { age } => ("stale", Some(age.as_secs_f64())),
         _ => ("fresh", None),
     };
-    // The body is written by hand into one buffer sized up front, zeroed when dropped.
-    let escaped: usize = secret
-        .expose()
-        .bytes()
-        .map(|b| {
-            if b < 0x20 || b == b'"' || b == b'\\' {
-                6
-            } else {
-                1
-            }
-        })
-        .sum();
-    let mut body = Vec::with_capacity(escaped + 2 * name.len() + 256);
-    body.extend_from_slice(b"{\"name\":");
-    push_json_str(&mut body, name);
-    body.extend_from_slice(b",\"value\":");
-    push_json_str(&mut body, secret.expose());
-    body.extend_from_slice(b",\"version\":");
-    push_json_str(&mut body, secret.version());
-    body.extend_from_slice(b",\"region\":");
-    push_json_str(&mut body, secret.region());
-    body.extend_from_slice(b",\"freshness\":");
-    push_json_str(&mut body, freshness);
-    body.extend_from_slice(b",\"age_s\":");
-    match age {
-        Some(a) => body.extend_from_slice(format!("{a:.3}").as_bytes()),
-        None => body.extend_from_slice(b"null"),
-    }
-    body.push(b'}');
+    let body = secret_body(
+        name,
+        secret.expose(),
+        secret.version(),
+        secret.region(),
+        freshness,
+        age,
+    );
     let mut resp = respond(
         StatusCode::OK,
         Bytes::from_owner(Wiped(body)),
@@ -196,6 +238,64 @@ pub(crate) async fn handle(state: Arc<State>, req: Request<Incoming>) -> Respons
         }
     }
     resp
+}
+
+/// How many bytes `s` can take as a JSON string literal: quotes, and every byte that may be
+/// escaped counted as its longest escape (`\u00XX`).
+fn json_len(s: &str) -> usize {
+    2 + s
+        .bytes()
+        .map(|b| {
+            if b < 0x20 || b == b'"' || b == b'\\' {
+                6
+            } else {
+                1
+            }
+        })
+        .sum::<usize>()
+}
+
+/// The answer's JSON, written by hand into one buffer sized up front for every field, so it is
+/// never reallocated (a reallocation would free a copy of the value unzeroed); the caller
+/// zeroes it when the body is dropped.
+fn secret_body(
+    name: &str,
+    value: &str,
+    version: &str,
+    region: &str,
+    freshness: &str,
+    age: Option<f64>,
+) -> Vec<u8> {
+    // The field names and punctuation, and an age of up to 24 digits.
+    const FIXED: usize = 96;
+    let cap = FIXED
+        + json_len(name)
+        + json_len(value)
+        + json_len(version)
+        + json_len(region)
+        + json_len(freshness);
+    let mut body = Vec::with_capacity(cap);
+    body.extend_from_slice(b"{\"name\":");
+    push_json_str(&mut body, name);
+    body.extend_from_slice(b",\"value\":");
+    push_json_str(&mut body, value);
+    body.extend_from_slice(b",\"version\":");
+    push_json_str(&mut body, version);
+    body.extend_from_slice(b",\"region\":");
+    push_json_str(&mut body, region);
+    body.extend_from_slice(b",\"freshness\":");
+    push_json_str(&mut body, freshness);
+    body.extend_from_slice(b",\"age_s\":");
+    match age {
+        // At most a day's seconds (the staleness cap's bound) with three decimals.
+        Some(a) => {
+            use std::io::Write;
+            let _ = write!(body, "{:.3}", a.clamp(0.0, 1e12));
+        }
+        None => body.extend_from_slice(b"null"),
+    }
+    body.push(b'}');
+    body
 }
 
 async fn metrics(state: &State) -> Response<Full<Bytes>> {
@@ -219,4 +319,55 @@ async fn metrics(state: &State) -> Response<Full<Bytes>> {
         }
     }
     respond(StatusCode::OK, Bytes::from(text), PROMETHEUS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 20: the buffer was sized for the value and the name only, so a long version id
+    /// made it grow, and the block it left, holding the value, was freed unzeroed. Now it is
+    /// sized for every field: it never grows.
+    #[test]
+    fn the_answer_buffer_never_grows() {
+        let long = "v".repeat(4096);
+        let ctrl = "\u{1}".repeat(300);
+        for (value, version, region) in [
+            ("hunter2", long.as_str(), "weu"),
+            (ctrl.as_str(), "abc", long.as_str()),
+            ("", "", ""),
+            ("\"\\\n", &long[..31], "neu"),
+        ] {
+            for age in [None, Some(0.0), Some(86_400.123), Some(f64::MAX)] {
+                let body = secret_body("db-password", value, version, region, "stale", age);
+                let cap = FIXED_CAP(value, version, region);
+                assert!(body.len() <= cap, "{} > {cap}", body.len());
+                assert_eq!(body.capacity(), cap, "never reallocated");
+                let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                assert_eq!(v["value"], value);
+                assert_eq!(v["version"], version);
+            }
+        }
+    }
+
+    #[allow(non_snake_case)]
+    fn FIXED_CAP(value: &str, version: &str, region: &str) -> usize {
+        96 + json_len("db-password")
+            + json_len(value)
+            + json_len(version)
+            + json_len(region)
+            + json_len("stale")
+    }
+
+    #[test]
+    fn logged_paths_are_cut_on_a_character_boundary() {
+        let path = format!("/v1/secrets/{}", "é".repeat(40_000));
+        let c = cut(&path, LOGGED_PATH);
+        assert!(
+            c.len() <= LOGGED_PATH && c.len() >= LOGGED_PATH - 3,
+            "{}",
+            c.len()
+        );
+        assert_eq!(cut("/short", LOGGED_PATH), "/short");
+    }
 }

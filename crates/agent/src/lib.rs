@@ -11,17 +11,24 @@
 //!   say whether the client is degraded. `GET /metrics`: Prometheus text.
 //! * Every request but liveness carries `X-Agent-Token`; a request with `X-Forwarded-For` is
 //!   refused: the agent is for processes on this machine only.
-//! * Bounded: connections (over the cap they are closed at once), header time (10 s) and each
-//!   request's time; on shutdown it stops accepting and lets requests in flight finish (at
-//!   most 30 s).
+//! * A `Host` other than a loopback name or the listening address is refused (`host` 403):
+//!   a web page that rebinds its own name to 127.0.0.1 cannot reach the agent as its origin.
+//! * Bounded: connections (over the cap they are closed at once), header time (10 s), each
+//!   request's time (its read gets the request's deadline, so a held value is served stale
+//!   before the request is cut), and each write of an answer (a peer that takes no byte for
+//!   10 s loses its connection and its slot); on shutdown it stops accepting and lets requests
+//!   in flight finish (at most 30 s).
 //! * Optional sealed snapshot ([`Snapshot`]): restored before the agent listens, saved every
-//!   `interval` and at shutdown, so a restart during an outage still serves what it held.
+//!   `interval` and at shutdown, so a restart during an outage still serves what it held. Its
+//!   directory must exist and be writable at start; a snapshot refused at start is moved aside
+//!   (`<file>.refused-<ms>`), never saved over.
 
 #![deny(missing_docs)]
 
 mod config;
 mod error;
 mod http;
+mod io;
 mod prometheus;
 
 use std::future::Future;
@@ -43,6 +50,8 @@ pub use error::Error;
 pub use prometheus::PrometheusReader;
 
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long writing an answer may wait for the peer to take a byte.
+const WRITE_STALL: Duration = Duration::from_secs(10);
 const DRAIN: Duration = Duration::from_secs(30);
 
 /// Shared by every connection.
@@ -50,12 +59,18 @@ pub(crate) struct State {
     pub(crate) client: FailoverClient,
     pub(crate) token: Zeroizing<Vec<u8>>,
     pub(crate) metrics: Option<PrometheusReader>,
+    /// The `Host` values accepted (`None`: any, for a Unix socket or an unspecified address).
+    pub(crate) hosts: Option<Vec<String>>,
+    /// The deadline each read gets (`None`: the client's own), inside the request timeout.
+    pub(crate) read_deadline: Option<Duration>,
 }
 
 /// An agent ready to bind: a client, its token and limits. From a configuration file with
 /// [`Agent::from_file`], or around a client of your own with [`Agent::new`].
 pub struct Agent {
-    state: Arc<State>,
+    client: FailoverClient,
+    token: Zeroizing<Vec<u8>>,
+    metrics: Option<PrometheusReader>,
     config: AgentConfig,
     snapshot: Option<(Arc<Snapshot>, Duration)>,
 }
@@ -79,11 +94,9 @@ impl Agent {
         let snapshot = agent.snapshot()?;
         let client = keyvault_failover::azure::connect_with_config(client_config)?;
         Ok(Agent {
-            state: Arc::new(State {
-                client,
-                token,
-                metrics,
-            }),
+            client,
+            token,
+            metrics,
             config: agent,
             snapshot,
         })
@@ -100,11 +113,9 @@ impl Agent {
             ));
         }
         Ok(Agent {
-            state: Arc::new(State {
-                client,
-                token: Zeroizing::new(token.as_bytes().to_vec()),
-                metrics: None,
-            }),
+            client,
+            token: Zeroizing::new(token.as_bytes().to_vec()),
+            metrics: None,
             config,
             snapshot: None,
         })
@@ -119,15 +130,22 @@ impl Agent {
 
     /// The client served.
     pub fn client(&self) -> &FailoverClient {
-        &self.state.client
+        &self.client
     }
 
-    /// Restores the snapshot (if any; a refused one is logged and the agent starts without
-    /// it), then binds the listener. Nothing is served until [`Bound::serve`].
-    pub async fn bind(self) -> Result<Bound, Error> {
+    /// Checks that the snapshot (if any) can be saved, restores it (a refused one is moved
+    /// aside, logged, and the agent starts without it), then binds the listener. Nothing is
+    /// served until [`Bound::serve`].
+    ///
+    /// # Errors
+    /// [`Error::is_config`] when the snapshot's directory is missing or not writable (every
+    /// restart during an outage would find nothing), [`Error::is_listen`] when the address or
+    /// socket cannot be taken.
+    pub async fn bind(mut self) -> Result<Bound, Error> {
         let mut restored = None;
         if let Some((snap, _)) = &self.snapshot {
-            let client = self.state.client.clone();
+            snap.check_writable()?;
+            let client = self.client.clone();
             let snap_path = snap.path().to_path_buf();
             let missing = matches!(std::fs::metadata(&snap_path),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound);
@@ -142,12 +160,31 @@ impl Agent {
                     .map_err(|e| Error::new(Kind::Snapshot, format!("restore task: {e}")))
                     .and_then(|r| r.map_err(Error::from))
             };
-            match &r {
+            let r = match r {
                 Ok(n) => {
-                    tracing::info!(restored = n, path = %snap_path.display(), "snapshot restored")
+                    tracing::info!(restored = n, path = %snap_path.display(), "snapshot restored");
+                    Ok(n)
                 }
-                Err(e) => tracing::warn!(error = %e, "snapshot refused; starting without it"),
-            }
+                // Whatever it holds may still be wanted (a key mixed up, a read error that
+                // passes): moved aside, never saved over.
+                Err(e) => match snap.set_aside() {
+                    Ok(to) => {
+                        tracing::warn!(error = %e, kept = %to.display(), "snapshot refused; starting without it");
+                        Err(Error::new(
+                            Kind::Snapshot,
+                            format!("{e} (kept as {})", to.display()),
+                        ))
+                    }
+                    Err(e2) => {
+                        tracing::error!(error = %e, aside = %e2, "snapshot refused and not movable; no snapshot will be saved");
+                        self.snapshot = None;
+                        Err(Error::new(
+                            Kind::Snapshot,
+                            format!("{e}; {e2}: no snapshot will be saved over it"),
+                        ))
+                    }
+                },
+            };
             restored = Some(r);
         }
         let listener = match self.config.listen() {
@@ -177,6 +214,7 @@ fn bind_unix(path: &Path) -> Result<tokio::net::UnixListener, Error> {
             format!("cannot listen on unix socket {}: {e}", path.display()),
         )
     };
+    use std::os::unix::fs::MetadataExt;
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if !meta.file_type().is_socket() {
             return Err(Error::new(
@@ -184,16 +222,50 @@ fn bind_unix(path: &Path) -> Result<tokio::net::UnixListener, Error> {
                 format!("{} exists and is not a socket", path.display()),
             ));
         }
-        // A socket file nobody answers on is left over from a process that died: replace it.
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        // Only our own socket, and only one nobody listens on (connection refused), is left
+        // over from a process that died and may be replaced: another user's, or one we may
+        // not connect to, belongs to someone else's live agent.
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let me = unsafe { libc::geteuid() };
+        if meta.uid() != me {
             return Err(Error::new(
                 Kind::Listen,
-                format!("another process listens on {}", path.display()),
+                format!(
+                    "{} is a socket of user {}, not ours: not replaced",
+                    path.display(),
+                    meta.uid()
+                ),
             ));
+        }
+        match std::os::unix::net::UnixStream::connect(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {}
+            Ok(_) => {
+                return Err(Error::new(
+                    Kind::Listen,
+                    format!("another process listens on {}", path.display()),
+                ))
+            }
+            Err(e) => {
+                return Err(Error::new(
+                    Kind::Listen,
+                    format!(
+                        "{} is a socket that may be in use ({e}): not replaced",
+                        path.display()
+                    ),
+                ))
+            }
         }
         std::fs::remove_file(path).map_err(err)?;
     }
-    let l = tokio::net::UnixListener::bind(path).map_err(err)?;
+    // Created 0600 (no window with the umask's mode in which another user could connect): the
+    // umask is the process's, so it is set only around the bind, before any other thread of
+    // the agent creates files.
+    // SAFETY: umask has no preconditions and cannot fail.
+    let old = unsafe { libc::umask(0o177) };
+    let bound = tokio::net::UnixListener::bind(path);
+    // SAFETY: as above.
+    unsafe { libc::umask(old) };
+    let l = bound.map_err(err)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
     Ok(l)
 }
@@ -232,6 +304,31 @@ impl Bound {
         }
     }
 
+    /// The `Host` values a request may carry: the loopback names and the listening address,
+    /// with or without the port. `None` (any) on a Unix socket, which no browser reaches, and
+    /// on an unspecified address (`allow_non_loopback` on every interface: names unknown).
+    fn hosts(&self) -> Option<Vec<String>> {
+        let Listener::Tcp(l) = &self.listener else {
+            return None;
+        };
+        let addr = l.local_addr().ok()?;
+        if addr.ip().is_unspecified() {
+            return None;
+        }
+        let ip = match addr.ip() {
+            std::net::IpAddr::V4(ip) => ip.to_string(),
+            std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+        };
+        let mut names = vec!["localhost".to_string(), "127.0.0.1".into(), "[::1]".into()];
+        if !names.contains(&ip) {
+            names.push(ip);
+        }
+        let port = addr.port();
+        let with_port: Vec<String> = names.iter().map(|n| format!("{n}:{port}")).collect();
+        names.extend(with_port);
+        Some(names)
+    }
+
     /// What restoring the snapshot came to: `None` without one, else how many values it
     /// restored or why it was refused.
     pub fn restored(&self) -> Option<&Result<usize, Error>> {
@@ -242,15 +339,29 @@ impl Bound {
     /// snapshot, then stops accepting, lets requests in flight finish (at most 30 s), and
     /// saves the snapshot a last time.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+        let hosts = self.hosts();
         let Bound {
             agent, listener, ..
         } = self;
         let cfg = &agent.config;
-        let state = agent.state.clone();
-        let client = state.client.clone();
-        let request_timeout = cfg
-            .request_timeout()
-            .unwrap_or(client.config().deadline() + Duration::from_secs(1));
+        let client = agent.client.clone();
+        let deadline = client.config().deadline();
+        let (request_timeout, read_deadline) = match cfg.request_timeout() {
+            None => (deadline + Duration::from_secs(1), None),
+            // The read gets the request's time less a margin to answer in, so a held value is
+            // served stale before the request is cut (not a 503).
+            Some(t) => {
+                let margin = (t / 4).min(Duration::from_millis(250));
+                (t, Some(t.saturating_sub(margin).min(deadline)))
+            }
+        };
+        let state = Arc::new(State {
+            client: client.clone(),
+            token: agent.token.clone(),
+            metrics: agent.metrics.clone(),
+            hosts,
+            read_deadline,
+        });
         let mut background = tokio::task::JoinSet::new();
         if !cfg.preload().is_empty() {
             let (c, names, jitter) = (client.clone(), cfg.preload().to_vec(), cfg.preload_jitter());
@@ -384,7 +495,10 @@ async fn connection<I>(
         .keep_alive(true)
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(HEADER_TIMEOUT)
-        .serve_connection(TokioIo::new(io), service);
+        .serve_connection(
+            TokioIo::new(io::WriteBounded::new(io, WRITE_STALL)),
+            service,
+        );
     tokio::pin!(conn);
     tokio::select! {
         _ = conn.as_mut() => {}

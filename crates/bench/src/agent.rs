@@ -356,7 +356,13 @@ pub async fn restart(secrets: u32) -> Result<RestartReport, Error> {
         *b = fastrand::u8(..);
     }
     let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
-    std::fs::write(&key_path, hex)
+    // Private to its owner, or the snapshot refuses it.
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    opts.open(&key_path)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, hex.as_bytes()))
         .map_err(|e| Error::config(format!("{}: {e}", key_path.display())))?;
     let snapshot = || {
         Snapshot::builder(state.join("lkg.snapshot"))

@@ -223,10 +223,19 @@ pub(crate) fn get(
     json: bool,
 ) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let config = load(config)?;
-    let secret = runtime()?.block_on(async {
+    let secret = match runtime()?.block_on(async {
         let client = azure::connect_with_config(config)?;
         client.get_secret(name).await
-    })?;
+    }) {
+        Ok(s) => s,
+        // Bad input is exit 2; a vault that could not answer (an outage, not found, refused)
+        // is the check failing: exit 1, so a script can tell the two apart.
+        Err(e) if e.is_config() || e.is_invalid_name() => return Err(e.into()),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
     let (freshness, age) = match secret.freshness() {
         Freshness::Stale { age } => ("stale", Some(age.as_secs_f64())),
         _ => ("fresh", None),

@@ -186,9 +186,11 @@ fn load_scenario(arg: Option<&str>) -> Result<sim::Scenario, Box<dyn std::error:
     let arg = arg.unwrap_or(sim::Scenario::builtin_names()[0]);
     let path = std::path::Path::new(arg);
     if path.is_file() || arg.ends_with(".toml") {
-        let text = std::fs::read_to_string(path)
+        let bytes = keyvault_failover::files::read_bounded(path, 1 << 20)
             .map_err(|e| format!("cannot read scenario {}: {e}", path.display()))?;
-        return Ok(sim::Scenario::from_toml(&text)?);
+        let text = std::str::from_utf8(&bytes)
+            .map_err(|_| format!("scenario {}: not UTF-8 text", path.display()))?;
+        return Ok(sim::Scenario::from_toml(text)?);
     }
     Ok(sim::Scenario::builtin(arg)?)
 }
@@ -353,8 +355,18 @@ fn bench(
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // Diagnostics go to stderr, filtered by RUST_LOG (e.g. RUST_LOG=keyvault_failover=info).
+    // Without it the agent logs warnings and errors (refused tokens, failed saves and
+    // preloads, requests cut at the drain: an operator must not have to ask for them); the
+    // other commands, errors only (a simulation runs thousands of clients that warn).
+    let default = if matches!(cli.command, Command::Agent { .. }) {
+        "warn"
+    } else {
+        "error"
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
     match run(cli) {
@@ -510,9 +522,12 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
         } => cli::verify_replication(&config, &names, limit, json),
         Command::Agent { config } => agent_cmd::run(&config),
         Command::CheckConfig { file } => {
-            let text = std::fs::read_to_string(&file)
-                .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
-            let config = Config::from_toml(&text)?;
+            // The client's configuration, and the agent's `[agent]` table if the file has one
+            // (so the agent's own file can be checked before it starts).
+            let (config, agent) = Config::from_file_with(&file, Some("agent"))?;
+            if agent.is_some() {
+                keyvault_failover_agent::AgentConfig::from_file(&file)?;
+            }
             print!("{}", config.to_toml());
             Ok(ExitCode::SUCCESS)
         }

@@ -61,7 +61,7 @@ async fn start_agent_with(
         );
         client = client.replace(on, "[hedge]\nenabled = false\n");
     }
-    std::fs::write(dir.join("agent.token"), format!("{TOKEN}\n")).unwrap();
+    write_private(&dir.join("agent.token"), &format!("{TOKEN}\n"));
     let config = dir.join("agent.toml");
     std::fs::write(
         &config,
@@ -72,7 +72,7 @@ async fn start_agent_with(
         .args(["agent", "--config", config.to_str().unwrap()])
         .env_remove("RUST_LOG")
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(stderr_file(dir))
         .spawn()
         .expect("the agent starts");
     let stdout = BufReader::new(child.stdout.take().unwrap());
@@ -88,6 +88,56 @@ async fn start_agent_with(
         .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
     agent.base = format!("http://{addr}");
     agent
+}
+
+/// `text` in a file only its owner may read (the agent refuses a token or key file others can).
+fn write_private(path: &std::path::Path, text: &str) {
+    std::fs::write(path, text).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+}
+
+/// The agent's standard error, appended to `dir/agent.stderr` (every agent started in `dir`).
+fn stderr_file(dir: &std::path::Path) -> std::fs::File {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("agent.stderr"))
+        .unwrap()
+}
+
+/// Runs the agent on `config`, which must refuse to start: its exit code and standard error
+/// (at most 30 s; an agent that starts instead is killed and the test fails).
+async fn refused_at_start(config: &std::path::Path) -> (Option<i32>, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_keyvault-failover"))
+        .args(["agent", "--config", config.to_str().unwrap()])
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let waited = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::task::spawn_blocking(move || {
+            let mut err = String::new();
+            std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+            (child.wait().unwrap().code(), err)
+        }),
+    )
+    .await;
+    match waited {
+        Ok(r) => r.unwrap(),
+        Err(_) => {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+            panic!("the agent started instead of refusing {}", config.display());
+        }
+    }
 }
 
 /// Two emulated vaults writing their CA into `dir`, each holding `secrets`.
@@ -151,9 +201,15 @@ async fn tokens_error_codes_provenance_and_failover() {
     let (s, _, b) = get(&c, &url("/healthz/live"), None).await;
     assert_eq!((s, b["live"].clone()), (200, serde_json::Value::Bool(true)));
     for token in [None, Some("wrong-token-0123456789")] {
-        let (s, _, b) = get(&c, &url("/v1/secrets/db-password"), token).await;
+        let (s, h, b) = get(&c, &url("/v1/secrets/db-password"), token).await;
         assert_eq!((s, b["code"].as_str()), (401, Some("unauthorized")));
         assert!(!b.to_string().contains("hunter2"));
+        // Issue 20: a 401 says how to authenticate.
+        assert!(
+            h.get("www-authenticate")
+                .is_some_and(|v| v.to_str().unwrap().starts_with("X-Agent-Token")),
+            "{h:?}"
+        );
     }
     let resp = c
         .get(url("/v1/secrets/db-password"))
@@ -212,8 +268,14 @@ async fn tokens_error_codes_provenance_and_failover() {
         .await
         .unwrap();
     }
-    let (s, _, b) = get(&c, &url("/v1/secrets/never-read-2"), Some(TOKEN)).await;
+    let (s, h, b) = get(&c, &url("/v1/secrets/never-read-2"), Some(TOKEN)).await;
     assert_eq!((s, b["code"].as_str()), (429, Some("throttled")), "{b}");
+    // Issue 20: a 429 says when to come back (the vault's own Retry-After, whole seconds).
+    assert_eq!(
+        h.get("retry-after").map(|v| v.to_str().unwrap()),
+        Some("1"),
+        "{h:?}"
+    );
     // The vaults refuse this identity: forbidden, 403.
     for r in ["weu", "neu"] {
         emu.apply_fault(r, VaultFault::Forbidden).await.unwrap();
@@ -228,6 +290,11 @@ async fn tokens_error_codes_provenance_and_failover() {
         .await
         .unwrap();
     assert_eq!(resp.status().as_u16(), 405);
+    // Issue 20: a 405 names the method allowed.
+    assert_eq!(
+        resp.headers().get("allow").map(|v| v.to_str().unwrap()),
+        Some("GET")
+    );
     drop(agent);
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -285,7 +352,7 @@ async fn sigterm_lets_reads_in_flight_finish() {
 async fn a_non_loopback_address_or_a_missing_token_is_refused_at_start() {
     let dir = temp_dir("refuse");
     let base = "[[regions]]\nname = \"weu\"\nurl = \"https://app-weu.vault.azure.net\"\naccess = \"read-write\"\n";
-    std::fs::write(dir.join("t"), TOKEN).unwrap();
+    write_private(&dir.join("t"), TOKEN);
     for (agent, want) in [
         (
             "[agent]\nlisten = \"0.0.0.0:2780\"\ntoken_file = \"t\"\n",
@@ -302,12 +369,8 @@ async fn a_non_loopback_address_or_a_missing_token_is_refused_at_start() {
     ] {
         let path = dir.join("a.toml");
         std::fs::write(&path, format!("{base}{agent}")).unwrap();
-        let out = Command::new(env!("CARGO_BIN_EXE_keyvault-failover"))
-            .args(["agent", "--config", path.to_str().unwrap()])
-            .output()
-            .unwrap();
-        assert_eq!(out.status.code(), Some(2));
-        let err = String::from_utf8_lossy(&out.stderr);
+        let (code, err) = refused_at_start(&path).await;
+        assert_eq!(code, Some(2), "{err}");
         assert!(err.contains(want), "{want:?} not in {err}");
     }
     let _ = std::fs::remove_dir_all(&dir);
@@ -367,7 +430,7 @@ const SNAPSHOT_KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899
 /// The snapshot table: the snapshot in `state/`, its key one directory up.
 fn snapshot_table(dir: &std::path::Path) -> String {
     std::fs::create_dir_all(dir.join("state")).unwrap();
-    std::fs::write(dir.join("snapshot.key"), SNAPSHOT_KEY).unwrap();
+    write_private(&dir.join("snapshot.key"), SNAPSHOT_KEY);
     "[agent.snapshot]\npath = \"state/lkg.snapshot\"\nkey_file = \"snapshot.key\"\ninterval = \"1s\"\n"
         .to_string()
 }
@@ -568,5 +631,330 @@ async fn a_unix_socket_serves_the_same_api() {
     assert!(answer.contains("\"value\":\"hunter2\""), "{answer}");
     terminate(agent).await;
     assert!(!sock.exists(), "the socket file is removed on shutdown");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The agent's port, from its base URL.
+fn port_of(agent: &Agent) -> u16 {
+    agent.base.rsplit(':').next().unwrap().parse().unwrap()
+}
+
+/// Issue 20, 1: a peer that sends requests and never reads the answers held its connection,
+/// and its `max_connections` slot, for ever (nothing bounded writing the answer): any local
+/// user filled every slot with no token. Now a write the peer takes no byte of for 10 s ends
+/// the connection, and the slot is free again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_never_reads_loses_its_connection_slot() {
+    use tokio::io::AsyncWriteExt;
+    let dir = temp_dir("slowreader");
+    let emu = emulator(&dir, &[]).await;
+    let agent = start_agent(&emu, &dir, "max_connections = 2\n").await;
+    let port = port_of(&agent);
+    let request = format!("GET /healthz/live HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n");
+    let mut writers = Vec::new();
+    for _ in 0..2 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        // A small receive window: the answers back up into the agent at once.
+        socket.set_recv_buffer_size(4096).unwrap();
+        let mut stream = socket.connect(([127, 0, 0, 1], port).into()).await.unwrap();
+        let request = request.clone();
+        writers.push(tokio::spawn(async move {
+            // Bounded: 40,000 pipelined requests (about 10 MB of answers) or 60 s.
+            let _ = tokio::time::timeout(Duration::from_secs(60), async {
+                for _ in 0..40_000 {
+                    if stream.write_all(request.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            })
+            .await;
+            stream
+        }));
+    }
+    let c = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .no_proxy()
+        .build()
+        .unwrap();
+    let live = format!("{}/healthz/live", agent.base);
+    // Both slots are taken: a third connection is closed at once.
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while c.get(&live).send().await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the two readers-who-never-read hold both slots");
+    // Within the write bound (10 s) and some slack, a slot is free again.
+    let freed = tokio::time::timeout(Duration::from_secs(40), async {
+        loop {
+            if let Ok(r) = c.get(&live).send().await {
+                return r.status().as_u16();
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+    assert_eq!(
+        freed.ok(),
+        Some(200),
+        "a peer that never reads still holds its slot"
+    );
+    for w in writers {
+        w.abort();
+    }
+    drop(agent);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Issue 20, 4, 6 and 12: a `Host` that is not a loopback name is refused (DNS rebinding: a
+/// page whose name now points at 127.0.0.1 sends its own name), liveness included; refused
+/// tokens are logged without `RUST_LOG` (before: only errors were), and the logged path is cut
+/// to 128 bytes on a character boundary (before: a path with a character across byte 128 was
+/// logged whole).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_hosts_are_refused_and_refusals_logged_short() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = temp_dir("host");
+    let emu = emulator(&dir, &[("db-password", "hunter2")]).await;
+    let agent = start_agent(&emu, &dir, "").await;
+    let port = port_of(&agent);
+    let c = http();
+    let url = format!("{}/healthz/live", agent.base);
+    for (host, want) in [
+        (format!("evil.example:{port}"), 403),
+        ("evil.example".to_string(), 403),
+        (format!("127.0.0.1.evil.example:{port}"), 403),
+        (format!("localhost:{port}"), 200),
+        (format!("127.0.0.1:{port}"), 200),
+        ("localhost".to_string(), 200),
+    ] {
+        let r = c.get(&url).header("Host", &host).send().await.unwrap();
+        let status = r.status().as_u16();
+        let body: serde_json::Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+        assert_eq!(status, want, "Host: {host}: {body}");
+        if want == 403 {
+            assert_eq!(body["code"], "host");
+        }
+    }
+    let r = c
+        .get(format!("{}/v1/secrets/db-password", agent.base))
+        .header("Host", "evil.example")
+        .header("X-Agent-Token", TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status().as_u16(),
+        403,
+        "the token does not pass a foreign Host"
+    );
+
+    // A refused request whose path has a two-byte character across byte 128.
+    let path = format!("/v1/secrets/{}{}", "a".repeat(115), "é".repeat(20_000));
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut answer))
+        .await
+        .expect("answered")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    drop(agent);
+    let log = std::fs::read_to_string(dir.join("agent.stderr")).unwrap();
+    let refused: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("X-Agent-Token refused"))
+        .collect();
+    assert!(
+        !refused.is_empty(),
+        "refusals are logged by default:\n{log}"
+    );
+    let longest = refused.iter().map(|l| l.len()).max().unwrap();
+    assert!(longest < 600, "a refusal's log line is {longest} bytes");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Issue 20, 3, 5, 9: a snapshot refused at start was overwritten by the first save (every
+/// value it held lost); now it is moved aside whole. A FIFO at the snapshot's path blocked the
+/// restore (the agent never listened); now it is refused at once. A snapshot directory that
+/// does not exist was silent (nothing was ever saved); now the agent refuses to start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_snapshot_is_kept_and_a_missing_directory_stops_the_start() {
+    let dir = temp_dir("refused");
+    let emu = emulator(&dir, &[("db-password", "hunter2")]).await;
+    let snap = snapshot_table(&dir);
+    let path = dir.join("state/lkg.snapshot");
+    let garbage = b"KVFSNAP1 sealed with a key this agent does not have, and then some".to_vec();
+    std::fs::write(&path, &garbage).unwrap();
+    let agent = start_agent(&emu, &dir, &snap).await;
+    let (line, agent) = next_line(agent).await;
+    assert!(
+        line.starts_with("snapshot: refused") && line.contains("kept as"),
+        "{line}"
+    );
+    let c = http();
+    let (s, _, _) = get(
+        &c,
+        &format!("{}/v1/secrets/db-password", agent.base),
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let rest = terminate(agent).await;
+    assert!(rest.contains("stopped"), "{rest}");
+    let kept: Vec<_> = std::fs::read_dir(dir.join("state"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().contains("lkg.snapshot.refused-"))
+        .collect();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert_eq!(std::fs::read(&kept[0]).unwrap(), garbage, "kept whole");
+    assert_ne!(
+        std::fs::read(&path).unwrap(),
+        garbage,
+        "a new snapshot was saved"
+    );
+    std::fs::remove_file(&kept[0]).unwrap();
+
+    // A FIFO where the snapshot should be: refused at once, the agent listens.
+    std::fs::remove_file(&path).unwrap();
+    assert!(Command::new("mkfifo")
+        .arg(&path)
+        .status()
+        .unwrap()
+        .success());
+    let agent = start_agent(&emu, &dir, &snap).await;
+    let (line, agent) = next_line(agent).await;
+    assert!(
+        line.starts_with("snapshot: refused") && line.contains("FIFO"),
+        "{line}"
+    );
+    drop(agent);
+
+    // No such directory: the agent does not start.
+    let client = std::fs::read_to_string(emu.write_client_config().unwrap()).unwrap();
+    let config = dir.join("nodir.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "{client}\n[agent]\nlisten = \"127.0.0.1:0\"\ntoken_file = \"agent.token\"\n\
+             [agent.snapshot]\npath = \"no-such-dir/lkg.snapshot\"\nkey_file = \"snapshot.key\"\n"
+        ),
+    )
+    .unwrap();
+    let (code, err) = refused_at_start(&config).await;
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("no-such-dir"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Issue 20, 7: a `request_timeout` shorter than the client's deadline cut the request off
+/// before the read could fall back on what it held: with every vault hanging, each read was a
+/// 503. Now the read gets the request's deadline and the held value is served, stale.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_request_timeout_still_serves_the_held_value() {
+    let dir = temp_dir("reqtimeout");
+    let emu = emulator(&dir, &[("db-password", "hunter2")]).await;
+    let snap = snapshot_table(&dir);
+    let agent = start_agent(&emu, &dir, &snap).await;
+    let c = http();
+    let url = format!("{}/v1/secrets/db-password", agent.base);
+    let (s, _, _) = get(&c, &url, Some(TOKEN)).await;
+    assert_eq!(s, 200);
+    terminate(agent).await;
+    for r in ["weu", "neu"] {
+        emu.apply_fault(r, VaultFault::Blackhole).await.unwrap();
+    }
+    // Restored values are never fresh hits: the read asks the (hanging) vaults first.
+    let agent = start_agent(&emu, &dir, &format!("request_timeout = \"1s\"\n{snap}")).await;
+    let url = format!("{}/v1/secrets/db-password", agent.base);
+    let (s, _, b) = get(&c, &url, Some(TOKEN)).await;
+    assert_eq!((s, b["value"].as_str()), (200, Some("hunter2")), "{b}");
+    assert_eq!(b["freshness"], "stale");
+    drop(agent);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Issue 20, 11 and 12: a token file every local user can read was accepted silently (ssh and
+/// PostgreSQL refuse such files); a preload name that cannot be a secret's was skipped
+/// silently. Both now stop the start with the reason.
+#[tokio::test]
+async fn a_shared_token_file_or_a_bad_preload_name_is_refused_at_start() {
+    let dir = temp_dir("perm");
+    let base = "[[regions]]\nname = \"weu\"\nurl = \"https://app-weu.vault.azure.net\"\naccess = \"read-write\"\n";
+    write_private(&dir.join("t"), TOKEN);
+    let path = dir.join("a.toml");
+    std::fs::write(
+        &path,
+        format!("{base}[agent]\nlisten = \"127.0.0.1:0\"\ntoken_file = \"t\"\npreload = [\"db_password\"]\n"),
+    )
+    .unwrap();
+    let (code, err) = refused_at_start(&path).await;
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("preload") && err.contains("db_password"),
+        "{err}"
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.join("t"), std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::fs::write(
+            &path,
+            format!("{base}[agent]\nlisten = \"127.0.0.1:0\"\ntoken_file = \"t\"\n"),
+        )
+        .unwrap();
+        let (code, err) = refused_at_start(&path).await;
+        assert_eq!(code, Some(2), "{err}");
+        assert!(err.contains("chmod 600"), "{err}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Issue 20, 11: a socket path held by another user (a socket file of theirs) was taken over
+/// when connecting to it failed for any reason (their live agent's 0600 socket refuses us with
+/// "permission denied"). Now only our own socket, and only one nobody listens on, is replaced.
+/// Needs root to give the file another owner; skipped (and said so) otherwise.
+#[cfg(unix)]
+#[tokio::test]
+async fn another_users_socket_is_not_taken_over() {
+    let dir = temp_dir("sockowner");
+    let sock = dir.join("agent.sock");
+    // A socket file nobody listens on.
+    drop(std::os::unix::net::UnixListener::bind(&sock).unwrap());
+    let chown = Command::new("chown")
+        .args(["12345", sock.to_str().unwrap()])
+        .status()
+        .unwrap();
+    if !chown.success() {
+        eprintln!("skipped: cannot give the socket file another owner without root");
+        return;
+    }
+    let base = "[[regions]]\nname = \"weu\"\nurl = \"https://app-weu.vault.azure.net\"\naccess = \"read-write\"\n";
+    write_private(&dir.join("t"), TOKEN);
+    let path = dir.join("a.toml");
+    std::fs::write(
+        &path,
+        format!("{base}[agent]\nsocket = \"agent.sock\"\ntoken_file = \"t\"\n"),
+    )
+    .unwrap();
+    let (code, err) = refused_at_start(&path).await;
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("not ours"), "{err}");
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        std::fs::symlink_metadata(&sock).unwrap().uid(),
+        12345,
+        "left alone"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

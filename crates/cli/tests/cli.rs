@@ -100,6 +100,60 @@ async fn status_probe_and_get_work_from_the_emulators_own_configuration() {
     emu.apply_fault("neu", VaultFault::Refuse).await.unwrap();
     let out = cli(&["status", "--config", config, "--json"]).await;
     assert_eq!(out.status.code(), Some(1));
+    // Issue 20: `get` during an outage is the check failing (1), not bad input (2: before,
+    // scripts could not tell an outage from a broken file); a bad name stays 2.
+    let out = cli(&["get", "db-password", "--config", config]).await;
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = cli(&["get", "db_password", "--config", config]).await;
+    assert_eq!(out.status.code(), Some(2));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Issue 20: `check-config` refused the agent's own file ("unknown field `agent`"), so it
+/// could not be checked before the agent started; it now checks the `[agent]` table too, and
+/// a FIFO given as the file is refused at once instead of blocking.
+#[tokio::test]
+async fn check_config_takes_the_agents_file() {
+    let dir = temp_dir("checkagent");
+    let path = dir.join("agent.toml");
+    let base = "[[regions]]\nname = \"weu\"\nurl = \"https://app-weu.vault.azure.net\"\naccess = \"read-write\"\n";
+    std::fs::write(
+        &path,
+        format!("{base}[agent]\nlisten = \"127.0.0.1:2780\"\ntoken_file = \"agent.token\"\n"),
+    )
+    .unwrap();
+    let out = cli(&["check-config", path.to_str().unwrap()]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("app-weu"));
+    std::fs::write(
+        &path,
+        format!("{base}[agent]\nlisten = \"10.0.0.1:2780\"\ntoken_file = \"agent.token\"\n"),
+    )
+    .unwrap();
+    let out = cli(&["check-config", path.to_str().unwrap()]).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a loopback address"));
+    #[cfg(unix)]
+    {
+        let fifo = dir.join("fifo.toml");
+        assert!(std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success());
+        let out = cli(&["check-config", fifo.to_str().unwrap()]).await;
+        assert_eq!(out.status.code(), Some(2));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("FIFO"));
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 
