@@ -352,3 +352,24 @@ fn bad_input_is_refused_before_any_call() {
     })
     .unwrap();
 }
+
+/// Issue 20: a secondary's 404 while the primary is down was asked again up to
+/// `retry.max_attempts` times, and the error named the region once per attempt ("neu, neu,
+/// neu, neu answered not found"). A vault's "not found" does not change within one read: it is
+/// asked once, and named once.
+#[test]
+fn a_secondarys_not_found_is_asked_once_and_named_once() {
+    run_virtual(async {
+        let r = rig(2, |b| b);
+        r.store("weu").insert("db", "only-in-the-primary");
+        r.store("weu").set_fault(Some(Fault::Refuse));
+        let before = r.store("neu").gets();
+        let e = r.client.get_secret("db").await.unwrap_err();
+        assert!(e.is_unavailable(), "{e}");
+        let text = e.to_string();
+        assert!(text.contains("neu answered not found"), "{text}");
+        assert!(!text.contains("neu, neu"), "{text}");
+        assert_eq!(r.store("neu").gets() - before, 1, "{text}");
+    })
+    .unwrap();
+}

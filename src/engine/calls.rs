@@ -120,7 +120,10 @@ struct Call {
     sent: u32,
     /// Vaults sent to in this call (bit per vault index).
     tried: u64,
-    secondary_not_found: bool,
+    /// Secondaries that answered 404 in this call (bit per vault index): not asked again in
+    /// it (a vault's "not found" does not change within a read's deadline; asking again spent
+    /// the attempts on one answer, and the error named the region once per attempt).
+    not_found: u64,
     earliest_unthrottle: Option<Instant>,
 }
 
@@ -261,6 +264,9 @@ impl Engine {
         }
         for idx in order.by_ref() {
             let v = &self.vaults[idx];
+            if call.not_found & bit(idx) != 0 {
+                continue;
+            }
             if call.sent >= cfg.retry.max_attempts || Instant::now() >= call.deadline {
                 return Next::Stop;
             }
@@ -360,7 +366,7 @@ impl Engine {
             attempts: Vec::new(),
             sent: 0,
             tried: 0,
-            secondary_not_found: false,
+            not_found: 0,
             earliest_unthrottle: None,
         };
         let hedging = cfg.hedge.enabled && limits.hedge && !urgency.is_background();
@@ -497,7 +503,7 @@ impl Engine {
                     StoreErrorKind::Auth { .. } => return Err(fatal(Kind::Auth)),
                     StoreErrorKind::Rejected { .. } => return Err(fatal(Kind::Rejected)),
                     StoreErrorKind::NotFound if idx == 0 => return Err(fatal(Kind::NotFound)),
-                    StoreErrorKind::NotFound => call.secondary_not_found = true,
+                    StoreErrorKind::NotFound => call.not_found |= bit(idx),
                     // A 429, or a 503 that says when to come back: keep off the vault that long
                     // (capped), and wait for it if nothing else answers.
                     _ if e.asks_to_wait() => {
@@ -542,7 +548,7 @@ impl Engine {
                 Duration::from_millis(rng.u64(0..=ms))
             } else if let Some(t) = call.earliest_unthrottle {
                 t.saturating_duration_since(Instant::now())
-            } else if limits.wait_for_vault {
+            } else if limits.wait_for_vault && call.not_found == 0 {
                 // Every breaker refused: wait for a vault to come back (a probe closes its
                 // breaker and the route moves), looking again at least every unhealthy-probe
                 // interval, up to the deadline.
@@ -564,14 +570,10 @@ impl Engine {
         // A secondary said 404 while the primary could not be asked: that is replication lag
         // as likely as absence (secondaries are separate vaults the customer keeps in sync), so
         // it is unavailability, not "not found", and it says so.
-        let message = if call.secondary_not_found {
-            let said: Vec<&str> = call
-                .attempts
-                .iter()
-                .filter(|a| {
-                    matches!(a.failure(), AttemptFailure::Store(e) if *e.kind() == StoreErrorKind::NotFound)
-                })
-                .map(|a| a.region())
+        let message = if call.not_found != 0 {
+            let said: Vec<&str> = (0..self.vaults.len())
+                .filter(|&i| call.not_found & bit(i) != 0)
+                .map(|i| &*self.vaults[i].name)
                 .collect();
             format!(
                 "no region could serve `{what}`: {} answered not found while the primary region {} \
