@@ -63,8 +63,19 @@ async fn status_probe_and_get_work_from_the_emulators_own_configuration() {
     assert_eq!(regions.len(), 2);
     assert!(regions.iter().all(|r| r["result"] == "ok"), "{v}");
 
-    // get: metadata, the value only with --reveal.
-    let out = cli(&["get", "db-password", "--config", config, "--json"]).await;
+    // get: metadata, the value only with --reveal. Unhedged: the region asserted is the
+    // primary's, not whichever vault won a race (on a loaded machine a fresh process's first
+    // TLS handshake can take longer than the 150 ms default hedge delay).
+    let text = std::fs::read_to_string(config).unwrap();
+    assert!(text.contains("[hedge]\nenabled = true\n"), "{text}");
+    let unhedged = dir.join("unhedged.toml");
+    std::fs::write(
+        &unhedged,
+        text.replace("[hedge]\nenabled = true\n", "[hedge]\nenabled = false\n"),
+    )
+    .unwrap();
+    let unhedged = unhedged.to_str().unwrap();
+    let out = cli(&["get", "db-password", "--config", unhedged, "--json"]).await;
     assert!(
         out.status.success(),
         "{}",
@@ -78,7 +89,7 @@ async fn status_probe_and_get_work_from_the_emulators_own_configuration() {
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert_eq!(v["region"], "weu");
     assert_eq!(v["freshness"], "fresh");
-    let out = cli(&["get", "db-password", "--config", config, "--reveal"]).await;
+    let out = cli(&["get", "db-password", "--config", unhedged, "--reveal"]).await;
     assert!(String::from_utf8_lossy(&out.stdout).contains("hunter2"));
 
     // The primary refuses: probe exits 1 naming it; status sends reads to the secondary and
