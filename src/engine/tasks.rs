@@ -133,7 +133,11 @@ async fn prober(weak: Weak<Engine>, idx: usize, seed: u64, mut shutdown: watch::
                 healthy_rounds = healthy_rounds.saturating_add(1);
                 (p.interval, n, p.interval_max)
             } else {
-                healthy_rounds = 0;
+                // `healthy_rounds` is kept: once the vault has proved itself again, healthy
+                // probing goes on at the pace it had reached. Starting over at the base
+                // interval, every instance of a fleet probed the recovered primary every 10 s
+                // at once (10,000 instances: 10,000 probes per 10 s, over its limit of 4,000).
+                // A relapse is caught by callers' calls and the breaker, not by the pace.
                 let n = v.probe_failures().saturating_sub(p.failures_to_trip);
                 (p.unhealthy_interval, n, p.unhealthy_interval_max)
             };

@@ -191,8 +191,12 @@ pub struct SimReport {
     pub seed: u64,
     /// Simulated seconds.
     pub duration_s: f64,
-    /// Client instances sharing the vaults.
+    /// Client instances sharing the vaults (with agents: the processes reading through them).
     pub instances: u32,
+    /// Processes per node reading through one agent (one client per node); absent for a
+    /// client per process.
+    #[serde(skip_serializing_if = "is_one")]
+    pub processes_per_agent: u32,
     /// The staleness cap the invariant checks against, seconds.
     pub staleness_cap_s: f64,
     /// One report per contender, the client first.
@@ -252,11 +256,20 @@ impl fmt::Display for SimReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "scenario {}  seed {}  {} simulated  {} instance(s)  staleness cap {}",
+            "scenario {}  seed {}  {} simulated  {} instance(s){}  staleness cap {}",
             self.scenario,
             self.seed,
             secs(self.duration_s),
             self.instances,
+            if self.processes_per_agent > 1 {
+                format!(
+                    " through {} node agents ({} processes each)",
+                    self.instances / self.processes_per_agent,
+                    self.processes_per_agent
+                )
+            } else {
+                String::new()
+            },
             secs(self.staleness_cap_s)
         )?;
         if !self.description.is_empty() {
@@ -380,4 +393,8 @@ impl fmt::Display for SimReport {
             Ok(())
         }
     }
+}
+
+fn is_one(n: &u32) -> bool {
+    *n == 1
 }

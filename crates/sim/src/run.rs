@@ -187,13 +187,16 @@ struct Recorder {
     backwards: u64,
     /// (instance, secret) → newest generation served.
     served: std::collections::HashMap<(u32, u32), u32>,
+    /// Added to every read's latency: a process's round trip to its node's agent (zero
+    /// without agents). Counted, not slept: the paused clock's timers have 1 ms granularity.
+    hop_us: u64,
 }
 
 impl Recorder {
     fn read(&mut self, k: u32, i: u32, intended: Instant, r: ReadResult) {
         let now = Instant::now();
         let t = intended - self.start;
-        let us = (now - intended).as_micros().max(1) as u64;
+        let us = ((now - intended).as_micros() as u64 + self.hop_us).max(1);
         self.reads += 1;
         self.lat.saturating_record(us);
         let (failed, stale) = match r {
@@ -309,6 +312,11 @@ pub(crate) async fn run(
         not_found: 0,
         backwards: 0,
         served: std::collections::HashMap::new(),
+        hop_us: if s.fleet.processes_per_agent > 1 {
+            s.fleet.agent_hop.as_micros() as u64
+        } else {
+            0
+        },
     }));
 
     // Replication: the primary's writes reach each other region after its delay.
@@ -365,7 +373,9 @@ pub(crate) async fn run(
     };
 
     let open_calls = Arc::new(AtomicU64::new(0));
-    let n = s.fleet.instances;
+    // One client per process, or one per node's agent serving `processes_per_agent`.
+    let n = s.fleet.clients();
+    let per_client = s.fleet.processes_per_agent.max(1);
     let mut instances = Vec::with_capacity(n as usize);
     let mut route_logs = Vec::with_capacity(n as usize);
     let mut watchers = JoinSet::new();
@@ -420,7 +430,7 @@ pub(crate) async fn run(
     // One open-loop driver per instance; instance 0's reports progress.
     let reported_total = Arc::new(AtomicU64::new(0));
     let mut drivers = JoinSet::new();
-    let interval = Duration::from_secs_f64(1.0 / s.workload.reads_per_sec);
+    let interval = Duration::from_secs_f64(1.0 / (s.workload.reads_per_sec * f64::from(per_client)));
     for (k, inst) in instances.iter().enumerate() {
         let (inst, rec) = (inst.clone(), rec.clone());
         let w = s.workload.clone();

@@ -111,6 +111,7 @@ reproducible! {
     fleet_10k_cold_start_is_reproducible => "fleet-10k-cold-start",
     fleet_10k_regional_outage_is_reproducible => "fleet-10k-regional-outage",
     fleet_10k_rotation_storm_is_reproducible => "fleet-10k-rotation-storm",
+    fleet_10k_node_agents_is_reproducible => "fleet-10k-node-agents",
 }
 
 #[test]
