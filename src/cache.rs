@@ -40,6 +40,11 @@ pub(crate) fn key(name_key: &str, version: Option<&str>) -> String {
     }
 }
 
+/// Whether a cache key is a pinned version's (`name/version`), not a latest value's.
+pub(crate) fn is_pinned(key: &str) -> bool {
+    key.contains('/')
+}
+
 /// The name part of a cache key.
 pub(crate) fn name_of(key: &str) -> &str {
     key.split_once('/').map_or(key, |(n, _)| n)
@@ -168,7 +173,7 @@ impl<R: Clone> Cache<R> {
         }
         self.schedule(key, check_at);
         if let Some(fresh_for) = self.fresh_for {
-            if !key.contains('/') && !entry.restored {
+            if !is_pinned(key) && !entry.restored {
                 let at = crate::clock::later(entry.fetched_at, fresh_for);
                 push(&self.expiry, &self.expiry_wake, key, at);
             }
@@ -223,7 +228,7 @@ impl<R: Clone> Cache<R> {
         self.map
             .pin()
             .iter()
-            .filter(|(k, _)| !k.contains('/'))
+            .filter(|(k, _)| !is_pinned(k))
             .map(|(k, e)| (k.clone(), e.clone()))
             .collect()
     }

@@ -17,7 +17,10 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// How one vault call failed. Decides breaker, routing and retry behaviour (see DESIGN.md).
+/// How one vault call failed. Decides breaker, routing and retry behaviour: connection
+/// failures, timeouts, 5xx and malformed answers count against the vault's breaker; 429,
+/// 401/403, 404 and other 4xx are answers (the vault is alive), recorded on no breaker
+/// (`StoreErrorKind::verdict`; `tests/classification.rs` checks what each does).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum StoreErrorKind {

@@ -1,4 +1,6 @@
-//! What each vault outcome does to breakers, routing and last-known-good (DESIGN.md's table).
+//! What each vault outcome does to breakers, routing and last-known-good: failures (connect,
+//! reset, timeout, 5xx, malformed) count on the breaker and fail over; answers (429, 401/403,
+//! 404, other 4xx) do not (`StoreErrorKind::verdict`).
 
 mod common;
 

@@ -175,7 +175,7 @@ impl Engine {
                 // version (the vaults' `created` times: the secret's high-water mark). The held
                 // value stays, served as last-known-good (stale) until a vault that has it
                 // answers, and the difference is recorded as drift.
-                if v.access != crate::config::Access::ReadWrite && !key.contains('/') {
+                if v.access != crate::config::Access::ReadWrite && !crate::cache::is_pinned(key) {
                     if let Some(cur) = self.cache.get(key) {
                         let differs = cur.value.expose_secret() != value.expose_secret();
                         let written = cur.authoritative && differs;
@@ -210,7 +210,7 @@ impl Engine {
                     created,
                 );
                 self.cache_fetched(key, entry.clone(), started);
-                if !key.contains('/') {
+                if !crate::cache::is_pinned(key) {
                     let mut t = crate::lock(&self.probe_target);
                     if t.as_ref() != Some(name) {
                         *t = Some(name.clone());

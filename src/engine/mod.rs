@@ -123,7 +123,7 @@ impl Engine {
     /// When the refresher should next look at `entry`: a latest value at its refresh time;
     /// a pinned version (never refreshed: its content cannot change) when it would go idle.
     pub(crate) fn check_at(&self, key: &str, entry: &Entry) -> Instant {
-        if key.contains('/') {
+        if crate::cache::is_pinned(key) {
             let idle = self
                 .config
                 .refresh

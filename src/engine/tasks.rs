@@ -288,7 +288,7 @@ impl Engine {
             let read = read_at.is_some_and(|t| now.saturating_duration_since(t) < idle_after);
             let cap = self.config.staleness_cap(crate::cache::name_of(&key));
             let expires = entry.expires(cap);
-            if key.contains('/') {
+            if crate::cache::is_pinned(&key) {
                 // A pinned version: never refreshed. Dropped when idle or past its cap.
                 if !read || now >= expires {
                     self.cache.evict(&key, &entry);

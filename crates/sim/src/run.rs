@@ -430,7 +430,8 @@ pub(crate) async fn run(
     // One open-loop driver per instance; instance 0's reports progress.
     let reported_total = Arc::new(AtomicU64::new(0));
     let mut drivers = JoinSet::new();
-    let interval = Duration::from_secs_f64(1.0 / (s.workload.reads_per_sec * f64::from(per_client)));
+    let interval =
+        Duration::from_secs_f64(1.0 / (s.workload.reads_per_sec * f64::from(per_client)));
     for (k, inst) in instances.iter().enumerate() {
         let (inst, rec) = (inst.clone(), rec.clone());
         let w = s.workload.clone();

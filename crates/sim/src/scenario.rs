@@ -549,7 +549,7 @@ impl Scenario {
             return bad("fleet.instances must be in 1..=10000".into());
         }
         let ppa = self.fleet.processes_per_agent;
-        if ppa == 0 || ppa > 1000 || self.fleet.instances % ppa != 0 {
+        if ppa == 0 || ppa > 1000 || !self.fleet.instances.is_multiple_of(ppa) {
             return bad(format!(
                 "fleet.processes_per_agent must be in 1..=1000 and divide fleet.instances \
                  ({ppa} and {})",
