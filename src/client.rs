@@ -19,6 +19,7 @@ use crate::cache::{self, Cache, Urgency};
 use crate::clock::Mark;
 use crate::config::{Access, Config};
 use crate::engine::calls::Limits;
+use crate::engine::notify::Notified;
 use crate::engine::{round_ms, Engine, FetchError};
 use crate::error::{Attempt, AttemptFailure, Error, Kind, StoreError, StoreErrorKind};
 use crate::events::{Event, Events};
@@ -205,6 +206,7 @@ impl FailoverClientBuilder {
             Duration::from_secs(10),
         );
         let rng = Mutex::new(fastrand::Rng::with_seed(c.breaker.seed ^ 0x5eed));
+        let notify_rng = Mutex::new(fastrand::Rng::with_seed(c.breaker.seed ^ 0x4e07_1f1e));
         let (tx, shutdown) = watch::channel(());
         let longest_fetch = c.timeouts.deadline;
         let fresh_for = c.refresh.enabled.then_some(c.cache.refresh_interval);
@@ -227,6 +229,8 @@ impl FailoverClientBuilder {
                 last_restart: Mark::default(),
                 preloaded: Mutex::new(Vec::new()),
                 metrics,
+                notify_pending: Mutex::new(std::collections::HashSet::new()),
+                notify_rng,
             }),
         };
         let (weak, weak_held) = (Arc::downgrade(&client.inner), Arc::downgrade(&client.inner));
@@ -878,6 +882,68 @@ impl FailoverClient {
     /// How many last-known-good values the client holds.
     pub fn held(&self) -> usize {
         self.inner.cache.len()
+    }
+
+    /// A hint that secret `name` changed (a rotation, an expiry), e.g. from Key Vault's
+    /// `SecretNewVersionCreated` event: a held secret is refreshed from a vault after a random
+    /// delay up to `refresh.notify_max_delay` (default 30 s, so that a fleet told at once does
+    /// not meet the vault in one instant), once however many hints arrive meanwhile, through
+    /// the refresher's single-flight fetch within the vault's budget. A name not held is
+    /// ignored. **A hint is never data**: nothing in it reaches the cache but the fact that
+    /// something may have changed; the value, version and region come from the vault. A
+    /// `version` equal to the held one skips the refresh. Call it inside a Tokio runtime.
+    ///
+    /// ```
+    /// # keyvault_failover::run_virtual(async {
+    /// use std::{sync::Arc, time::Duration};
+    /// use keyvault_failover::{store::MemoryStore, Access, Config, FailoverClient, Notified};
+    /// let weu = Arc::new(MemoryStore::new("weu"));
+    /// weu.insert("db", "one");
+    /// let config = Config::builder()
+    ///     .region("weu", "https://app-weu.vault.azure.net", Access::ReadWrite)
+    ///     .notify_max_delay(Duration::from_secs(5))
+    ///     .build()?;
+    /// let client = FailoverClient::builder(config).store("weu", weu.clone()).build()?;
+    /// client.get_secret("db").await?;
+    /// weu.insert("db", "two"); // rotated
+    /// assert_eq!(client.notify_changed("db", None), Notified::Scheduled);
+    /// assert_eq!(client.notify_changed("db", None), Notified::AlreadyScheduled);
+    /// assert_eq!(client.notify_changed("other", None), Notified::NotHeld);
+    /// tokio::time::sleep(Duration::from_secs(6)).await;
+    /// assert_eq!(client.get_secret("db").await?.expose(), "two");
+    /// # Ok::<(), keyvault_failover::Error>(())
+    /// # }).unwrap().unwrap();
+    /// ```
+    pub fn notify_changed(&self, name: &str, version: Option<&str>) -> Notified {
+        self.inner.notify(name, version, None, None)
+    }
+
+    /// Applies a delivery of Key Vault's events (Event Grid schema or CloudEvents 1.0, one
+    /// event or a batch, as [`changes::parse`](crate::changes::parse) reads them): each
+    /// secret change for a vault this client reads is a [`notify_changed`](Self::notify_changed)
+    /// hint (its version compared only with a value served by that same vault); events for
+    /// other vaults and other event types are ignored and counted. Returns the validation
+    /// code if Event Grid sent its subscription handshake, and what each event came to.
+    ///
+    /// # Errors
+    /// [`Error::is_invalid_value`] when the body is not a delivery (too large, not JSON).
+    #[cfg(feature = "events")]
+    pub fn notify_events(&self, body: &[u8]) -> Result<crate::changes::Applied, Error> {
+        let delivery = crate::changes::parse(body)?;
+        let mut applied = crate::changes::Applied::new(delivery.validation_code());
+        for (reason, n) in delivery.ignored() {
+            for _ in 0..*n {
+                self.inner.metrics.notified(reason.label());
+            }
+            applied.count(reason.label(), *n);
+        }
+        for c in delivery.changes() {
+            let outcome = self
+                .inner
+                .notify(c.name(), c.version(), Some(c.vault()), c.time());
+            applied.count(outcome.label(), 1);
+        }
+        Ok(applied)
     }
 
     /// Events (route changes, breaker transitions, throttling, drift, stale serves) from now on.

@@ -337,6 +337,14 @@ pub(crate) struct RefreshConfig {
     /// refresh interval is used.
     #[serde(with = "humantime_serde")]
     pub(crate) idle_after: Duration,
+    /// A change event for a held secret ([`FailoverClient::notify_changed`]) refreshes it
+    /// after a random delay up to this, so that a fleet told at once does not meet the vault
+    /// in one instant. Default 30 s, App Configuration's push-refresh spread: 10,000 instances
+    /// holding a rotated secret then send 333 GETs per second, within a vault's 400.
+    ///
+    /// [`FailoverClient::notify_changed`]: crate::FailoverClient::notify_changed
+    #[serde(with = "humantime_serde")]
+    pub(crate) notify_max_delay: Duration,
 }
 
 impl RefreshConfig {
@@ -355,6 +363,7 @@ impl Default for RefreshConfig {
             drift_check: true,
             drift_sample: 0.1,
             idle_after: Duration::from_secs(3600),
+            notify_max_delay: Duration::from_secs(30),
         }
     }
 }
@@ -787,6 +796,11 @@ impl Config {
             ("hedge.floor", h.floor, MAX_TIMEOUT),
             ("hedge.ceiling", h.ceiling, MAX_TIMEOUT),
             ("refresh.idle_after", rf.idle_after, MAX_DURATION),
+            (
+                "refresh.notify_max_delay",
+                rf.notify_max_delay,
+                Duration::from_secs(600),
+            ),
         ]
         .into_iter()
         .map(|(n, d, m)| (n.to_string(), d, m))
@@ -1040,6 +1054,10 @@ impl ConfigBuilder {
         /// Stop refreshing a cached secret nobody has read for this long (it stays cached as
         /// last-known-good). Default 1 h; at least twice the refresh interval is used.
         refresh_idle_after: Duration => refresh.idle_after);
+    setter!(
+        /// Longest random delay before a change event's refresh (`refresh.notify_max_delay`).
+        /// Default 30 s, at most 10 min.
+        notify_max_delay: Duration => refresh.notify_max_delay);
 
     /// The secret the prober reads; without one it lists one page of secret properties.
     pub fn probe_canary(mut self, name: &str) -> Self {

@@ -78,6 +78,8 @@ mod vault;
 
 #[cfg(feature = "azure")]
 pub mod azure;
+#[cfg(feature = "events")]
+pub mod changes;
 pub mod files;
 #[cfg(feature = "snapshot")]
 pub mod snapshot;
@@ -93,6 +95,7 @@ pub use client::{
     FailoverClient, FailoverClientBuilder, Health, HealthState, ReadOptions, RegionHealth,
 };
 pub use config::{Access, Config, ConfigBuilder, CredentialKind, Region};
+pub use engine::notify::Notified;
 pub use error::{Attempt, AttemptFailure, Error, StoreError, StoreErrorKind, MAX_MESSAGE_LEN};
 pub use events::Event;
 pub use keyvault_failover_core::retry_after::{parse_retry_after, parse_retry_after_ms};

@@ -20,6 +20,8 @@
 //! | `keyvault_failover.cache.size` | gauge | |
 //! | `keyvault_failover.refresh.lag` | histogram, s (how late a due refresh started) | |
 //! | `keyvault_failover.refresh.failures` | counter | |
+//! | `keyvault_failover.events` | counter (change hints received) | `keyvault_failover.outcome` (`scheduled`, `already-scheduled`, `not-held`, `same-version`, `foreign-vault`, `invalid`, `no-runtime`, and for deliveries `other-type`, `malformed`) |
+//! | `keyvault_failover.events.delay` | histogram, s (from the event's time to the refreshed value) | |
 
 /// The method of a vault call, for `http.request.method`.
 #[derive(Debug, Clone, Copy)]
@@ -58,6 +60,8 @@ mod imp {
         budget_refusals: Counter<u64>,
         refresh_lag: Histogram<f64>,
         refresh_failures: Counter<u64>,
+        events: Counter<u64>,
+        events_delay: Histogram<f64>,
         /// Observable gauges live as long as their handles.
         gauges: Mutex<Vec<ObservableGauge<i64>>>,
     }
@@ -114,6 +118,15 @@ mod imp {
                 refresh_failures: m
                     .u64_counter("keyvault_failover.refresh.failures")
                     .with_description("Background refreshes that failed (the value is kept).")
+                    .build(),
+                events: m
+                    .u64_counter("keyvault_failover.events")
+                    .with_description("Change hints received, by what they came to.")
+                    .build(),
+                events_delay: m
+                    .f64_histogram("keyvault_failover.events.delay")
+                    .with_unit("s")
+                    .with_description("From a change event's time to the refreshed value.")
                     .build(),
                 gauges: Mutex::new(Vec::new()),
             }
@@ -243,6 +256,15 @@ mod imp {
         pub(crate) fn refresh_lag(&self, lag: Duration) {
             self.refresh_lag.record(lag.as_secs_f64(), &[]);
         }
+
+        pub(crate) fn notified(&self, outcome: &'static str) {
+            self.events
+                .add(1, &[KeyValue::new("keyvault_failover.outcome", outcome)]);
+        }
+
+        pub(crate) fn notify_delay(&self, d: Duration) {
+            self.events_delay.record(d.as_secs_f64(), &[]);
+        }
     }
 }
 
@@ -282,4 +304,6 @@ impl Metrics {
     pub(crate) fn hedge(&self, _vault: usize, _won: bool) {}
     pub(crate) fn budget_refused(&self) {}
     pub(crate) fn refresh_lag(&self, _lag: Duration) {}
+    pub(crate) fn notified(&self, _outcome: &'static str) {}
+    pub(crate) fn notify_delay(&self, _d: Duration) {}
 }

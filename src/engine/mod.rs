@@ -9,6 +9,7 @@
 //! `keyvault-failover-core`, which takes `now` from here.
 
 pub(crate) mod calls;
+pub(crate) mod notify;
 pub(crate) mod tasks;
 
 use std::collections::BTreeMap;
@@ -68,6 +69,11 @@ pub(crate) struct Engine {
     pub(crate) preloaded: Mutex<Vec<Box<str>>>,
     /// OpenTelemetry instruments (no-ops without the `otel` feature or a meter provider).
     pub(crate) metrics: Arc<crate::metrics::Metrics>,
+    /// Keys with a change hint's refresh scheduled (one per key however many hints come).
+    pub(crate) notify_pending: Mutex<std::collections::HashSet<Box<str>>>,
+    /// Draws the hints' delays: its own generator, so that hints leave every other draw
+    /// (and the simulator's reports) as they were.
+    pub(crate) notify_rng: Mutex<fastrand::Rng>,
 }
 
 /// How recent a stale serve or a task restart must be to count in [`Health`].

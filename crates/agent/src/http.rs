@@ -135,15 +135,31 @@ pub(crate) async fn handle(state: Arc<State>, req: Request<Incoming>) -> Respons
             "the Host header must name this machine's loopback address",
         );
     }
-    if req.method() != hyper::Method::GET {
+    let events = req.uri().path() == EVENTS;
+    // CloudEvents' webhook abuse protection: the delivering service asks, with OPTIONS and
+    // its origin, whether it may post here. Nothing is read or changed, so no token is asked
+    // (the handshake carries none).
+    if events && req.method() == hyper::Method::OPTIONS {
+        if let Some(origin) = req.headers().get("webhook-request-origin").cloned() {
+            let mut resp = respond(StatusCode::OK, Bytes::new(), "text/plain");
+            resp.headers_mut().insert("webhook-allowed-origin", origin);
+            resp.headers_mut().insert(
+                "webhook-allowed-rate",
+                hyper::header::HeaderValue::from_static("*"),
+            );
+            return resp;
+        }
+    }
+    let allowed = if events { "POST" } else { "GET" };
+    if req.method().as_str() != allowed {
         let mut resp = error(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
-            "GET only",
+            &format!("{allowed} only"),
         );
         resp.headers_mut().insert(
             hyper::header::ALLOW,
-            hyper::header::HeaderValue::from_static("GET"),
+            hyper::header::HeaderValue::from_static(allowed),
         );
         return resp;
     }
@@ -189,6 +205,9 @@ pub(crate) async fn handle(state: Arc<State>, req: Request<Incoming>) -> Respons
     }
     if path == "/metrics" {
         return metrics(&state).await;
+    }
+    if events {
+        return post_events(&state, req).await;
     }
     let Some(name) = path.strip_prefix("/v1/secrets/") else {
         return error(StatusCode::NOT_FOUND, "no_route", "no such endpoint");
@@ -296,6 +315,40 @@ fn secret_body(
     }
     body.push(b'}');
     body
+}
+
+/// Where Event Grid (or a relay) posts Key Vault's events.
+const EVENTS: &str = "/v1/events";
+
+/// `POST /v1/events`: a delivery of Key Vault's events (Event Grid schema or CloudEvents,
+/// single or batched), each a refresh hint for the secrets this agent holds; Event Grid's
+/// subscription handshake is answered with its `validationResponse`.
+async fn post_events(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    use http_body_util::BodyExt;
+    let max = keyvault_failover::changes::MAX_BODY_BYTES;
+    let body = match http_body_util::Limited::new(req.into_body(), max)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                &format!("an event delivery is at most {max} bytes"),
+            )
+        }
+    };
+    match state.client.notify_events(&body) {
+        Ok(applied) => match applied.validation_code() {
+            Some(code) => reply(StatusCode::OK, json!({ "validationResponse": code })),
+            None => reply(
+                StatusCode::OK,
+                json!({ "scheduled": applied.scheduled(), "outcomes": applied.outcomes() }),
+            ),
+        },
+        Err(e) => error(StatusCode::BAD_REQUEST, "invalid_events", &e.to_string()),
+    }
 }
 
 async fn metrics(state: &State) -> Response<Full<Bytes>> {

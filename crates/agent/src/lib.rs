@@ -1,12 +1,17 @@
-//! The failover agent (feature `agent`): [`FailoverClient`] served over HTTP on the loopback
-//! interface or a Unix socket, for services in any language. `keyvault-failover agent
-//! --config FILE` runs it from the client configuration plus an `[agent]` table.
+//! The failover agent (package `keyvault-failover-agent`): [`FailoverClient`] served over
+//! HTTP on the loopback interface or a Unix socket, for services in any language.
+//! `keyvault-failover agent --config FILE` runs it from the client configuration plus an
+//! `[agent]` table.
 //!
 //! * `GET /v1/secrets/{name}[?version=V]` → `{name, value, version, region, freshness, age_s}`
 //!   with `X-Keyvault-Region`, `X-Keyvault-Version`, `X-Keyvault-Freshness`; errors are
 //!   `{code, message}` with a stable code and status: `invalid_name` 400, `forwarded` 400,
-//!   `unauthorized` 401, `forbidden` 403, `not_found` 404, `no_route` 404,
-//!   `method_not_allowed` 405, `throttled` 429, `unavailable` 503.
+//!   `unauthorized` 401 (with `WWW-Authenticate`), `forbidden` 403, `host` 403, `not_found`
+//!   404, `no_route` 404, `method_not_allowed` 405 (with `Allow`), `throttled` 429 (with
+//!   `Retry-After`), `unavailable` 503.
+//! * `POST /v1/events`: Key Vault's secret events (Event Grid schema or CloudEvents 1.0) as
+//!   refresh hints ([`FailoverClient::notify_events`]); Event Grid's validation handshake and
+//!   CloudEvents' `OPTIONS` abuse protection are answered.
 //! * `GET /healthz/live` (no token), `GET /healthz/ready` (200 ready, 503 not ready); both
 //!   say whether the client is degraded. `GET /metrics`: Prometheus text.
 //! * Every request but liveness carries `X-Agent-Token`; a request with `X-Forwarded-For` is

@@ -958,3 +958,120 @@ async fn another_users_socket_is_not_taken_over() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Issue 22: `POST /v1/events` takes Key Vault's events (Event Grid schema and CloudEvents) as
+/// refresh hints behind the token: a rotation in the primary is served within the hint's delay
+/// (1 s here) instead of the refresh interval (5 min); Event Grid's validation handshake and
+/// the CloudEvents abuse-protection OPTIONS are answered; foreign vaults are ignored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_make_a_rotation_visible_within_the_hints_delay() {
+    let dir = temp_dir("events");
+    let emu = emulator(&dir, &[("db-password", "one")]).await;
+    let client = std::fs::read_to_string(emu.write_client_config().unwrap()).unwrap();
+    let slow = "notify_max_delay = \"30s\"";
+    assert!(client.contains(slow), "{client}");
+    let tuned = dir.join("tuned.toml");
+    std::fs::write(&tuned, client.replace(slow, "notify_max_delay = \"1s\"")).unwrap();
+    write_private(&dir.join("agent.token"), TOKEN);
+    let config = dir.join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "{}\n[agent]\nlisten = \"127.0.0.1:0\"\ntoken_file = \"agent.token\"\n",
+            std::fs::read_to_string(&tuned).unwrap()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_keyvault-failover"))
+        .args(["agent", "--config", config.to_str().unwrap()])
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(stderr_file(&dir))
+        .spawn()
+        .unwrap();
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let (line, mut agent) = next_line(Agent {
+        child,
+        base: String::new(),
+        stdout,
+    })
+    .await;
+    agent.base = format!(
+        "http://{}",
+        line.trim().strip_prefix("listening on ").unwrap()
+    );
+    let c = http();
+    let url = |p: &str| format!("{}{p}", agent.base);
+    let (s, _, b) = get(&c, &url("/v1/secrets/db-password"), Some(TOKEN)).await;
+    assert_eq!((s, b["value"].as_str()), (200, Some("one")));
+
+    let post = |body: String, token: Option<&'static str>| {
+        let mut r = c
+            .post(url("/v1/events"))
+            .header("content-type", "application/json")
+            .body(body);
+        if let Some(t) = token {
+            r = r.header("X-Agent-Token", t);
+        }
+        async move {
+            let resp = r.send().await.unwrap();
+            let status = resp.status().as_u16();
+            let v: serde_json::Value =
+                serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap_or_default();
+            (status, v)
+        }
+    };
+    let event = |vault: &str| {
+        format!(
+            r#"[{{"id":"1","topic":"/subscriptions/x/resourceGroups/g/providers/Microsoft.KeyVault/vaults/{vault}","subject":"db-password","eventType":"Microsoft.KeyVault.SecretNewVersionCreated","eventTime":"2026-12-01T10:00:00Z","data":{{"VaultName":"{vault}","ObjectType":"Secret","ObjectName":"db-password","Version":"0123456789abcdef"}},"dataVersion":"1","metadataVersion":"1"}}]"#
+        )
+    };
+    // Token-guarded like every route; POST only.
+    let (s, _) = post(event("app-weu"), None).await;
+    assert_eq!(s, 401);
+    let (s, _, _) = get(&c, &url("/v1/events"), Some(TOKEN)).await;
+    assert_eq!(s, 405);
+    // The handshakes.
+    let (s, v) = post(
+        r#"[{"id":"v","eventType":"Microsoft.EventGrid.SubscriptionValidationEvent","data":{"validationCode":"code-123"}}]"#.into(),
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(
+        (s, v["validationResponse"].as_str()),
+        (200, Some("code-123")),
+        "{v}"
+    );
+    let resp = c
+        .request(reqwest::Method::OPTIONS, url("/v1/events"))
+        .header("WebHook-Request-Origin", "eventemitter.example.com")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(
+        resp.headers()["webhook-allowed-origin"],
+        "eventemitter.example.com"
+    );
+    // A foreign vault's event changes nothing; the primary's is acted on.
+    emu.insert("weu", "db-password", "two");
+    let (s, v) = post(event("not-ours"), Some(TOKEN)).await;
+    assert_eq!((s, v["scheduled"].as_u64()), (200, Some(0)), "{v}");
+    let (s, v) = post(event("app-weu"), Some(TOKEN)).await;
+    assert_eq!((s, v["scheduled"].as_u64()), (200, Some(1)), "{v}");
+    let seen = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let (_, _, b) = get(&c, &url("/v1/secrets/db-password"), Some(TOKEN)).await;
+            if b["value"] == "two" {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(seen.is_ok(), "the rotation was not seen after the event");
+    let (s, v) = post("not json".into(), Some(TOKEN)).await;
+    assert_eq!((s, v["code"].as_str()), (400, Some("invalid_events")));
+    drop(agent);
+    let _ = std::fs::remove_dir_all(&dir);
+}
