@@ -118,6 +118,26 @@ fn a_failover_shows_in_the_metrics_and_no_secret_name_does() {
             .expect("a breaker gauge per region");
         assert_ne!(weu_state.2, 0.0, "weu's breaker is not closed");
         assert!(named("keyvault_failover.cache.size").any(|p| p.2 >= 1.0));
+
+        // Change hints (issue 22): by outcome, and the delay from the event's time.
+        r.client.notify_changed("not-held-anywhere", None);
+        let body = br#"[{"eventType":"Microsoft.KeyVault.SecretNewVersionCreated","eventTime":"2026-01-01T00:00:00Z","data":{"VaultName":"app-neu","ObjectType":"Secret","ObjectName":"payments-db-password","Version":"abc"}},{"eventType":"Microsoft.KeyVault.KeyNewVersionCreated","data":{}}]"#;
+        assert_eq!(r.client.notify_events(body).unwrap().scheduled(), 1);
+        advance(Duration::from_secs(31)).await;
+        provider.force_flush().unwrap();
+        let pts = points(&exporter.get_finished_metrics().unwrap());
+        let named = |n: &'static str| pts.iter().filter(move |p| p.0 == n);
+        for outcome in ["scheduled", "not-held", "other-type"] {
+            assert!(
+                named("keyvault_failover.events")
+                    .any(|p| has(p, "keyvault_failover.outcome", outcome) && p.2 >= 1.0),
+                "{outcome}: {pts:?}"
+            );
+        }
+        assert!(
+            named("keyvault_failover.events.delay").any(|p| p.2 >= 1.0),
+            "{pts:?}"
+        );
         // Labels are regions, hosts and outcomes: never a secret's name.
         let all = format!("{pts:?}");
         assert!(!all.contains("payments-db-password"), "{all}");
