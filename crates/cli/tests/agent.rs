@@ -1072,6 +1072,35 @@ async fn events_make_a_rotation_visible_within_the_hints_delay() {
     assert!(seen.is_ok(), "the rotation was not seen after the event");
     let (s, v) = post("not json".into(), Some(TOKEN)).await;
     assert_eq!((s, v["code"].as_str()), (400, Some("invalid_events")));
+
+    // End to end: the emulator posts the event Key Vault would on each write, in either
+    // schema, with the token as Event Grid's custom delivery header; the agent reads the new
+    // value through the real SDK.
+    let hook = url("/v1/events");
+    for (schema, value) in [
+        (keyvault_failover_emulator::EventSchema::EventGrid, "three"),
+        (keyvault_failover_emulator::EventSchema::CloudEvents, "four"),
+    ] {
+        emu.set_webhook(Some((&hook, schema, &[("X-Agent-Token", TOKEN)])))
+            .unwrap();
+        let posted = emu.events_posted().0;
+        emu.insert("weu", "db-password", value);
+        let seen = tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                let (_, _, b) = get(&c, &url("/v1/secrets/db-password"), Some(TOKEN)).await;
+                if b["value"] == value {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+        .await;
+        assert!(
+            seen.is_ok(),
+            "{schema:?}: the emulator's event did not reach the agent"
+        );
+        assert!(emu.events_posted().0 > posted, "{schema:?}: delivered");
+    }
     drop(agent);
     let _ = std::fs::remove_dir_all(&dir);
 }

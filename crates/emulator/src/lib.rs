@@ -31,6 +31,7 @@
 mod admin;
 mod data;
 mod error;
+mod events;
 mod server;
 
 use std::collections::BTreeMap;
@@ -44,6 +45,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 pub use crate::error::Error;
+pub use crate::events::{EventSchema, SecretEvent, WebhookTarget};
 use data::{Data, NewVersion};
 
 /// A fault an emulated vault injects, switchable at run time.
@@ -130,6 +132,8 @@ pub(crate) struct VaultState {
     pub(crate) addr: SocketAddr,
     /// Whether the vault's port has a listener (false while it refuses).
     pub(crate) listening: watch::Sender<bool>,
+    /// Where this emulator's events go (one for all its vaults).
+    pub(crate) webhook: Arc<events::Webhook>,
 }
 
 impl VaultState {
@@ -153,6 +157,12 @@ impl VaultState {
 
     pub(crate) fn data(&self) -> std::sync::MutexGuard<'_, Data> {
         self.data.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Posts `kind` for `name`'s `version` to the webhook, if one is set.
+    pub(crate) fn emit(&self, kind: SecretEvent, name: &str, version: &str) {
+        let vault = self.host.split('.').next().unwrap_or(&self.host);
+        self.webhook.emit(kind, vault, name, version);
     }
 }
 
@@ -234,6 +244,7 @@ impl EmulatorBuilder {
             None => None,
         };
         let (shutdown, _) = watch::channel(false);
+        let webhook = Arc::new(events::Webhook::default());
         let mut states: Vec<Arc<VaultState>> = Vec::new();
         for (i, (region, host)) in self.vaults.iter().enumerate() {
             if states.iter().any(|s| s.region == *region) {
@@ -257,6 +268,7 @@ impl EmulatorBuilder {
                 rng: Mutex::new(fastrand::Rng::with_seed(self.seed.wrapping_add(i as u64))),
                 replicas: Mutex::new(Vec::new()),
                 addr,
+                webhook: webhook.clone(),
             });
             tokio::spawn(server::serve(
                 state.clone(),
@@ -472,9 +484,49 @@ impl Emulator {
         self.state(region).apply_fault(fault).await
     }
 
-    /// Writes a version directly (no fault, no limit, not counted); returns its id.
+    /// Posts Key Vault's events to `url` (`http://127.0.0.1:PORT/...` only) in `schema`,
+    /// with `headers` on each request (Event Grid's custom delivery headers, such as an
+    /// agent's `X-Agent-Token`): a new version on every write ([`insert`](Self::insert) and the
+    /// REST API's PUT), and what [`emit`](Self::emit) asks for. `None` stops them.
+    ///
+    /// # Errors
+    /// [`Error::is_config`] for a URL that is not `http://127.0.0.1:PORT`.
+    pub fn set_webhook(&self, target: Option<WebhookTarget<'_>>) -> Result<(), Error> {
+        match self.vaults.first() {
+            Some(v) => v.webhook.set(target),
+            None => Ok(()),
+        }
+    }
+
+    /// Posts `kind` (near expiry, expired, or a new version) for the latest version of `name`
+    /// in `region`; says whether the secret exists.
+    pub fn emit(&self, region: &str, name: &str, kind: SecretEvent) -> bool {
+        let state = self.state(region);
+        let version = state.data().get(name, None).map(|(_, v)| v.id.clone());
+        match version {
+            Some(v) => {
+                state.emit(kind, name, &v);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Events delivered (answered 2xx) and not delivered, so far.
+    pub fn events_posted(&self) -> (u64, u64) {
+        self.vaults.first().map_or((0, 0), |v| {
+            (
+                v.webhook.sent.load(std::sync::atomic::Ordering::Relaxed),
+                v.webhook.failed.load(std::sync::atomic::Ordering::Relaxed),
+            )
+        })
+    }
+
+    /// Writes a version directly (no fault, no limit, not counted); returns its id. Posts a
+    /// new-version event if a webhook is set.
     pub fn insert(&self, region: &str, name: &str, value: &str) -> String {
-        self.state(region)
+        let state = self.state(region);
+        let id = state
             .data()
             .set(
                 name,
@@ -488,7 +540,9 @@ impl Emulator {
                 },
             )
             .id
-            .clone()
+            .clone();
+        state.emit(SecretEvent::NewVersion, name, &id);
+        id
     }
 
     /// Enables or disables the latest version of `name` (a disabled secret's value is

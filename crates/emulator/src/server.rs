@@ -619,6 +619,8 @@ async fn route(
                 let r = data
                     .get(name, Some(&id))
                     .map(|(r, v)| data::bundle(base, r, v));
+                drop(data);
+                state.emit(crate::SecretEvent::NewVersion, name, &id);
                 r.unwrap_or(Value::Null)
             };
             replicate(state, name, Some(new));
