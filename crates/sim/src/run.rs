@@ -427,6 +427,45 @@ pub(crate) async fn run(
         route_logs.push(log);
     }
 
+    // Change events: each rotation in the primary, while its region is up, reaches every
+    // client instance as a hint after the channel's delay (lost, duplicated, reordered).
+    let mut channel = JoinSet::new();
+    if let Some(ev) = &s.events {
+        let primary = &s.regions[0].name;
+        let down = |t: Duration| {
+            s.faults.iter().any(|f| {
+                &f.region == primary
+                    && matches!(f.kind, FaultKind::Outage | FaultKind::Blackhole)
+                    && f.start <= t
+                    && t < f.end
+            })
+        };
+        let mut rng = fastrand::Rng::with_seed(s.seed ^ 0xE7E7_0000_0000_0001);
+        for r in s
+            .workload
+            .rotations
+            .iter()
+            .filter(|r| r.at < s.duration && !down(r.at))
+        {
+            for inst in instances.iter().filter(|i| i.client().is_some()) {
+                if rng.f64() < ev.loss {
+                    continue;
+                }
+                let copies = 1 + usize::from(rng.f64() < ev.duplicates);
+                for _ in 0..copies {
+                    let at = start + r.at + ev.delay.mul_f64(0.5 + rng.f64());
+                    let (inst, secret) = (inst.clone(), r.secret);
+                    channel.spawn(async move {
+                        tokio::time::sleep_until(at).await;
+                        if let Some(c) = inst.client() {
+                            c.notify_changed(&format!("secret-{secret}"), None);
+                        }
+                    });
+                }
+            }
+        }
+    }
+
     // One open-loop driver per instance; instance 0's reports progress.
     let reported_total = Arc::new(AtomicU64::new(0));
     let mut drivers = JoinSet::new();
@@ -494,6 +533,7 @@ pub(crate) async fn run(
         });
     }
     while drivers.join_next().await.is_some() {}
+    channel.abort_all();
     let _ = rotator.await;
     if let Some(p) = &progress {
         // Instance 0's driver reported up to its last read; the rest of the run now.

@@ -73,6 +73,14 @@ const BUILTIN: &[(&str, &str)] = &[
         "fleet-10k-node-agents",
         include_str!("../../../simulations/fleet-10k-node-agents.toml"),
     ),
+    (
+        "fleet-10k-rotation-events",
+        include_str!("../../../simulations/fleet-10k-rotation-events.toml"),
+    ),
+    (
+        "fleet-10k-rotation-events-lossy",
+        include_str!("../../../simulations/fleet-10k-rotation-events-lossy.toml"),
+    ),
 ];
 
 /// A simulation scenario, read from TOML.
@@ -94,6 +102,9 @@ pub struct Scenario {
     pub(crate) fleet: Fleet,
     #[serde(default)]
     pub(crate) baselines: Baselines,
+    /// Key Vault's change events delivered to every client instance (none by default).
+    #[serde(default)]
+    pub(crate) events: Option<EventChannel>,
     /// Client settings in the configuration file's format, without `regions` (they come from
     /// the scenario's regions).
     #[serde(default)]
@@ -235,6 +246,24 @@ pub(crate) enum FaultKind {
     Flapping,
     /// Managed failover: the vault serves reads and refuses writes (403).
     ReadOnly,
+}
+
+/// The path from the primary's rotations to each client instance as change hints
+/// (`FailoverClient::notify_changed`): Event Grid's delivery, with its delay, losses,
+/// duplicates and the reordering random delays make. A vault's events come from its region:
+/// a rotation while the primary's region is down raises none.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct EventChannel {
+    /// Median delivery delay; each delivery takes 0.5 to 1.5 times it.
+    #[serde(with = "humantime_serde")]
+    pub(crate) delay: Duration,
+    /// Share of deliveries lost (0..=1).
+    #[serde(default)]
+    pub(crate) loss: f64,
+    /// Share of deliveries sent twice (0..=1).
+    #[serde(default)]
+    pub(crate) duplicates: f64,
 }
 
 /// How many client instances share the vaults, and how they are deployed: each process with
@@ -555,6 +584,14 @@ impl Scenario {
                  ({ppa} and {})",
                 self.fleet.instances
             ));
+        }
+        if let Some(e) = &self.events {
+            if e.delay > Duration::from_secs(3600)
+                || !(0.0..=1.0).contains(&e.loss)
+                || !(0.0..=1.0).contains(&e.duplicates)
+            {
+                return bad("events: delay at most 1h, loss and duplicates in 0..=1".into());
+            }
         }
         if self.fleet.agent_hop > Duration::from_secs(1) {
             return bad("fleet.agent_hop must be at most 1s".into());

@@ -112,6 +112,8 @@ reproducible! {
     fleet_10k_regional_outage_is_reproducible => "fleet-10k-regional-outage",
     fleet_10k_rotation_storm_is_reproducible => "fleet-10k-rotation-storm",
     fleet_10k_node_agents_is_reproducible => "fleet-10k-node-agents",
+    fleet_10k_rotation_events_is_reproducible => "fleet-10k-rotation-events",
+    fleet_10k_rotation_events_lossy_is_reproducible => "fleet-10k-rotation-events-lossy",
 }
 
 #[test]
