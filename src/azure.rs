@@ -20,6 +20,8 @@
 //! # Ok(()) }
 //! ```
 
+mod replica;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -361,11 +363,24 @@ impl SecretStore for AzureStore {
             .version
             .filter(|v| !v.is_empty())
             .ok_or_else(|| malformed("answer without a version id"))?;
-        let created = secret
-            .attributes
+        // A replicator's copy is as old as its source: its provenance tag carries the
+        // source's `created` (the copy's own is when it was copied, later than the original),
+        // so versions are ordered across regions by the source's time.
+        let provenance = secret
+            .tags
             .as_ref()
-            .and_then(|a| a.created)
-            .and_then(|t| u64::try_from(t.unix_timestamp()).ok())
+            .and_then(|t| t.get(crate::replicate::PROVENANCE_TAG))
+            .and_then(|t| crate::replicate::Provenance::parse(t))
+            .map(|p| p.created());
+        let created = provenance
+            .or_else(|| {
+                secret
+                    .attributes
+                    .as_ref()
+                    .and_then(|a| a.created)
+                    .map(|t| t.unix_timestamp())
+            })
+            .and_then(|t| u64::try_from(t).ok())
             .and_then(|s| std::time::UNIX_EPOCH.checked_add(Duration::from_secs(s)));
         let value = secret
             .value

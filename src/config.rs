@@ -469,6 +469,10 @@ impl Config {
         self.timeouts.attempt
     }
 
+    pub(crate) fn throttle(&self) -> &ThrottleConfig {
+        &self.throttle
+    }
+
     /// The regions in priority order (primary first).
     pub fn regions(&self) -> &[Region] {
         &self.regions

@@ -81,6 +81,7 @@ pub mod azure;
 #[cfg(feature = "events")]
 pub mod changes;
 pub mod files;
+pub mod replicate;
 #[cfg(feature = "snapshot")]
 pub mod snapshot;
 pub mod store;

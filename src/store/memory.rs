@@ -11,6 +11,7 @@ use secrecy::{ExposeSecret, SecretString};
 use super::SecretStore;
 use crate::error::{StoreError, StoreErrorKind};
 use crate::name::SecretName;
+use crate::replicate::{Listed, Properties, ReadVersion, ReplicaStore};
 use crate::secret::{SecretProperties, StoredSecret};
 
 /// A fault a [`MemoryStore`] injects into each call while it is set.
@@ -56,10 +57,22 @@ struct Version {
     /// Wall-clock creation time, as Key Vault's `attributes.created` (the client's high-water
     /// mark across regions).
     created: std::time::SystemTime,
+    /// Enabled, expiry, activation, content type, tags.
+    props: Properties,
+}
+
+/// One name: its spelling, its versions (latest last), whether a certificate owns it.
+struct Record {
+    name: String,
+    versions: Vec<Version>,
+    managed: bool,
 }
 
 struct State {
-    secrets: HashMap<String, (String, Vec<Version>)>,
+    secrets: HashMap<String, Record>,
+    /// Soft-deleted names (through [`ReplicaStore::soft_delete`]): recoverable, and a write
+    /// to one answers 409 as Key Vault does.
+    deleted: HashMap<String, Record>,
     next_version: u64,
     fault: Option<Fault>,
     /// A fault for secret GETs only (listings and writes are spared): a partial outage.
@@ -121,6 +134,7 @@ impl MemoryStore {
             name: name.to_string(),
             state: Mutex::new(State {
                 secrets: HashMap::new(),
+                deleted: HashMap::new(),
                 next_version: 1,
                 fault: None,
                 get_fault: None,
@@ -150,20 +164,79 @@ impl MemoryStore {
             &self.name,
             name,
             SecretString::from(value.to_string()),
+            Properties::default(),
         )
     }
 
-    fn put(st: &mut State, store: &str, name: &str, value: SecretString) -> String {
+    /// Writes a new version with these properties directly (no fault, not counted).
+    pub fn insert_with(&self, name: &str, value: &str, properties: Properties) -> String {
+        let mut st = self.lock();
+        let value = SecretString::from(value.to_string());
+        Self::put(&mut st, &self.name, name, value, properties)
+    }
+
+    /// Writes a version of a secret that backs a certificate (`managed`, as Key Vault lists
+    /// it): the secrets API cannot write it.
+    pub fn insert_managed(&self, name: &str, value: &str) -> String {
+        let id = self.insert(name, value);
+        if let Some(r) = self.lock().secrets.get_mut(&name.to_ascii_lowercase()) {
+            r.managed = true;
+        }
+        id
+    }
+
+    /// Enables or disables the latest version of `name`; says whether it exists.
+    pub fn set_enabled(&self, name: &str, enabled: bool) -> bool {
+        let mut st = self.lock();
+        match st
+            .secrets
+            .get_mut(&name.to_ascii_lowercase())
+            .and_then(|r| r.versions.last_mut())
+        {
+            Some(v) => {
+                v.props = v.props.clone().with_enabled(enabled);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The properties of `name`'s latest version, for assertions.
+    pub fn properties(&self, name: &str) -> Option<Properties> {
+        let st = self.lock();
+        st.secrets
+            .get(&name.to_ascii_lowercase())
+            .and_then(|r| r.versions.last())
+            .map(|v| v.props.clone())
+    }
+
+    /// Whether `name` is soft-deleted.
+    pub fn is_soft_deleted(&self, name: &str) -> bool {
+        self.lock().deleted.contains_key(&name.to_ascii_lowercase())
+    }
+
+    fn put(
+        st: &mut State,
+        store: &str,
+        name: &str,
+        value: SecretString,
+        props: Properties,
+    ) -> String {
         let id = format!("{store}-{:016x}", st.next_version);
         st.next_version += 1;
         let e = st
             .secrets
             .entry(name.to_ascii_lowercase())
-            .or_insert_with(|| (name.to_string(), Vec::new()));
-        e.1.push(Version {
+            .or_insert_with(|| Record {
+                name: name.to_string(),
+                versions: Vec::new(),
+                managed: false,
+            });
+        e.versions.push(Version {
             id: id.clone(),
             value,
             created: std::time::SystemTime::now(),
+            props,
         });
         id
     }
@@ -173,7 +246,7 @@ impl MemoryStore {
         let st = self.lock();
         st.secrets
             .get(&name.to_ascii_lowercase())
-            .and_then(|(_, v)| v.last())
+            .and_then(|r| r.versions.last())
             .map(|v| (v.id.clone(), v.value.clone()))
     }
 
@@ -182,7 +255,7 @@ impl MemoryStore {
         let st = self.lock();
         st.secrets
             .values()
-            .flat_map(|(_, v)| v.iter())
+            .flat_map(|r| r.versions.iter())
             .any(|v| v.value.expose_secret() == value)
     }
 
@@ -208,6 +281,11 @@ impl MemoryStore {
     /// empty the standing fault of [`MemoryStore::set_fault`] applies again.
     pub fn script(&self, outcomes: impl IntoIterator<Item = Option<Fault>>) {
         self.lock().script.extend(outcomes);
+    }
+
+    /// Drops the outcomes [`script`](Self::script) queued and no call has taken yet.
+    pub fn clear_script(&self) {
+        self.lock().script.clear();
     }
 
     /// Sets the latency of answered calls.
@@ -293,6 +371,33 @@ impl MemoryStore {
     }
 }
 
+fn disabled() -> StoreError {
+    StoreError::new(
+        StoreErrorKind::Auth { status: 403 },
+        "Forbidden: Operation get is not allowed on a disabled secret. (SecretDisabled)",
+    )
+}
+
+fn conflict(name: &SecretName) -> StoreError {
+    StoreError::new(
+        StoreErrorKind::Rejected { status: 409 },
+        format!("Conflict: secret {name} is deleted but recoverable; recover or purge it first"),
+    )
+}
+
+fn read_only() -> StoreError {
+    StoreError::new(
+        StoreErrorKind::Auth { status: 403 },
+        "vault is read-only (failed over)",
+    )
+}
+
+fn unix(t: std::time::SystemTime) -> Option<i64> {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .ok()
+        .and_then(|d| i64::try_from(d.as_secs()).ok())
+}
+
 fn not_found(name: &SecretName) -> StoreError {
     StoreError::new(
         StoreErrorKind::NotFound,
@@ -310,16 +415,27 @@ impl SecretStore for MemoryStore {
         self.gets.fetch_add(1, Ordering::Relaxed);
         self.enter(true).await?;
         let st = self.lock();
-        let (_, versions) = st
+        let r = st
             .secrets
             .get(&**name.key())
             .ok_or_else(|| not_found(name))?;
         let v = match version {
-            None => versions.last(),
-            Some(id) => versions.iter().find(|v| v.id == id),
+            None => r.versions.last(),
+            Some(id) => r.versions.iter().find(|v| v.id == id),
         }
         .ok_or_else(|| not_found(name))?;
-        Ok(StoredSecret::new(v.value.clone(), v.id.clone()).with_created(v.created))
+        if !v.props.enabled() {
+            return Err(disabled());
+        }
+        // A replicator's copy is as old as its source (see `AzureStore`).
+        let created = match v.props.provenance() {
+            Some(p) => u64::try_from(p.created())
+                .ok()
+                .and_then(|s| std::time::UNIX_EPOCH.checked_add(Duration::from_secs(s)))
+                .unwrap_or(v.created),
+            None => v.created,
+        };
+        Ok(StoredSecret::new(v.value.clone(), v.id.clone()).with_created(created))
     }
 
     async fn set(&self, name: &SecretName, value: &SecretString) -> Result<String, StoreError> {
@@ -332,7 +448,17 @@ impl SecretStore for MemoryStore {
                 "vault is read-only (failed over)",
             ));
         }
-        Ok(Self::put(&mut st, &self.name, name.as_str(), value.clone()))
+        if st.deleted.contains_key(&**name.key()) {
+            return Err(conflict(name));
+        }
+        let props = Properties::default();
+        Ok(Self::put(
+            &mut st,
+            &self.name,
+            name.as_str(),
+            value.clone(),
+            props,
+        ))
     }
 
     async fn delete(&self, name: &SecretName) -> Result<(), StoreError> {
@@ -358,9 +484,146 @@ impl SecretStore for MemoryStore {
         let mut out: Vec<SecretProperties> = st
             .secrets
             .values()
-            .map(|(n, v)| SecretProperties::new(n.clone(), v.last().map(|v| v.id.clone()), true))
+            .map(|r| {
+                let last = r.versions.last();
+                let enabled = last.is_none_or(|v| v.props.enabled());
+                SecretProperties::new(r.name.clone(), last.map(|v| v.id.clone()), enabled)
+            })
             .collect();
         out.sort_by(|a, b| a.name().cmp(b.name()));
         Ok(out)
+    }
+}
+
+/// The replicator's calls, with Key Vault's answers: a GET of a disabled secret is 403, a write
+/// to a soft-deleted name 409, a managed secret cannot be written (403). Reads count in
+/// [`MemoryStore::gets`], listings in [`MemoryStore::lists`], every other call in
+/// [`MemoryStore::writes`]; each takes the store's faults and latency.
+#[async_trait]
+impl ReplicaStore for MemoryStore {
+    async fn list_items(&self) -> Result<Vec<Listed>, StoreError> {
+        self.lists.fetch_add(1, Ordering::Relaxed);
+        self.enter(false).await?;
+        let st = self.lock();
+        let mut out: Vec<Listed> = st
+            .secrets
+            .values()
+            .filter_map(|r| {
+                let v = r.versions.last()?;
+                Some(
+                    Listed::new(r.name.clone(), v.props.clone())
+                        .with_created(unix(v.created))
+                        .with_managed(r.managed),
+                )
+            })
+            .collect();
+        out.sort_by(|a, b| a.name().cmp(b.name()));
+        Ok(out)
+    }
+
+    async fn read(&self, name: &SecretName) -> Result<ReadVersion, StoreError> {
+        self.gets.fetch_add(1, Ordering::Relaxed);
+        self.enter(true).await?;
+        let st = self.lock();
+        let v = st
+            .secrets
+            .get(&**name.key())
+            .and_then(|r| r.versions.last())
+            .ok_or_else(|| not_found(name))?;
+        if !v.props.enabled() {
+            return Err(disabled());
+        }
+        Ok(ReadVersion::new(
+            v.value.clone(),
+            v.id.clone(),
+            unix(v.created),
+            v.props.clone(),
+        ))
+    }
+
+    async fn write(
+        &self,
+        name: &SecretName,
+        value: &SecretString,
+        properties: &Properties,
+    ) -> Result<String, StoreError> {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        self.enter(false).await?;
+        let mut st = self.lock();
+        if st.read_only {
+            return Err(read_only());
+        }
+        if st.deleted.contains_key(&**name.key()) {
+            return Err(conflict(name));
+        }
+        if st.secrets.get(&**name.key()).is_some_and(|r| r.managed) {
+            return Err(StoreError::new(
+                StoreErrorKind::Auth { status: 403 },
+                "Forbidden: a certificate's secret cannot be set",
+            ));
+        }
+        let props = properties.clone();
+        Ok(Self::put(
+            &mut st,
+            &self.name,
+            name.as_str(),
+            value.clone(),
+            props,
+        ))
+    }
+
+    async fn update(&self, name: &SecretName, properties: &Properties) -> Result<(), StoreError> {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        self.enter(false).await?;
+        let mut st = self.lock();
+        if st.read_only {
+            return Err(read_only());
+        }
+        let v = st
+            .secrets
+            .get_mut(&**name.key())
+            .and_then(|r| r.versions.last_mut())
+            .ok_or_else(|| not_found(name))?;
+        // As Key Vault's PATCH: what is absent is left as it was.
+        let old = std::mem::take(&mut v.props);
+        v.props = Properties::default()
+            .with_enabled(properties.enabled())
+            .with_expires(properties.expires().or(old.expires()))
+            .with_not_before(properties.not_before().or(old.not_before()))
+            .with_content_type(
+                properties
+                    .content_type()
+                    .or(old.content_type())
+                    .map(str::to_string),
+            )
+            .with_tags(properties.tags().clone());
+        Ok(())
+    }
+
+    async fn soft_delete(&self, name: &SecretName) -> Result<(), StoreError> {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        self.enter(false).await?;
+        let mut st = self.lock();
+        if st.read_only {
+            return Err(read_only());
+        }
+        let r = st
+            .secrets
+            .remove(&**name.key())
+            .ok_or_else(|| not_found(name))?;
+        st.deleted.insert(name.key().to_string(), r);
+        Ok(())
+    }
+
+    async fn recover(&self, name: &SecretName) -> Result<(), StoreError> {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        self.enter(false).await?;
+        let mut st = self.lock();
+        let r = st
+            .deleted
+            .remove(&**name.key())
+            .ok_or_else(|| not_found(name))?;
+        st.secrets.insert(name.key().to_string(), r);
+        Ok(())
     }
 }

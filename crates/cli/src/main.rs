@@ -12,6 +12,8 @@ use keyvault_failover_sim as sim;
 
 mod agent_cmd;
 mod cli;
+mod replicate_cmd;
+mod verify;
 
 #[derive(Parser)]
 #[command(
@@ -133,8 +135,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Compare each secret's content (a keyed hash, never the value) and version across
-    /// regions; exit 1 when any differs or is missing.
+    /// Compare each secondary's copy of each secret with the primary's: from the replicator's
+    /// provenance tags where they settle it (no value read), else by a keyed hash of both
+    /// values (never the value); exit 1 when any copy lags, differs or is missing.
     VerifyReplication {
         /// The client configuration (the library's TOML).
         #[arg(long)]
@@ -147,6 +150,35 @@ enum Command {
         /// JSON for scripts instead of text.
         #[arg(long)]
         json: bool,
+    },
+    /// Copy the primary's secrets (the first region) into every secondary where they differ:
+    /// the plan, then the run; exit 0 when every secondary is in step, 1 when something could
+    /// not be copied (with --dry-run: when a run has work to do), 2 on bad input.
+    Replicate {
+        /// The client configuration (the library's TOML; `keyvault-failover emulator` writes
+        /// one). Run it as an identity that may write the secondaries (README: Replication).
+        #[arg(long)]
+        config: PathBuf,
+        /// Print the plan and write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Soft-delete copies whose source the primary no longer has (never purged).
+        #[arg(long)]
+        prune: bool,
+        /// Only names matching this glob (`*`, `?`, `[..]`, case-insensitive); repeatable.
+        #[arg(long = "only", value_name = "PATTERN")]
+        only: Vec<String>,
+        /// JSON for scripts instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Keep running: one pass per interval (jittered by up to a tenth), e.g. `5m`, until
+        /// SIGTERM.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        every: Option<Duration>,
+        /// After each pass, write its outcome (JSON: finished_unix, in_step,
+        /// counts) to this file, for an orchestrator's health probe.
+        #[arg(long)]
+        status_file: Option<PathBuf>,
     },
     /// Serve the failover client over HTTP on 127.0.0.1 for services in any language (the
     /// file's `[agent]` table: listen, token_file or token_env, preload, ...), until SIGTERM.
@@ -519,7 +551,24 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             names,
             limit,
             json,
-        } => cli::verify_replication(&config, &names, limit, json),
+        } => verify::verify_replication(&config, &names, limit, json),
+        Command::Replicate {
+            config,
+            dry_run,
+            prune,
+            only,
+            json,
+            every,
+            status_file,
+        } => replicate_cmd::run(replicate_cmd::Options {
+            config,
+            dry_run,
+            prune,
+            only,
+            json,
+            every,
+            status_file,
+        }),
         Command::Agent { config } => agent_cmd::run(&config),
         Command::CheckConfig { file } => {
             // The client's configuration, and the agent's `[agent]` table if the file has one

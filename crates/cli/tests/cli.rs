@@ -281,3 +281,129 @@ async fn watch_prints_breaker_and_route_events() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `replicate` against the emulator's own file: the dry run plans and writes nothing (exit 1:
+/// work to do), the run copies (exit 0) and never shows a value, the next run writes nothing,
+/// `verify-replication` agrees; a bad pattern is exit 2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicate_plans_copies_and_then_finds_nothing_to_do() {
+    let dir = temp_dir("replicate");
+    let emu = emulator(&dir).await;
+    emu.insert("weu", "db-password", "hunter2-secret-value");
+    emu.insert("weu", "api-key", "k-secret-value");
+    emu.insert_managed("weu", "tls-cert", "pfx-secret-value");
+    let config = emu.write_client_config().unwrap();
+    let config = config.to_str().unwrap();
+
+    let out = cli(&["replicate", "--config", config, "--dry-run"]).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("db-password") && text.contains("copy: missing here"),
+        "{text}"
+    );
+    assert!(
+        text.contains("tls-cert") && text.contains("managed"),
+        "{text}"
+    );
+    assert_eq!(emu.writes("neu"), 0, "a dry run writes nothing");
+
+    let status = dir.join("replicate-status.json");
+    let out = cli(&[
+        "replicate",
+        "--config",
+        config,
+        "--json",
+        "--status-file",
+        status.to_str().unwrap(),
+    ])
+    .await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(v["run"]["secondaries"][0]["copied"], 2, "{v}");
+    assert!(
+        !text.contains("secret-value"),
+        "no value in the report: {text}"
+    );
+    assert_eq!(
+        emu.current("neu", "db-password").unwrap().0,
+        "hunter2-secret-value"
+    );
+    assert!(emu.current("neu", "tls-cert").is_none());
+    assert_eq!(emu.writes("weu"), 0, "the primary is never written");
+    let s: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&status).unwrap()).expect("status JSON");
+    assert_eq!(s["in_step"], true);
+
+    let writes = emu.writes("neu");
+    let out = cli(&["replicate", "--config", config]).await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(emu.writes("neu"), writes, "in step: nothing written");
+
+    let out = cli(&[
+        "verify-replication",
+        "--config",
+        config,
+        "db-password",
+        "api-key",
+    ])
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    // A copy whose provenance names an older source than the primary's current version:
+    // settled from the listings as lagging, no value read.
+    let old = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        - 600;
+    let mut tags = std::collections::BTreeMap::new();
+    tags.insert("kvf-source".to_string(), format!("{old}:00ff:weu"));
+    emu.insert_with(
+        "neu",
+        "lagged",
+        "x-secret-value",
+        keyvault_failover_emulator::SecretSpec {
+            tags,
+            ..Default::default()
+        },
+    );
+    emu.insert("weu", "lagged", "y-secret-value");
+    let gets = (emu.gets("weu"), emu.gets("neu"));
+    let out = cli(&["verify-replication", "--config", config, "--json", "lagged"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let copy = &v[0]["copies"][1];
+    assert_eq!(
+        (copy["state"].as_str(), copy["from_listing"].as_bool()),
+        (Some("lagging"), Some(true)),
+        "{v}"
+    );
+    assert!(copy["lag_secs"].as_i64().unwrap() >= 0);
+    assert!(copy["hash"].is_null());
+    // Listings only (a GET of /secrets counts as a GET in the emulator: one page each).
+    assert_eq!(
+        (emu.gets("weu"), emu.gets("neu")),
+        (gets.0 + 1, gets.1 + 1),
+        "no value read"
+    );
+
+    let out = cli(&["replicate", "--config", config, "--only", "[x"]).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a pattern"));
+}

@@ -20,6 +20,8 @@ pub(crate) struct Version {
     pub(crate) tags: BTreeMap<String, String>,
     pub(crate) enabled: bool,
     pub(crate) created: i64,
+    /// When its properties last changed (a PATCH), or `created`.
+    pub(crate) updated: i64,
     pub(crate) exp: Option<i64>,
     pub(crate) nbf: Option<i64>,
 }
@@ -27,6 +29,19 @@ pub(crate) struct Version {
 pub(crate) struct Record {
     pub(crate) name: String,
     pub(crate) versions: Vec<Version>,
+    /// The backing secret of a certificate: listed with `managed: true`, not writable
+    /// through the secrets API.
+    pub(crate) managed: bool,
+}
+
+/// What a PATCH of a version's properties carries: each field given replaces the old one
+/// (tags as a whole), each absent one is left as it was.
+pub(crate) struct Patch {
+    pub(crate) content_type: Option<String>,
+    pub(crate) tags: Option<BTreeMap<String, String>>,
+    pub(crate) enabled: Option<bool>,
+    pub(crate) exp: Option<i64>,
+    pub(crate) nbf: Option<i64>,
 }
 
 /// The secrets of one vault. Names are case-insensitive, as in Key Vault.
@@ -95,6 +110,55 @@ impl Data {
         }
     }
 
+    /// Marks `name` as a certificate's secret; says whether it exists.
+    pub(crate) fn set_managed(&mut self, name: &str) -> bool {
+        match self.secrets.get_mut(&name.to_ascii_lowercase()) {
+            Some(r) => {
+                r.managed = true;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Whether `name` is a certificate's secret.
+    pub(crate) fn is_managed(&self, name: &str) -> bool {
+        self.secrets
+            .get(&name.to_ascii_lowercase())
+            .is_some_and(|r| r.managed)
+    }
+
+    /// Applies `patch` to `version` of `name` (an empty or absent version: the latest).
+    pub(crate) fn update(&mut self, name: &str, version: Option<&str>, patch: Patch) -> bool {
+        let Some(rec) = self.secrets.get_mut(&name.to_ascii_lowercase()) else {
+            return false;
+        };
+        let v = match version.filter(|v| !v.is_empty()) {
+            None => rec.versions.last_mut(),
+            Some(id) => rec.versions.iter_mut().find(|v| v.id == id),
+        };
+        let Some(v) = v else {
+            return false;
+        };
+        if let Some(ct) = patch.content_type {
+            v.content_type = Some(ct);
+        }
+        if let Some(tags) = patch.tags {
+            v.tags = tags;
+        }
+        if let Some(enabled) = patch.enabled {
+            v.enabled = enabled;
+        }
+        if patch.exp.is_some() {
+            v.exp = patch.exp;
+        }
+        if patch.nbf.is_some() {
+            v.nbf = patch.nbf;
+        }
+        v.updated = unix_now();
+        true
+    }
+
     /// Whether `name` is soft-deleted (a new version is refused until it is purged).
     pub(crate) fn is_deleted(&self, name: &str) -> bool {
         self.deleted.contains_key(&name.to_ascii_lowercase())
@@ -108,14 +172,17 @@ impl Data {
             .or_insert_with(|| Record {
                 name: name.to_string(),
                 versions: Vec::new(),
+                managed: false,
             });
+        let now = unix_now();
         rec.versions.push(Version {
             id,
             value: v.value,
             content_type: v.content_type,
             tags: v.tags,
             enabled: v.enabled,
-            created: unix_now(),
+            created: now,
+            updated: now,
             exp: v.exp,
             nbf: v.nbf,
         });
@@ -201,7 +268,7 @@ fn attributes(v: &Version) -> Value {
     let mut a = json!({
         "enabled": v.enabled,
         "created": v.created,
-        "updated": v.created,
+        "updated": v.updated,
         "recoveryLevel": "Recoverable+Purgeable",
         "recoverableDays": 90,
     });
@@ -225,6 +292,9 @@ pub(crate) fn bundle(base: &str, r: &Record, v: &Version) -> Value {
     if let Some(ct) = &v.content_type {
         b["contentType"] = json!(ct);
     }
+    if r.managed {
+        b["managed"] = json!(true);
+    }
     b
 }
 
@@ -238,6 +308,9 @@ pub(crate) fn item(base: &str, r: &Record, v: &Version) -> Value {
     if let Some(ct) = &v.content_type {
         b["contentType"] = json!(ct);
     }
+    if r.managed {
+        b["managed"] = json!(true);
+    }
     b
 }
 
@@ -250,6 +323,9 @@ pub(crate) fn version_item(base: &str, r: &Record, v: &Version) -> Value {
     });
     if let Some(ct) = &v.content_type {
         b["contentType"] = json!(ct);
+    }
+    if r.managed {
+        b["managed"] = json!(true);
     }
     b
 }

@@ -109,6 +109,33 @@ fn one() -> u32 {
     1
 }
 
+/// What [`Emulator::insert_with`] writes besides the value.
+#[derive(Debug, Clone)]
+pub struct SecretSpec {
+    /// `contentType`.
+    pub content_type: Option<String>,
+    /// Tags.
+    pub tags: BTreeMap<String, String>,
+    /// `attributes.enabled`.
+    pub enabled: bool,
+    /// `attributes.exp`, unix seconds.
+    pub expires: Option<i64>,
+    /// `attributes.nbf`, unix seconds.
+    pub not_before: Option<i64>,
+}
+
+impl Default for SecretSpec {
+    fn default() -> Self {
+        SecretSpec {
+            content_type: None,
+            tags: BTreeMap::new(),
+            enabled: true,
+            expires: None,
+            not_before: None,
+        }
+    }
+}
+
 /// Counters of one emulated vault.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
@@ -125,6 +152,9 @@ pub(crate) struct VaultState {
     pub(crate) fault: watch::Sender<VaultFault>,
     pub(crate) limiter: Mutex<std::collections::VecDeque<std::time::Instant>>,
     pub(crate) limit: usize,
+    /// Writes (PUT, PATCH, DELETE, POST) per window: Key Vault's secret-write limit.
+    pub(crate) write_limiter: Mutex<std::collections::VecDeque<std::time::Instant>>,
+    pub(crate) write_limit: usize,
     pub(crate) window: Duration,
     pub(crate) counters: Counters,
     pub(crate) rng: Mutex<fastrand::Rng>,
@@ -171,6 +201,7 @@ impl VaultState {
 pub struct EmulatorBuilder {
     vaults: Vec<(String, String)>,
     limit: u32,
+    write_limit: u32,
     window: Duration,
     admin: bool,
     cert_dir: Option<PathBuf>,
@@ -193,10 +224,18 @@ impl EmulatorBuilder {
         self
     }
 
-    /// Secret GETs each vault allows per window before answering 429. Default 4,000 per 10 s.
+    /// Secret GETs (and listings) each vault allows per window before answering 429. Default
+    /// 4,000 per 10 s.
     pub fn throttle(mut self, limit: u32, window: Duration) -> Self {
         self.limit = limit;
         self.window = window;
+        self
+    }
+
+    /// Writes (set, update, delete, recover, purge) each vault allows per window (the one of
+    /// [`throttle`](Self::throttle)) before answering 429. Default 300, Key Vault's.
+    pub fn write_limit(mut self, limit: u32) -> Self {
+        self.write_limit = limit;
         self
     }
 
@@ -263,6 +302,8 @@ impl EmulatorBuilder {
                 listening: watch::channel(true).0,
                 limiter: Mutex::new(std::collections::VecDeque::new()),
                 limit: self.limit as usize,
+                write_limiter: Mutex::new(std::collections::VecDeque::new()),
+                write_limit: self.write_limit as usize,
                 window: self.window,
                 counters: Counters::default(),
                 rng: Mutex::new(fastrand::Rng::with_seed(self.seed.wrapping_add(i as u64))),
@@ -341,6 +382,7 @@ impl Emulator {
         EmulatorBuilder {
             vaults: Vec::new(),
             limit: 4000,
+            write_limit: 300,
             window: Duration::from_secs(10),
             admin: false,
             cert_dir: None,
@@ -543,6 +585,53 @@ impl Emulator {
             .clone();
         state.emit(SecretEvent::NewVersion, name, &id);
         id
+    }
+
+    /// Writes a version with a content type, tags and attributes directly (as
+    /// [`insert`](Self::insert)); returns its id.
+    pub fn insert_with(&self, region: &str, name: &str, value: &str, spec: SecretSpec) -> String {
+        let state = self.state(region);
+        let id = state
+            .data()
+            .set(
+                name,
+                NewVersion {
+                    value: value.to_string(),
+                    content_type: spec.content_type,
+                    tags: spec.tags,
+                    enabled: spec.enabled,
+                    exp: spec.expires,
+                    nbf: spec.not_before,
+                },
+            )
+            .id
+            .clone();
+        state.emit(SecretEvent::NewVersion, name, &id);
+        id
+    }
+
+    /// Writes a version of a certificate's backing secret (`managed: true` in listings and
+    /// reads; a set or update answers 403 `SecretManagedByKeyVault`); returns its id.
+    pub fn insert_managed(&self, region: &str, name: &str, value: &str) -> String {
+        let id = self.insert(region, name, value);
+        self.state(region).data().set_managed(name);
+        id
+    }
+
+    /// Soft-deletes `name` (recoverable, its name refused to writes with 409 until it is
+    /// recovered or purged); says whether it existed.
+    pub fn soft_delete(&self, region: &str, name: &str) -> bool {
+        self.state(region).data().delete(name).is_some()
+    }
+
+    /// Whether `name` is soft-deleted in `region`.
+    pub fn is_soft_deleted(&self, region: &str, name: &str) -> bool {
+        self.state(region).data().is_deleted(name)
+    }
+
+    /// How many secrets `region` holds (soft-deleted ones not counted).
+    pub fn secret_count(&self, region: &str) -> usize {
+        self.state(region).data().len()
     }
 
     /// Enables or disables the latest version of `name` (a disabled secret's value is

@@ -248,17 +248,23 @@ fn valid_name(n: &str) -> bool {
         && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
 
-/// Admits one request under the vault's limit, or says how many seconds until a slot frees.
-fn admit(state: &VaultState) -> Result<(), u64> {
+/// Admits one request under the vault's limit for its kind (Key Vault counts GETs and writes
+/// apart: 4,000 and 300 per 10 s), or says how many seconds until a slot frees.
+fn admit(state: &VaultState, write: bool) -> Result<(), u64> {
     let now = std::time::Instant::now();
-    let mut log = state.limiter.lock().unwrap_or_else(|p| p.into_inner());
+    let (limiter, limit) = if write {
+        (&state.write_limiter, state.write_limit)
+    } else {
+        (&state.limiter, state.limit)
+    };
+    let mut log = limiter.lock().unwrap_or_else(|p| p.into_inner());
     while log
         .front()
         .is_some_and(|t| now.duration_since(*t) >= state.window)
     {
         log.pop_front();
     }
-    if log.len() < state.limit {
+    if log.len() < limit {
         log.push_back(now);
         Ok(())
     } else {
@@ -326,7 +332,10 @@ async fn handle(state: Arc<VaultState>, req: Request<Incoming>) -> Response<Body
             .map(|(k, v)| (k.into_owned(), v.into_owned()))
             .collect();
     let segments: Vec<&str> = path.split('/').skip(1).collect();
-    let is_write = matches!(method, Method::PUT | Method::DELETE | Method::PATCH);
+    let is_write = matches!(
+        method,
+        Method::PUT | Method::DELETE | Method::PATCH | Method::POST
+    );
     if is_write {
         state.counters.writes.fetch_add(1, Ordering::Relaxed);
     } else if segments.first() == Some(&"secrets") {
@@ -381,7 +390,7 @@ async fn handle(state: Arc<VaultState>, req: Request<Incoming>) -> Response<Body
         }
         _ => {}
     }
-    if let Err(retry_after) = admit(&state) {
+    if let Err(retry_after) = admit(&state, is_write) {
         state.counters.throttled.fetch_add(1, Ordering::Relaxed);
         return throttled(retry_after);
     }
@@ -555,29 +564,48 @@ async fn route(
                 deleted_not_found(name)
             }
         }
+        (["secrets", name, version], &Method::PATCH) => {
+            if !valid_name(name) {
+                return bad_name();
+            }
+            let parsed = match set_body(body, "SecretUpdateParameters").await {
+                Ok(b) => b,
+                Err(r) => return r,
+            };
+            if parsed.value.is_some() {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "BadParameter",
+                    "A secret's value cannot be updated: set a new version.",
+                );
+            }
+            if state.data().is_managed(name) {
+                return managed("update");
+            }
+            let attrs = parsed.attributes.as_ref();
+            let patch = data::Patch {
+                content_type: parsed.content_type.clone(),
+                tags: parsed.tags.clone(),
+                enabled: attrs.and_then(|a| a.enabled),
+                exp: attrs.and_then(|a| a.exp),
+                nbf: attrs.and_then(|a| a.nbf),
+            };
+            let mut data = state.data();
+            let version = Some(*version).filter(|v| !v.is_empty());
+            if !data.update(name, version, patch) {
+                return not_found(name);
+            }
+            let body = data.get(name, version).map(|(r, v)| data::item(base, r, v));
+            drop(data);
+            full(StatusCode::OK, body.unwrap_or(Value::Null))
+        }
         (["secrets", name], &Method::PUT) => {
             if !valid_name(name) {
                 return bad_name();
             }
-            let bytes = match Limited::new(body, MAX_BODY).collect().await {
-                Ok(c) => c.to_bytes(),
-                Err(_) => {
-                    return error(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        "RequestEntityTooLarge",
-                        "The request body is too large.",
-                    )
-                }
-            };
-            let parsed: SetBody = match serde_json::from_slice(&bytes) {
+            let parsed = match set_body(body, "SecretSetParameters").await {
                 Ok(b) => b,
-                Err(_) => {
-                    return error(
-                        StatusCode::BAD_REQUEST,
-                        "BadParameter",
-                        "The request body is not valid JSON for SecretSetParameters.",
-                    )
-                }
+                Err(r) => return r,
             };
             let Some(value) = parsed.value else {
                 return error(
@@ -592,6 +620,9 @@ async fn route(
                     "BadParameter",
                     "Secret value exceeds the 25 KB limit.",
                 );
+            }
+            if state.data().is_managed(name) {
+                return managed("set");
             }
             let attrs = parsed.attributes.as_ref();
             let new = NewVersion {
@@ -653,6 +684,66 @@ async fn route(
             "The requested resource was not found.",
         ),
     }
+}
+
+/// Key Vault's limits on a secret's tags and content type.
+const MAX_TAGS: usize = 15;
+const MAX_TAG_NAME_LEN: usize = 512;
+const MAX_TAG_VALUE_LEN: usize = 256;
+const MAX_CONTENT_TYPE_LEN: usize = 255;
+
+/// A PUT or PATCH body, read within [`MAX_BODY`] and checked against Key Vault's limits on
+/// tags and content type; or the answer to send instead.
+#[allow(clippy::result_large_err)]
+async fn set_body(body: Incoming, what: &str) -> Result<SetBody, Response<Body>> {
+    let bytes = match Limited::new(body, MAX_BODY).collect().await {
+        Ok(c) => c.to_bytes(),
+        Err(_) => {
+            return Err(error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "RequestEntityTooLarge",
+                "The request body is too large.",
+            ))
+        }
+    };
+    let parsed: SetBody = serde_json::from_slice(&bytes).map_err(|_| {
+        error(
+            StatusCode::BAD_REQUEST,
+            "BadParameter",
+            &format!("The request body is not valid JSON for {what}."),
+        )
+    })?;
+    let bad = |m: &str| Err(error(StatusCode::BAD_REQUEST, "BadParameter", m));
+    if let Some(tags) = &parsed.tags {
+        if tags.len() > MAX_TAGS {
+            return bad("A secret can have at most 15 tags.");
+        }
+        if tags.iter().any(|(k, v)| {
+            k.chars().count() > MAX_TAG_NAME_LEN || v.chars().count() > MAX_TAG_VALUE_LEN
+        }) {
+            return bad("Tag names are at most 512 characters and tag values at most 256.");
+        }
+    }
+    if parsed
+        .content_type
+        .as_ref()
+        .is_some_and(|c| c.chars().count() > MAX_CONTENT_TYPE_LEN)
+    {
+        return bad("The content type is at most 255 characters.");
+    }
+    Ok(parsed)
+}
+
+/// Key Vault's answer to a set or update of a certificate's secret.
+fn managed(op: &str) -> Response<Body> {
+    full(
+        StatusCode::FORBIDDEN,
+        json!({"error": {
+            "code": "Forbidden",
+            "message": format!("Operation \"{op}\" is not allowed as this object's lifetime is managed by Key Vault."),
+            "innererror": {"code": "SecretManagedByKeyVault"},
+        }}),
+    )
 }
 
 /// `maxresults` (1..=25, default 25) and `$skiptoken` of a listing, or the 400 to answer.

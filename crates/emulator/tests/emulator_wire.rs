@@ -519,3 +519,143 @@ async fn a_get_only_fault_spares_the_listing() {
     let (s, v, _) = call(&emu, Method::GET, &format!("/secrets?{API}"), None, true).await;
     assert_eq!((s, v["value"].as_array().map(Vec::len)), (200, Some(1)));
 }
+
+/// Key Vault's update-properties call: `PATCH /secrets/{name}/{version}` (an empty version:
+/// the latest) changes what it carries, keeps the rest, makes no new version and moves
+/// `updated`; a value, 16 tags or a managed secret are refused as Key Vault refuses them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn update_properties_managed_secrets_and_tag_limits() {
+    use reqwest::Method;
+    let emu = Emulator::builder().vault("weu").start().await.unwrap();
+    let id = emu.insert("weu", "db", "v");
+    let body = |v: Value| Some(serde_json::to_vec(&v).unwrap());
+    let (s, v, _) = call(
+        &emu,
+        Method::PATCH,
+        &format!("/secrets/db/?{API}"),
+        body(serde_json::json!({
+            "contentType": "text/plain",
+            "tags": {"team": "payments"},
+            "attributes": {"enabled": false, "exp": 2_000_000_000i64}
+        })),
+        true,
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert!(v["value"].is_null(), "an update's answer has no value");
+    assert_eq!(v["attributes"]["enabled"], false);
+    assert_eq!(v["attributes"]["exp"], 2_000_000_000i64);
+    assert_eq!(v["tags"]["team"], "payments");
+    assert_eq!(emu.current("weu", "db").unwrap().1, id, "no new version");
+    // Absent fields are kept; a versioned path works too.
+    let (s, v, _) = call(
+        &emu,
+        Method::PATCH,
+        &format!("/secrets/db/{id}?{API}"),
+        body(serde_json::json!({"attributes": {"enabled": true}})),
+        true,
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["contentType"], "text/plain");
+    assert_eq!(v["attributes"]["exp"], 2_000_000_000i64);
+
+    let sixteen: serde_json::Map<String, Value> = (0..16)
+        .map(|i| (format!("t{i}"), Value::from("x")))
+        .collect();
+    for (b, status, what) in [
+        (serde_json::json!({"value": "new"}), 400, "a value"),
+        (serde_json::json!({"tags": sixteen}), 400, "16 tags"),
+        (
+            serde_json::json!({"tags": {"t": "x".repeat(257)}}),
+            400,
+            "a long tag",
+        ),
+    ] {
+        let (s, v, _) = call(
+            &emu,
+            Method::PATCH,
+            &format!("/secrets/db/?{API}"),
+            body(b),
+            true,
+        )
+        .await;
+        assert_eq!((s, code(&v)), (status, "BadParameter"), "{what}");
+    }
+    let (s, v, _) = call(
+        &emu,
+        Method::PATCH,
+        &format!("/secrets/none/?{API}"),
+        body(serde_json::json!({})),
+        true,
+    )
+    .await;
+    assert_eq!((s, code(&v)), (404, "SecretNotFound"));
+
+    emu.insert_managed("weu", "cert", "pfx");
+    let (s, v, _) = call(&emu, Method::GET, &format!("/secrets?{API}"), None, true).await;
+    assert_eq!(s, 200);
+    let items = v["value"].as_array().unwrap();
+    let cert = items
+        .iter()
+        .find(|i| i["id"].as_str().unwrap().ends_with("/cert"))
+        .unwrap();
+    assert_eq!(cert["managed"], true);
+    let db = items
+        .iter()
+        .find(|i| i["id"].as_str().unwrap().ends_with("/db"))
+        .unwrap();
+    assert!(db["managed"].is_null(), "only managed secrets say so");
+    for (m, path) in [
+        (Method::PUT, format!("/secrets/cert?{API}")),
+        (Method::PATCH, format!("/secrets/cert/?{API}")),
+    ] {
+        let b = if m == Method::PUT {
+            serde_json::json!({"value": "x"})
+        } else {
+            serde_json::json!({"tags": {}})
+        };
+        let (s, v, _) = call(&emu, m, &path, body(b), true).await;
+        assert_eq!((s, code(&v)), (403, "Forbidden"));
+        assert_eq!(v["error"]["innererror"]["code"], "SecretManagedByKeyVault");
+    }
+}
+
+/// Writes have their own limit (Key Vault: 300 per 10 s, apart from the 4,000 GETs): over
+/// it, 429 with `Retry-After`, while GETs still answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_have_their_own_limit() {
+    use reqwest::Method;
+    let emu = Emulator::builder()
+        .vault("weu")
+        .write_limit(3)
+        .start()
+        .await
+        .unwrap();
+    let body = Some(br#"{"value":"v"}"#.to_vec());
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        let (s, _, h) = call(
+            &emu,
+            Method::PUT,
+            &format!("/secrets/db?{API}"),
+            body.clone(),
+            true,
+        )
+        .await;
+        if s == 429 {
+            assert!(h["retry-after"].to_str().unwrap().parse::<u64>().unwrap() >= 1);
+        }
+        statuses.push(s);
+    }
+    assert_eq!(statuses, [200, 200, 200, 429, 429]);
+    let (s, _, _) = call(
+        &emu,
+        Method::GET,
+        &format!("/secrets/db/?{API}"),
+        None,
+        true,
+    )
+    .await;
+    assert_eq!(s, 200, "GETs are counted apart");
+}

@@ -1,0 +1,355 @@
+//! The replicator through the real `SecretClient` against emulated vaults on 127.0.0.1: each
+//! hard case of a copy between separate regional vaults. Real time: every wait is bounded.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use keyvault_failover::azure::AzureStore;
+use keyvault_failover::replicate::{
+    CopyReason, Filter, OutcomeKind, ReplicaStore, Replicator, ReplicatorBuilder, SkipReason, Step,
+    UpdateReason, PROVENANCE_TAG,
+};
+use keyvault_failover::SecretName;
+use keyvault_failover_emulator::{Emulator, SecretSpec, StaticCredential, VaultFault};
+use secrecy::ExposeSecret;
+
+const ATTEMPT: Duration = Duration::from_secs(2);
+
+fn store(emu: &Emulator, region: &str) -> Arc<AzureStore> {
+    Arc::new(
+        AzureStore::new(
+            &emu.url(region),
+            Arc::new(StaticCredential),
+            emu.http_client(ATTEMPT).unwrap(),
+        )
+        .unwrap(),
+    )
+}
+
+fn builder(emu: &Emulator) -> ReplicatorBuilder {
+    Replicator::builder()
+        .primary("weu", store(emu, "weu"))
+        .secondary("neu", store(emu, "neu"))
+        .attempt_timeout(ATTEMPT)
+        .seed(7)
+}
+
+async fn emulator() -> Emulator {
+    Emulator::builder()
+        .vault("weu")
+        .vault("neu")
+        .start()
+        .await
+        .expect("emulator starts")
+}
+
+/// Plans and runs once; returns each name's (step, outcome) in the secondary.
+async fn run(r: &Replicator) -> (Vec<(String, Step, OutcomeKind)>, bool, u64) {
+    let plan = r.plan().await.expect("the primary lists");
+    let report = tokio::time::timeout(Duration::from_secs(60), r.run(&plan, &|_, _| {}))
+        .await
+        .expect("the run ends");
+    let s = &report.secondaries()[0];
+    let outcomes = s
+        .outcomes()
+        .iter()
+        .map(|o| (o.name().to_string(), o.step().clone(), o.kind()))
+        .collect();
+    (outcomes, report.in_step(), report.calls().writes())
+}
+
+fn step_of<'a>(outcomes: &'a [(String, Step, OutcomeKind)], name: &str) -> &'a Step {
+    &outcomes.iter().find(|o| o.0 == name).expect(name).1
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copies_values_and_properties_with_provenance_then_writes_nothing() {
+    let emu = emulator().await;
+    let now = 1_800_000_000;
+    let mut tags = BTreeMap::new();
+    tags.insert("team".to_string(), "payments".to_string());
+    emu.insert("weu", "plain", "p1");
+    emu.insert_with(
+        "weu",
+        "rich",
+        "-----BEGIN KEY-----\nabc\n-----END KEY-----\n",
+        SecretSpec {
+            content_type: Some("application/x-pem-file".into()),
+            tags: tags.clone(),
+            expires: Some(now),
+            ..Default::default()
+        },
+    );
+    // Expired, and not yet valid: copied as they are (Key Vault serves both; exp/nbf inform).
+    emu.insert_with(
+        "weu",
+        "expired",
+        "old",
+        SecretSpec {
+            expires: Some(1_000),
+            ..Default::default()
+        },
+    );
+    emu.insert_with(
+        "weu",
+        "future",
+        "soon",
+        SecretSpec {
+            not_before: Some(now),
+            ..Default::default()
+        },
+    );
+    let r = builder(&emu).build().unwrap();
+    let (outcomes, in_step, _) = run(&r).await;
+    assert!(in_step, "{outcomes:?}");
+    assert!(outcomes
+        .iter()
+        .all(|o| o.1 == Step::Copy(CopyReason::Missing) && o.2 == OutcomeKind::Copied));
+
+    let neu = store(&emu, "neu");
+    let weu = store(&emu, "weu");
+    for name in ["plain", "rich", "expired", "future"] {
+        let n = SecretName::new(name).unwrap();
+        let (p, s) = (weu.read(&n).await.unwrap(), neu.read(&n).await.unwrap());
+        assert_eq!(p.value().expose_secret(), s.value().expose_secret());
+        let prov = s
+            .properties()
+            .provenance()
+            .expect("a copy carries provenance");
+        assert_eq!((prov.region(), prov.version()), ("weu", p.version()));
+        assert_eq!(Some(prov.created()), p.created());
+        assert_ne!(
+            s.version(),
+            p.version(),
+            "each vault has its own version ids"
+        );
+        let (pp, sp) = (p.properties(), s.properties());
+        assert_eq!(
+            (
+                pp.enabled(),
+                pp.expires(),
+                pp.not_before(),
+                pp.content_type()
+            ),
+            (
+                sp.enabled(),
+                sp.expires(),
+                sp.not_before(),
+                sp.content_type()
+            )
+        );
+        assert!(sp.user_tags().eq(pp.user_tags()));
+    }
+    let rich = neu.read(&SecretName::new("rich").unwrap()).await.unwrap();
+    assert_eq!(rich.properties().tags().get("team"), tags.get("team"));
+    assert!(!rich.properties().tags()[PROVENANCE_TAG].contains("BEGIN"));
+
+    // The next run: no write anywhere, the primary never written.
+    let before = (emu.writes("weu"), emu.writes("neu"));
+    let (again, in_step, writes) = run(&r).await;
+    assert!(in_step);
+    assert_eq!(writes, 0, "{again:?}");
+    assert_eq!((emu.writes("weu"), emu.writes("neu")), before);
+    assert_eq!(emu.writes("weu"), 0, "the primary is never written");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_disable_and_property_changes_reach_the_copy() {
+    let emu = emulator().await;
+    emu.insert("weu", "rotated", "v1");
+    emu.insert("weu", "disabled", "d1");
+    emu.insert("weu", "never-copied", "n1");
+    emu.set_enabled("weu", "never-copied", false);
+    let r = builder(&emu).build().unwrap();
+    run(&r).await;
+
+    // A rotation between the plan and its run: the copy is the newest, never older than the
+    // version the run started from.
+    emu.insert("weu", "rotated", "v2");
+    let plan = r.plan().await.unwrap();
+    emu.insert("weu", "rotated", "v3");
+    emu.set_enabled("weu", "disabled", false);
+    let report = r.run(&plan, &|_, _| {}).await;
+    assert!(report.secondaries()[0].listing_error().is_none());
+    assert_eq!(emu.current("neu", "rotated").unwrap().0, "v3");
+
+    let (outcomes, in_step, _) = run(&r).await;
+    assert!(in_step, "{outcomes:?}");
+    assert_eq!(
+        step_of(&outcomes, "disabled"),
+        &Step::Update(UpdateReason::Disable)
+    );
+    assert_eq!(
+        step_of(&outcomes, "never-copied"),
+        &Step::Skip(SkipReason::DisabledAbsent)
+    );
+    // The disabled state is copied, not a value: the copy keeps d1, and refuses reads.
+    let neu = store(&emu, "neu");
+    let e = neu
+        .read(&SecretName::new("disabled").unwrap())
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind().status(), Some(403), "{e}");
+    assert_eq!(emu.current("neu", "disabled").unwrap().0, "d1");
+    assert!(emu.current("neu", "never-copied").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deletions_are_reported_pruned_only_when_asked_and_never_purged() {
+    let emu = emulator().await;
+    emu.insert("weu", "gone", "g");
+    emu.insert("neu", "local-only", "l");
+    let r = builder(&emu).build().unwrap();
+    run(&r).await;
+    assert!(emu.soft_delete("weu", "gone"));
+
+    let (outcomes, in_step, writes) = run(&r).await;
+    assert!(in_step, "a report, not a failure");
+    assert_eq!(writes, 0);
+    assert_eq!(
+        step_of(&outcomes, "gone"),
+        &Step::Skip(SkipReason::DeletedInPrimary)
+    );
+    assert_eq!(
+        step_of(&outcomes, "local-only"),
+        &Step::Skip(SkipReason::NotOurs)
+    );
+
+    let pruning = builder(&emu).prune(true).build().unwrap();
+    let (outcomes, _, _) = run(&pruning).await;
+    assert_eq!(step_of(&outcomes, "gone"), &Step::Prune);
+    assert!(
+        emu.is_soft_deleted("neu", "gone"),
+        "soft-deleted, recoverable"
+    );
+    assert!(emu.current("neu", "local-only").is_some(), "not ours: kept");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_soft_deleted_name_in_the_secondary_is_recovered_then_written() {
+    let emu = emulator().await;
+    emu.insert("neu", "db", "stale");
+    assert!(emu.soft_delete("neu", "db"));
+    emu.insert("weu", "db", "fresh");
+    let r = builder(&emu).build().unwrap();
+    let plan = r.plan().await.unwrap();
+    let report = r.run(&plan, &|_, _| {}).await;
+    let o = &report.secondaries()[0].outcomes()[0];
+    assert_eq!(o.kind(), OutcomeKind::Copied, "{o:?}");
+    assert!(o.recovered());
+    assert!(!emu.is_soft_deleted("neu", "db"));
+    assert_eq!(emu.current("neu", "db").unwrap().0, "fresh");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn managed_secrets_are_never_written_and_patterns_exclude_names() {
+    let emu = emulator().await;
+    emu.insert_managed("weu", "tls-cert", "pfx");
+    emu.insert("weu", "app-db", "a");
+    emu.insert("weu", "other", "o");
+    emu.insert("weu", "blocked", "b");
+    emu.insert_managed("neu", "blocked", "cert");
+    let r = builder(&emu)
+        .filter(Filter::only(&["app-*", "tls-*", "blocked"]).unwrap())
+        .build()
+        .unwrap();
+    let (outcomes, in_step, _) = run(&r).await;
+    assert_eq!(
+        step_of(&outcomes, "tls-cert"),
+        &Step::Skip(SkipReason::Managed)
+    );
+    assert_eq!(
+        step_of(&outcomes, "blocked"),
+        &Step::Skip(SkipReason::ManagedInSecondary)
+    );
+    assert!(!in_step, "a managed secret in the way is a failure");
+    assert!(outcomes.iter().all(|o| o.0 != "other"), "excluded");
+    assert!(emu.current("neu", "tls-cert").is_none());
+    assert!(emu.current("neu", "other").is_none());
+    assert_eq!(emu.current("neu", "app-db").unwrap().0, "a");
+    assert_eq!(emu.current("neu", "blocked").unwrap().0, "cert");
+}
+
+/// A secondary that throttles (its own write limit, well below the replicator's budget) and
+/// fails a share of its calls: every copy lands, `Retry-After` obeyed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_throttling_and_failing_secondary_ends_in_step() {
+    let emu = Emulator::builder()
+        .vault("weu")
+        .vault("neu")
+        .throttle(4000, Duration::from_secs(1))
+        .write_limit(5)
+        .seed(3)
+        .start()
+        .await
+        .unwrap();
+    for i in 0..20 {
+        emu.insert("weu", &format!("s{i}"), &format!("v{i}"));
+    }
+    emu.set_fault("neu", VaultFault::ServerErrors { rate: 0.1 });
+    let r = builder(&emu).build().unwrap();
+    let plan = r.plan().await.unwrap();
+    let report = tokio::time::timeout(Duration::from_secs(60), r.run(&plan, &|_, _| {}))
+        .await
+        .expect("bounded");
+    assert!(report.in_step(), "{:?}", report.secondaries()[0].outcomes());
+    assert!(report.calls().throttled() > 0);
+    assert!(emu.throttled("neu") > 0);
+    for i in 0..20 {
+        assert_eq!(
+            emu.current("neu", &format!("s{i}")).unwrap().0,
+            format!("v{i}")
+        );
+    }
+}
+
+/// Reading across regions: a copy is as old as its source (its provenance), not as its own
+/// `created`. The primary rotated after the copy was made; once the primary is down, the
+/// secondary's copy (written later than the rotation, of an older source) is not served as
+/// fresh: the newer value is kept, stale, with its cause.
+/// Before: the copy's own `created` (later than the rotation) made it look newer; it was served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_is_ordered_by_its_sources_time_after_a_failover() {
+    use keyvault_failover::{azure, Access, Config};
+    let emu = emulator().await;
+    emu.insert("weu", "db", "v2");
+    let old_source = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        - 600;
+    let mut tags = BTreeMap::new();
+    tags.insert(
+        PROVENANCE_TAG.to_string(),
+        format!("{old_source}:0123456789abcdef0123456789abcdef:weu"),
+    );
+    emu.insert_with(
+        "neu",
+        "db",
+        "v1",
+        SecretSpec {
+            tags,
+            ..Default::default()
+        },
+    );
+    let config = Config::builder()
+        .region("weu", &emu.url("weu"), Access::ReadWrite)
+        .region("neu", &emu.url("neu"), Access::ReadOnly)
+        .attempt_timeout(Duration::from_millis(800))
+        .deadline(Duration::from_secs(3))
+        .build()
+        .unwrap();
+    let client = azure::connect(
+        config,
+        Arc::new(StaticCredential),
+        Some(emu.http_client(Duration::from_millis(800)).unwrap()),
+    )
+    .unwrap();
+    assert_eq!(client.get_secret("db").await.unwrap().expose(), "v2");
+    emu.apply_fault("weu", VaultFault::Refuse).await.unwrap();
+    let e = client.refresh_now("db").await.unwrap_err();
+    assert!(e.to_string().contains("older copy"), "{e}");
+    let s = client.get_secret("db").await.unwrap();
+    assert_eq!(s.expose(), "v2", "the older copy was served");
+}

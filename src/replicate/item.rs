@@ -1,0 +1,354 @@
+//! What the replicator reads and writes: a secret's editable properties, a listing's entry, a
+//! read version, and the provenance tag that every copy carries.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use secrecy::SecretString;
+
+/// The tag every copy carries: where it was copied from (`created:version:region`).
+///
+/// Source created time (unix seconds), source version id and source region: enough to tell
+/// from a listing alone whether a copy is of the primary's current version. It never holds
+/// anything derived from the value (tags are readable by anyone who may list).
+pub const PROVENANCE_TAG: &str = "kvf-source";
+
+/// Key Vault's limit on a secret's tags.
+pub const MAX_TAGS: usize = 15;
+/// Key Vault's limit on a tag's name, in characters.
+pub const MAX_TAG_NAME_LEN: usize = 512;
+/// Key Vault's limit on a tag's value, in characters.
+pub const MAX_TAG_VALUE_LEN: usize = 256;
+/// Key Vault's limit on a content type, in characters.
+pub const MAX_CONTENT_TYPE_LEN: usize = 255;
+
+/// The editable properties of a secret's current version: what a copy must match besides its
+/// value. Times are Key Vault's, unix seconds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Properties {
+    enabled: bool,
+    expires: Option<i64>,
+    not_before: Option<i64>,
+    content_type: Option<String>,
+    tags: BTreeMap<String, String>,
+}
+
+impl Default for Properties {
+    /// Enabled, no expiry, no activation date, no content type, no tags (Key Vault's defaults).
+    fn default() -> Self {
+        Properties {
+            enabled: true,
+            expires: None,
+            not_before: None,
+            content_type: None,
+            tags: BTreeMap::new(),
+        }
+    }
+}
+
+impl Properties {
+    /// The same, enabled or disabled.
+    #[must_use]
+    pub fn with_enabled(mut self, enabled: bool) -> Self {
+        self.enabled = enabled;
+        self
+    }
+    /// The same, with this expiry (`exp`, unix seconds).
+    #[must_use]
+    pub fn with_expires(mut self, exp: Option<i64>) -> Self {
+        self.expires = exp;
+        self
+    }
+    /// The same, with this activation date (`nbf`, unix seconds).
+    #[must_use]
+    pub fn with_not_before(mut self, nbf: Option<i64>) -> Self {
+        self.not_before = nbf;
+        self
+    }
+    /// The same, with this content type.
+    #[must_use]
+    pub fn with_content_type(mut self, content_type: Option<String>) -> Self {
+        self.content_type = content_type;
+        self
+    }
+    /// The same, with these tags.
+    #[must_use]
+    pub fn with_tags(mut self, tags: BTreeMap<String, String>) -> Self {
+        self.tags = tags;
+        self
+    }
+    /// Whether the version can be read.
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+    /// `exp`, unix seconds.
+    pub fn expires(&self) -> Option<i64> {
+        self.expires
+    }
+    /// `nbf`, unix seconds.
+    pub fn not_before(&self) -> Option<i64> {
+        self.not_before
+    }
+    /// The content type.
+    pub fn content_type(&self) -> Option<&str> {
+        self.content_type.as_deref()
+    }
+    /// Every tag, the provenance tag included.
+    pub fn tags(&self) -> &BTreeMap<String, String> {
+        &self.tags
+    }
+    /// The provenance the tags carry, if they carry a well-formed one.
+    pub fn provenance(&self) -> Option<Provenance> {
+        self.tags
+            .get(PROVENANCE_TAG)
+            .and_then(|t| Provenance::parse(t))
+    }
+    /// The user's tags: every tag but the provenance tag.
+    pub fn user_tags(&self) -> impl Iterator<Item = (&String, &String)> {
+        self.tags
+            .iter()
+            .filter(|(k, _)| k.as_str() != PROVENANCE_TAG)
+    }
+
+    /// Whether `self` (a copy) matches `source` in everything but provenance.
+    pub(crate) fn matches(&self, source: &Properties) -> bool {
+        self.enabled == source.enabled
+            && self.expires == source.expires
+            && self.not_before == source.not_before
+            && self.content_type == source.content_type
+            && self.user_tags().eq(source.user_tags())
+    }
+
+    /// Whether a PATCH from `self` can reach `target`: the SDK's update call sends no `null`,
+    /// so a property `target` lacks but `self` has (an expiry, an activation date, a content
+    /// type) can only be dropped by writing a new version.
+    pub(crate) fn patchable_to(&self, target: &Properties) -> bool {
+        !(self.expires.is_some() && target.expires.is_none()
+            || self.not_before.is_some() && target.not_before.is_none()
+            || self.content_type.is_some() && target.content_type.is_none())
+    }
+
+    /// The properties of a copy of `self`: the user's tags and `provenance`.
+    pub(crate) fn for_copy(&self, provenance: &Provenance) -> Properties {
+        let mut tags: BTreeMap<String, String> = self
+            .user_tags()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        tags.insert(PROVENANCE_TAG.to_string(), provenance.encode());
+        Properties {
+            tags,
+            ..self.clone()
+        }
+    }
+
+    /// Why a copy of these properties cannot be written, if it cannot.
+    pub(crate) fn copy_problem(&self, provenance: &Provenance) -> Option<String> {
+        let users = self.user_tags().count();
+        if users + 1 > MAX_TAGS {
+            return Some(format!(
+                "{users} tags in the primary: a copy needs one more for its provenance and Key \
+                 Vault allows {MAX_TAGS}"
+            ));
+        }
+        if provenance.encode().chars().count() > MAX_TAG_VALUE_LEN {
+            return Some(format!(
+                "the provenance tag would exceed {MAX_TAG_VALUE_LEN} characters (region name too long)"
+            ));
+        }
+        None
+    }
+}
+
+/// One secret as a listing shows it: no value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    name: String,
+    created: Option<i64>,
+    managed: bool,
+    properties: Properties,
+}
+
+impl Listed {
+    /// An entry of a listing.
+    pub fn new(name: impl Into<String>, properties: Properties) -> Self {
+        Listed {
+            name: name.into(),
+            created: None,
+            managed: false,
+            properties,
+        }
+    }
+    /// The same, with the current version's creation time (unix seconds).
+    #[must_use]
+    pub fn with_created(mut self, created: Option<i64>) -> Self {
+        self.created = created;
+        self
+    }
+    /// The same, marked as the backing secret of a Key Vault certificate.
+    #[must_use]
+    pub fn with_managed(mut self, managed: bool) -> Self {
+        self.managed = managed;
+        self
+    }
+    /// The name as the vault spells it.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    /// When the current version was created (unix seconds).
+    pub fn created(&self) -> Option<i64> {
+        self.created
+    }
+    /// Whether Key Vault manages this secret (a certificate's): it cannot be set as a secret.
+    pub fn managed(&self) -> bool {
+        self.managed
+    }
+    /// The current version's properties.
+    pub fn properties(&self) -> &Properties {
+        &self.properties
+    }
+}
+
+/// A version read with its value.
+pub struct ReadVersion {
+    value: SecretString,
+    version: String,
+    created: Option<i64>,
+    properties: Properties,
+}
+
+impl ReadVersion {
+    /// A read version.
+    pub fn new(
+        value: SecretString,
+        version: impl Into<String>,
+        created: Option<i64>,
+        properties: Properties,
+    ) -> Self {
+        ReadVersion {
+            value,
+            version: version.into(),
+            created,
+            properties,
+        }
+    }
+    /// The value.
+    pub fn value(&self) -> &SecretString {
+        &self.value
+    }
+    /// The vault's version id.
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+    /// When the vault created this version (unix seconds).
+    pub fn created(&self) -> Option<i64> {
+        self.created
+    }
+    /// Its properties.
+    pub fn properties(&self) -> &Properties {
+        &self.properties
+    }
+}
+
+impl fmt::Debug for ReadVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReadVersion")
+            .field("value", &"[REDACTED]")
+            .field("version", &self.version)
+            .field("created", &self.created)
+            .field("properties", &self.properties)
+            .finish()
+    }
+}
+
+/// Where a copy came from, as its [`PROVENANCE_TAG`] says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Provenance {
+    created: i64,
+    version: String,
+    region: String,
+}
+
+impl Provenance {
+    /// A copy of `region`'s `version`, created there at `created` (unix seconds).
+    pub fn new(region: impl Into<String>, version: impl Into<String>, created: i64) -> Self {
+        Provenance {
+            created,
+            version: version.into(),
+            region: region.into(),
+        }
+    }
+    /// Parses a tag value; `None` unless it is `created:version:region` with a numeric time
+    /// and a non-empty version and region.
+    pub fn parse(tag: &str) -> Option<Provenance> {
+        let mut parts = tag.splitn(3, ':');
+        let created = parts.next()?.parse::<i64>().ok()?;
+        let version = parts.next().filter(|v| !v.is_empty())?;
+        let region = parts.next().filter(|r| !r.is_empty())?;
+        Some(Provenance::new(region, version, created))
+    }
+    /// The tag value.
+    pub fn encode(&self) -> String {
+        format!("{}:{}:{}", self.created, self.version, self.region)
+    }
+    /// The source's creation time of the version copied (unix seconds).
+    pub fn created(&self) -> i64 {
+        self.created
+    }
+    /// The source's version id.
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+    /// The source's region.
+    pub fn region(&self) -> &str {
+        &self.region
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn provenance_round_trips_and_refuses_what_is_not_one() {
+        let p = Provenance::new("west:europe", "0123abcd", 1_700_000_000);
+        assert_eq!(p.encode(), "1700000000:0123abcd:west:europe");
+        assert_eq!(Provenance::parse(&p.encode()), Some(p));
+        for bad in ["", "x:v:r", "1:", "1::r", "1:v:", "1:v"] {
+            assert_eq!(Provenance::parse(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_copy_keeps_user_tags_and_replaces_provenance() {
+        let mut tags = BTreeMap::new();
+        tags.insert("team".to_string(), "payments".to_string());
+        tags.insert(PROVENANCE_TAG.to_string(), "1:old:elsewhere".to_string());
+        let p = Properties::default().with_tags(tags);
+        let c = p.for_copy(&Provenance::new("weu", "v1", 5));
+        assert_eq!(c.tags().get("team").map(String::as_str), Some("payments"));
+        assert_eq!(c.provenance(), Some(Provenance::new("weu", "v1", 5)));
+        assert!(c.matches(&p));
+    }
+
+    #[test]
+    fn too_many_tags_leave_no_room_for_provenance() {
+        let tags = (0..MAX_TAGS)
+            .map(|i| (format!("t{i}"), String::new()))
+            .collect();
+        let p = Properties::default().with_tags(tags);
+        assert!(p.copy_problem(&Provenance::new("weu", "v", 1)).is_some());
+        let tags = (0..MAX_TAGS - 1)
+            .map(|i| (format!("t{i}"), String::new()))
+            .collect();
+        let p = Properties::default().with_tags(tags);
+        assert!(p.copy_problem(&Provenance::new("weu", "v", 1)).is_none());
+    }
+
+    #[test]
+    fn clearing_a_property_needs_a_new_version() {
+        let with = Properties::default().with_expires(Some(10));
+        let without = Properties::default();
+        assert!(!with.patchable_to(&without));
+        assert!(without.patchable_to(&with));
+    }
+}

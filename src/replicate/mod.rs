@@ -1,0 +1,349 @@
+//! Replication: keeps every secondary vault holding the primary's latest version of each
+//! secret (value, content type, tags, `enabled`, `exp`, `nbf`).
+//!
+//! Customer-managed multi-region Key Vault is separate vaults that the customer keeps in step;
+//! [`Replicator`] does the keeping. It compares the vaults' listings first (a run over vaults in
+//! step reads no value and writes nothing), writes a secondary only where it differs, stamps
+//! each copy with its provenance ([`PROVENANCE_TAG`]: source created time, version id and
+//! region, never anything derived from the value) and never sends the primary anything but
+//! listings and reads: the primary is held behind a read-only view. Writes keep within each
+//! secondary's write budget (Key Vault's 300 per 10 s times `throttle.budget_fraction`),
+//! `Retry-After` is obeyed (capped), transient failures are retried with backoff. Each change is
+//! one call (a new version, a property update, a soft delete), so an interrupted run leaves
+//! nothing half-done: the next run plans from the listings again and finishes it.
+//!
+//! ```
+//! # keyvault_failover::run_virtual(async {
+//! use std::sync::Arc;
+//! use keyvault_failover::replicate::{Replicator, Step};
+//! use keyvault_failover::store::MemoryStore;
+//! use secrecy::ExposeSecret;
+//!
+//! let weu = Arc::new(MemoryStore::new("weu"));
+//! let neu = Arc::new(MemoryStore::new("neu"));
+//! weu.insert("db-password", "s3cret");
+//! let replicator = Replicator::builder()
+//!     .primary("weu", weu.clone())
+//!     .secondary("neu", neu.clone())
+//!     .build()
+//!     .unwrap();
+//! let plan = replicator.plan().await.unwrap();
+//! assert_eq!(plan.secondaries()[0].steps()[0].step().label(), "copy");
+//! let report = replicator.run(&plan, &|_, _| {}).await;
+//! assert!(report.in_step());
+//! assert_eq!(neu.current("db-password").unwrap().1.expose_secret(), "s3cret");
+//! // The next run writes nothing (copied within the second its source was created, the copy
+//! // is checked by one read of the primary's version id; later runs only list).
+//! let again = replicator.plan().await.unwrap();
+//! assert!(matches!(again.secondaries()[0].steps()[0].step(), Step::InStep | Step::Check));
+//! let report = replicator.run(&again, &|_, _| {}).await;
+//! assert_eq!(report.calls().writes(), 0);
+//! # }).unwrap();
+//! ```
+
+mod item;
+mod plan;
+mod run;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use secrecy::SecretString;
+
+pub use item::{
+    Listed, Properties, Provenance, ReadVersion, MAX_CONTENT_TYPE_LEN, MAX_TAGS, MAX_TAG_NAME_LEN,
+    MAX_TAG_VALUE_LEN, PROVENANCE_TAG,
+};
+pub use plan::{CopyReason, Filter, Planned, SkipReason, Step, UpdateReason};
+pub use run::{Calls, Outcome, OutcomeKind, Report, SecondaryReport};
+
+use crate::error::{Error, StoreError};
+use crate::name::SecretName;
+
+/// What the replicator needs of a vault, beyond what readers need.
+///
+/// One attempt per call: the replicator retries, times out and paces. Times are unix seconds.
+#[async_trait]
+pub trait ReplicaStore: Send + Sync + 'static {
+    /// Every secret's current properties, with `created` and `managed` (no values).
+    async fn list_items(&self) -> Result<Vec<Listed>, StoreError>;
+    /// The latest version of `name` with its value and properties.
+    async fn read(&self, name: &SecretName) -> Result<ReadVersion, StoreError>;
+    /// Writes a new version of `name`; returns its version id. A soft-deleted name answers
+    /// `Rejected { status: 409 }`.
+    async fn write(
+        &self,
+        name: &SecretName,
+        value: &SecretString,
+        properties: &Properties,
+    ) -> Result<String, StoreError>;
+    /// Sets the properties of `name`'s latest version (no new version).
+    async fn update(&self, name: &SecretName, properties: &Properties) -> Result<(), StoreError>;
+    /// Soft-deletes `name` (recoverable; never purged by the replicator).
+    async fn soft_delete(&self, name: &SecretName) -> Result<(), StoreError>;
+    /// Recovers a soft-deleted `name`.
+    async fn recover(&self, name: &SecretName) -> Result<(), StoreError>;
+}
+
+/// The primary as the replicator holds it: listings and reads, nothing else.
+struct ReadOnly(Arc<dyn ReplicaStore>);
+
+impl ReadOnly {
+    async fn list_items(&self) -> Result<Vec<Listed>, StoreError> {
+        self.0.list_items().await
+    }
+    async fn read(&self, name: &SecretName) -> Result<ReadVersion, StoreError> {
+        self.0.read(name).await
+    }
+}
+
+/// Configures a [`Replicator`].
+#[must_use]
+pub struct ReplicatorBuilder {
+    primary: Option<(String, Arc<dyn ReplicaStore>)>,
+    secondaries: Vec<(String, Arc<dyn ReplicaStore>)>,
+    filter: Filter,
+    prune: bool,
+    write_limit: u32,
+    read_limit: u32,
+    window: Duration,
+    budget_fraction: f64,
+    concurrency: usize,
+    attempt_timeout: Duration,
+    max_retry_after: Duration,
+    default_retry_after: Duration,
+    seed: u64,
+}
+
+impl ReplicatorBuilder {
+    /// The vault copied from (never written).
+    pub fn primary(mut self, region: &str, store: Arc<dyn ReplicaStore>) -> Self {
+        self.primary = Some((region.to_string(), store));
+        self
+    }
+    /// A vault kept in step with the primary.
+    pub fn secondary(mut self, region: &str, store: Arc<dyn ReplicaStore>) -> Self {
+        self.secondaries.push((region.to_string(), store));
+        self
+    }
+    /// Which names a run covers (default: all).
+    pub fn filter(mut self, filter: Filter) -> Self {
+        self.filter = filter;
+        self
+    }
+    /// Soft-delete copies whose source the primary no longer has (default: report them).
+    pub fn prune(mut self, prune: bool) -> Self {
+        self.prune = prune;
+        self
+    }
+    /// Each vault's limits: writes and GETs per window (Key Vault: 300 and 4,000 per 10 s),
+    /// and the share of them the replicator may use (`(0, 1]`, default 0.8).
+    pub fn limits(mut self, writes: u32, reads: u32, window: Duration, fraction: f64) -> Self {
+        self.write_limit = writes;
+        self.read_limit = reads;
+        self.window = window;
+        self.budget_fraction = fraction;
+        self
+    }
+    /// Takes the limits, the attempt timeout and the `Retry-After` cap of a client
+    /// configuration (`throttle.*`, `timeouts.attempt`).
+    pub fn limits_from(mut self, config: &crate::Config) -> Self {
+        let t = config.throttle();
+        self.write_limit = t.write_limit;
+        self.read_limit = t.get_limit;
+        self.window = t.window;
+        self.budget_fraction = t.budget_fraction;
+        self.max_retry_after = t.max_retry_after;
+        self.default_retry_after = t.default_retry_after;
+        self.attempt_timeout = config.attempt_timeout();
+        self
+    }
+    /// Calls in flight per secondary (default 8, 1 to 64).
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.concurrency = n;
+        self
+    }
+    /// The timeout of one call (default 10 s).
+    pub fn attempt_timeout(mut self, timeout: Duration) -> Self {
+        self.attempt_timeout = timeout;
+        self
+    }
+    /// The seed of the backoff jitter (default: from the process's RNG).
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+
+    /// Validates and builds.
+    pub fn build(self) -> Result<Replicator, Error> {
+        let (primary_region, primary) = self
+            .primary
+            .ok_or_else(|| Error::config("replication needs a primary"))?;
+        if self.secondaries.is_empty() {
+            return Err(Error::config("replication needs at least one secondary"));
+        }
+        let mut seen = vec![primary_region.to_ascii_lowercase()];
+        for (r, _) in &self.secondaries {
+            if seen.contains(&r.to_ascii_lowercase()) {
+                return Err(Error::config(format!("region {r:?} appears twice")));
+            }
+            seen.push(r.to_ascii_lowercase());
+        }
+        if !(self.budget_fraction > 0.0 && self.budget_fraction <= 1.0) {
+            return Err(Error::config(format!(
+                "budget fraction {} must be in (0, 1]",
+                self.budget_fraction
+            )));
+        }
+        let share =
+            |limit: u32| ((f64::from(limit) * self.budget_fraction).floor() as usize).max(1);
+        if self.write_limit == 0 || self.read_limit == 0 || self.window.is_zero() {
+            return Err(Error::config("limits and their window must be above zero"));
+        }
+        if !(1..=64).contains(&self.concurrency) {
+            return Err(Error::config(format!(
+                "concurrency {} must be 1 to 64",
+                self.concurrency
+            )));
+        }
+        if self.attempt_timeout.is_zero() || self.attempt_timeout > Duration::from_secs(300) {
+            return Err(Error::config("the attempt timeout must be in (0, 5 min]"));
+        }
+        Ok(Replicator {
+            primary_region,
+            primary: ReadOnly(primary),
+            secondaries: self.secondaries,
+            filter: self.filter,
+            prune: self.prune,
+            writes_per_window: share(self.write_limit),
+            reads_per_window: share(self.read_limit),
+            window: self.window,
+            concurrency: self.concurrency,
+            attempt_timeout: self.attempt_timeout,
+            max_retry_after: self.max_retry_after,
+            default_retry_after: self.default_retry_after,
+            seed: self.seed,
+        })
+    }
+}
+
+/// Copies the primary's secrets into each secondary. See the [module](self) docs.
+pub struct Replicator {
+    primary_region: String,
+    primary: ReadOnly,
+    secondaries: Vec<(String, Arc<dyn ReplicaStore>)>,
+    filter: Filter,
+    prune: bool,
+    writes_per_window: usize,
+    reads_per_window: usize,
+    window: Duration,
+    concurrency: usize,
+    attempt_timeout: Duration,
+    max_retry_after: Duration,
+    default_retry_after: Duration,
+    seed: u64,
+}
+
+impl std::fmt::Debug for Replicator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replicator")
+            .field("primary", &self.primary_region)
+            .field(
+                "secondaries",
+                &self.secondaries.iter().map(|(r, _)| r).collect::<Vec<_>>(),
+            )
+            .field("prune", &self.prune)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Replicator {
+    /// A builder: Key Vault's limits, 80 % of them, 8 calls in flight per secondary, 10 s per
+    /// call.
+    pub fn builder() -> ReplicatorBuilder {
+        ReplicatorBuilder {
+            primary: None,
+            secondaries: Vec::new(),
+            filter: Filter::all(),
+            prune: false,
+            write_limit: 300,
+            read_limit: 4000,
+            window: Duration::from_secs(10),
+            budget_fraction: 0.8,
+            concurrency: 8,
+            attempt_timeout: Duration::from_secs(10),
+            max_retry_after: Duration::from_secs(60),
+            default_retry_after: Duration::from_secs(1),
+            seed: fastrand::u64(..),
+        }
+    }
+
+    /// The primary's region.
+    pub fn primary_region(&self) -> &str {
+        &self.primary_region
+    }
+}
+
+/// What a run will do: the primary's listing against each secondary's.
+#[derive(Debug)]
+pub struct Plan {
+    primary_listed: usize,
+    secondaries: Vec<SecondaryPlan>,
+    calls: Calls,
+}
+
+impl Plan {
+    /// Secrets the primary lists.
+    pub fn primary_listed(&self) -> usize {
+        self.primary_listed
+    }
+    /// One plan per secondary, in the order configured.
+    pub fn secondaries(&self) -> &[SecondaryPlan] {
+        &self.secondaries
+    }
+    /// The calls the plan took (listings, with their retries).
+    pub fn calls(&self) -> &Calls {
+        &self.calls
+    }
+}
+
+/// What one secondary needs.
+#[derive(Debug)]
+pub struct SecondaryPlan {
+    region: String,
+    steps: Vec<Planned>,
+    listing_error: Option<String>,
+}
+
+impl SecondaryPlan {
+    /// The secondary's region.
+    pub fn region(&self) -> &str {
+        &self.region
+    }
+    /// Each name's step, in name order (empty when the listing failed).
+    pub fn steps(&self) -> &[Planned] {
+        &self.steps
+    }
+    /// Why the secondary could not be listed, if it could not.
+    pub fn listing_error(&self) -> Option<&str> {
+        self.listing_error.as_deref()
+    }
+    /// How many names take each step label, in label order.
+    pub fn counts(&self) -> Vec<(&'static str, usize)> {
+        let mut counts: std::collections::BTreeMap<&'static str, usize> = Default::default();
+        for s in &self.steps {
+            *counts.entry(s.step().label()).or_default() += 1;
+        }
+        counts.into_iter().collect()
+    }
+    /// Whether the plan has nothing to write.
+    pub fn is_in_step(&self) -> bool {
+        self.listing_error.is_none()
+            && self.steps.iter().all(|s| match s.step() {
+                Step::InStep => true,
+                Step::Skip(r) => !r.is_failure(),
+                _ => false,
+            })
+    }
+}

@@ -1,0 +1,613 @@
+//! The run: listings into a plan, then each step as calls within the vaults' budgets, with
+//! retries, and a report of what was done.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use secrecy::ExposeSecret;
+use tokio::time::Instant;
+
+use super::item::{Provenance, ReadVersion};
+use super::plan::{self, AfterRead, Planned, Step};
+use super::{Plan, ReplicaStore, Replicator, SecondaryPlan};
+use crate::error::{StoreError, StoreErrorKind};
+use crate::name::SecretName;
+
+/// Transient failures retried per call before it is given up.
+const MAX_TRANSIENT: u32 = 4;
+/// `Retry-After` waits obeyed per call before it is given up.
+const MAX_THROTTLED: u32 = 8;
+
+/// Calls sent, counted per attempt (a retry is another call).
+#[derive(Debug, Default)]
+pub struct Calls {
+    lists: AtomicU64,
+    reads: AtomicU64,
+    writes: AtomicU64,
+    throttled: AtomicU64,
+    retries: AtomicU64,
+}
+
+impl Calls {
+    /// Listings (each a full, paged listing of one vault).
+    pub fn lists(&self) -> u64 {
+        self.lists.load(Ordering::Relaxed)
+    }
+    /// Reads of a value (the primary's, or a secondary's to compare).
+    pub fn reads(&self) -> u64 {
+        self.reads.load(Ordering::Relaxed)
+    }
+    /// Writes: new versions, property updates, soft deletes, recoveries.
+    pub fn writes(&self) -> u64 {
+        self.writes.load(Ordering::Relaxed)
+    }
+    /// Answers that asked to wait (429, or `Retry-After`).
+    pub fn throttled(&self) -> u64 {
+        self.throttled.load(Ordering::Relaxed)
+    }
+    /// Calls sent again after a failure.
+    pub fn retries(&self) -> u64 {
+        self.retries.load(Ordering::Relaxed)
+    }
+    fn add(&self, other: &Calls) {
+        for (a, b) in [
+            (&self.lists, &other.lists),
+            (&self.reads, &other.reads),
+            (&self.writes, &other.writes),
+            (&self.throttled, &other.throttled),
+            (&self.retries, &other.retries),
+        ] {
+            a.fetch_add(b.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum CallKind {
+    List,
+    Read,
+    Write,
+}
+
+/// A sliding-window budget: at most `limit` calls in any `window`, and no call before a
+/// `Retry-After` has passed. Its clock is tokio's (paused in tests).
+struct Budget {
+    limit: usize,
+    window: Duration,
+    state: Mutex<(VecDeque<Instant>, Option<Instant>)>,
+}
+
+impl Budget {
+    fn new(limit: usize, window: Duration) -> Self {
+        Budget {
+            limit,
+            window,
+            state: Mutex::new((VecDeque::new(), None)),
+        }
+    }
+
+    async fn take(&self) {
+        loop {
+            let wake = {
+                let now = Instant::now();
+                let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+                let (log, hold) = &mut *st;
+                match *hold {
+                    Some(h) if h > now => Some(h),
+                    _ => {
+                        while log
+                            .front()
+                            .is_some_and(|t| now.saturating_duration_since(*t) >= self.window)
+                        {
+                            log.pop_front();
+                        }
+                        if log.len() < self.limit {
+                            log.push_back(now);
+                            None
+                        } else {
+                            log.front().and_then(|t| t.checked_add(self.window))
+                        }
+                    }
+                }
+            };
+            match wake {
+                None => return,
+                Some(t) => tokio::time::sleep_until(t).await,
+            }
+        }
+    }
+
+    fn hold(&self, wait: Duration) {
+        let Some(until) = Instant::now().checked_add(wait) else {
+            return;
+        };
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.1 = Some(st.1.map_or(until, |h| h.max(until)));
+    }
+}
+
+/// What was done for one name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutcomeKind {
+    /// Nothing needed doing (in step, or a skip the plan reported).
+    Nothing,
+    /// A new version was written.
+    Copied,
+    /// The copy's properties were updated.
+    Updated,
+    /// The copy was soft-deleted.
+    Pruned,
+    /// The primary changed under the run (deleted or disabled): the next run finishes it.
+    Deferred,
+    /// It failed; see [`Outcome::error`].
+    Failed,
+}
+
+impl OutcomeKind {
+    /// `nothing`, `copied`, `updated`, `pruned`, `deferred` or `failed`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            OutcomeKind::Nothing => "nothing",
+            OutcomeKind::Copied => "copied",
+            OutcomeKind::Updated => "updated",
+            OutcomeKind::Pruned => "pruned",
+            OutcomeKind::Deferred => "deferred",
+            OutcomeKind::Failed => "failed",
+        }
+    }
+}
+
+/// One name's outcome in one secondary.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    name: String,
+    step: Step,
+    kind: OutcomeKind,
+    recovered: bool,
+    error: Option<String>,
+    source_created: Option<i64>,
+}
+
+impl Outcome {
+    fn new(p: &Planned, kind: OutcomeKind) -> Self {
+        Outcome {
+            name: p.name().to_string(),
+            step: p.step().clone(),
+            kind,
+            recovered: false,
+            error: None,
+            source_created: None,
+        }
+    }
+    fn failed(p: &Planned, error: String) -> Self {
+        Outcome {
+            error: Some(error),
+            ..Outcome::new(p, OutcomeKind::Failed)
+        }
+    }
+    /// The secret's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    /// The step planned.
+    pub fn step(&self) -> &Step {
+        &self.step
+    }
+    /// What was done.
+    pub fn kind(&self) -> OutcomeKind {
+        self.kind
+    }
+    /// Whether the name was soft-deleted in the secondary and recovered before the copy.
+    pub fn recovered(&self) -> bool {
+        self.recovered
+    }
+    /// Why it failed (no value is ever part of it).
+    pub fn error(&self) -> Option<&str> {
+        self.error.as_deref()
+    }
+    /// For a copy: when the primary created the version copied (unix seconds), so that
+    /// now minus it is how long the secondary lagged.
+    pub fn source_created(&self) -> Option<i64> {
+        self.source_created
+    }
+    /// Whether this leaves the secondary out of step.
+    pub fn is_failure(&self) -> bool {
+        self.kind == OutcomeKind::Failed || matches!(&self.step, Step::Skip(r) if r.is_failure())
+    }
+}
+
+/// One secondary's run.
+#[derive(Debug)]
+pub struct SecondaryReport {
+    region: String,
+    outcomes: Vec<Outcome>,
+    listing_error: Option<String>,
+}
+
+impl SecondaryReport {
+    /// The secondary's region.
+    pub fn region(&self) -> &str {
+        &self.region
+    }
+    /// Each name's outcome, in name order.
+    pub fn outcomes(&self) -> &[Outcome] {
+        &self.outcomes
+    }
+    /// Why the secondary could not be listed, if it could not.
+    pub fn listing_error(&self) -> Option<&str> {
+        self.listing_error.as_deref()
+    }
+    /// How many outcomes of `kind`.
+    pub fn count(&self, kind: OutcomeKind) -> usize {
+        self.outcomes.iter().filter(|o| o.kind == kind).count()
+    }
+    /// Whether the secondary is in step after the run.
+    pub fn in_step(&self) -> bool {
+        self.listing_error.is_none()
+            && !self
+                .outcomes
+                .iter()
+                .any(|o| o.is_failure() || o.kind == OutcomeKind::Deferred)
+    }
+}
+
+/// A run's report.
+#[derive(Debug)]
+pub struct Report {
+    secondaries: Vec<SecondaryReport>,
+    calls: Calls,
+    elapsed: Duration,
+}
+
+impl Report {
+    /// One report per secondary, in the order configured.
+    pub fn secondaries(&self) -> &[SecondaryReport] {
+        &self.secondaries
+    }
+    /// The calls the run sent (its plan's listings included).
+    pub fn calls(&self) -> &Calls {
+        &self.calls
+    }
+    /// How long the run took (tokio's clock).
+    pub fn elapsed(&self) -> Duration {
+        self.elapsed
+    }
+    /// Whether every secondary is in step.
+    pub fn in_step(&self) -> bool {
+        self.secondaries.iter().all(SecondaryReport::in_step)
+    }
+}
+
+/// A secondary as a run holds it.
+struct Target<'a> {
+    region: &'a str,
+    store: &'a dyn ReplicaStore,
+    writes: Budget,
+    reads: Budget,
+}
+
+struct Ctx<'a> {
+    r: &'a Replicator,
+    calls: Calls,
+    primary_reads: Budget,
+    rng: Mutex<fastrand::Rng>,
+}
+
+fn transient(e: &StoreError) -> bool {
+    matches!(
+        e.kind(),
+        StoreErrorKind::Connect
+            | StoreErrorKind::Reset
+            | StoreErrorKind::Timeout
+            | StoreErrorKind::Server { .. }
+            | StoreErrorKind::Malformed
+    )
+}
+
+fn describe(e: &StoreError) -> String {
+    match e.kind().status() {
+        Some(s) => format!("{} ({s}): {}", e.kind().label(), e.message()),
+        None => format!("{}: {}", e.kind().label(), e.message()),
+    }
+}
+
+impl Ctx<'_> {
+    /// One call with its retries: within `budget`, under the attempt timeout; a throttled
+    /// answer holds the whole budget for its (capped) `Retry-After`, a transient failure is
+    /// retried after a jittered exponential backoff.
+    async fn call<T, F, Fut>(
+        &self,
+        budget: &Budget,
+        kind: CallKind,
+        mut f: F,
+    ) -> Result<T, StoreError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, StoreError>>,
+    {
+        let (mut transients, mut throttles) = (0u32, 0u32);
+        loop {
+            budget.take().await;
+            let counter = match kind {
+                CallKind::List => &self.calls.lists,
+                CallKind::Read => &self.calls.reads,
+                CallKind::Write => &self.calls.writes,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+            let e = match tokio::time::timeout(self.r.attempt_timeout, f()).await {
+                Ok(Ok(v)) => return Ok(v),
+                Ok(Err(e)) => e,
+                Err(_) => StoreError::new(StoreErrorKind::Timeout, "the call timed out"),
+            };
+            if e.asks_to_wait() && throttles < MAX_THROTTLED {
+                throttles += 1;
+                self.calls.throttled.fetch_add(1, Ordering::Relaxed);
+                let wait = e
+                    .retry_after()
+                    .unwrap_or(self.r.default_retry_after)
+                    .min(self.r.max_retry_after);
+                budget.hold(wait);
+            } else if transient(&e) && transients < MAX_TRANSIENT {
+                let base = 200u64 << transients;
+                let jitter = self
+                    .rng
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .u64(0..=base);
+                transients += 1;
+                tokio::time::sleep(Duration::from_millis(base + jitter)).await;
+            } else {
+                return Err(e);
+            }
+            self.calls.retries.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    async fn read_primary(&self, name: &SecretName) -> Result<ReadVersion, StoreError> {
+        self.call(&self.primary_reads, CallKind::Read, || {
+            self.r.primary.read(name)
+        })
+        .await
+    }
+
+    /// Writes `read` into the target as a new version, recovering a soft-deleted name first.
+    async fn write_copy(
+        &self,
+        t: &Target<'_>,
+        p: &Planned,
+        name: &SecretName,
+        read: &ReadVersion,
+    ) -> Outcome {
+        let prov = Provenance::new(
+            &self.r.primary_region,
+            read.version(),
+            read.created().unwrap_or(0),
+        );
+        if let Some(why) = read.properties().copy_problem(&prov) {
+            return Outcome::failed(p, why);
+        }
+        let props = read.properties().for_copy(&prov);
+        let write = || t.store.write(name, read.value(), &props);
+        let mut recovered = false;
+        let mut result = self.call(&t.writes, CallKind::Write, write).await;
+        if matches!(result, Err(ref e) if e.kind().status() == Some(409)) {
+            if let Err(e) = self
+                .call(&t.writes, CallKind::Write, || t.store.recover(name))
+                .await
+            {
+                return Outcome::failed(
+                    p,
+                    format!("soft-deleted here and not recovered: {}", describe(&e)),
+                );
+            }
+            recovered = true;
+            result = self.call(&t.writes, CallKind::Write, write).await;
+        }
+        match result {
+            Ok(_) => Outcome {
+                recovered,
+                source_created: read.created(),
+                ..Outcome::new(p, OutcomeKind::Copied)
+            },
+            Err(e) => Outcome {
+                recovered,
+                ..Outcome::failed(p, format!("write: {}", describe(&e)))
+            },
+        }
+    }
+
+    async fn apply(&self, t: &Target<'_>, p: &Planned) -> Outcome {
+        let name = match SecretName::new(p.name()) {
+            Ok(n) => n,
+            Err(_) => return Outcome::new(p, OutcomeKind::Nothing),
+        };
+        match p.step() {
+            Step::InStep | Step::Skip(_) => Outcome::new(p, OutcomeKind::Nothing),
+            Step::Update(_) => {
+                let Some(target) = p.target() else {
+                    return Outcome::new(p, OutcomeKind::Nothing);
+                };
+                self.update(t, p, &name, target).await
+            }
+            Step::Prune => match self
+                .call(&t.writes, CallKind::Write, || t.store.soft_delete(&name))
+                .await
+            {
+                Ok(()) => Outcome::new(p, OutcomeKind::Pruned),
+                Err(e) if *e.kind() == StoreErrorKind::NotFound => {
+                    Outcome::new(p, OutcomeKind::Nothing)
+                }
+                Err(e) => Outcome::failed(p, format!("soft delete: {}", describe(&e))),
+            },
+            Step::Copy(_) | Step::Check | Step::Compare => {
+                let read = match self.read_primary(&name).await {
+                    Ok(r) => r,
+                    // Deleted or disabled since the listing: the next run plans it anew.
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            StoreErrorKind::NotFound | StoreErrorKind::Auth { status: 403 }
+                        ) && e.message().contains("isabled")
+                            || *e.kind() == StoreErrorKind::NotFound =>
+                    {
+                        return Outcome::new(p, OutcomeKind::Deferred)
+                    }
+                    Err(e) => return Outcome::failed(p, format!("read primary: {}", describe(&e))),
+                };
+                let secondary = p.secondary().cloned().unwrap_or_default();
+                let decision = match p.step() {
+                    Step::Copy(_) => AfterRead::Write,
+                    Step::Check => {
+                        plan::after_read(&self.r.primary_region, &read, &secondary, None)
+                    }
+                    _ => {
+                        let here = self
+                            .call(&t.reads, CallKind::Read, || t.store.read(&name))
+                            .await;
+                        let same = here.is_ok_and(|h| {
+                            h.value().expose_secret() == read.value().expose_secret()
+                        });
+                        plan::after_read(&self.r.primary_region, &read, &secondary, Some(same))
+                    }
+                };
+                match decision {
+                    AfterRead::Nothing => Outcome::new(p, OutcomeKind::Nothing),
+                    AfterRead::Update(target) => self.update(t, p, &name, &target).await,
+                    AfterRead::Write => self.write_copy(t, p, &name, &read).await,
+                }
+            }
+        }
+    }
+
+    async fn update(
+        &self,
+        t: &Target<'_>,
+        p: &Planned,
+        name: &SecretName,
+        target: &super::Properties,
+    ) -> Outcome {
+        match self
+            .call(&t.writes, CallKind::Write, || t.store.update(name, target))
+            .await
+        {
+            Ok(()) => Outcome::new(p, OutcomeKind::Updated),
+            Err(e) => Outcome::failed(p, format!("update: {}", describe(&e))),
+        }
+    }
+}
+
+impl Replicator {
+    fn ctx(&self) -> Ctx<'_> {
+        Ctx {
+            r: self,
+            calls: Calls::default(),
+            primary_reads: Budget::new(self.reads_per_window, self.window),
+            rng: Mutex::new(fastrand::Rng::with_seed(self.seed)),
+        }
+    }
+
+    fn target<'a>(&'a self, region: &'a str, store: &'a Arc<dyn ReplicaStore>) -> Target<'a> {
+        Target {
+            region,
+            store: store.as_ref(),
+            writes: Budget::new(self.writes_per_window, self.window),
+            reads: Budget::new(self.reads_per_window, self.window),
+        }
+    }
+
+    /// Lists the primary and every secondary and plans each secondary. Fails only when the
+    /// primary cannot be listed; a secondary that cannot be listed has an empty plan and its
+    /// [`SecondaryPlan::listing_error`].
+    pub async fn plan(&self) -> Result<Plan, StoreError> {
+        let ctx = self.ctx();
+        let primary = ctx
+            .call(&ctx.primary_reads, CallKind::List, || {
+                self.primary.list_items()
+            })
+            .await?;
+        let lists = self.secondaries.iter().map(|(region, store)| {
+            let ctx = &ctx;
+            let primary = &primary;
+            async move {
+                let t = self.target(region, store);
+                match ctx
+                    .call(&t.reads, CallKind::List, || t.store.list_items())
+                    .await
+                {
+                    Ok(listed) => SecondaryPlan {
+                        region: region.clone(),
+                        steps: plan::plan(
+                            &self.primary_region,
+                            primary,
+                            &listed,
+                            &self.filter,
+                            self.prune,
+                        ),
+                        listing_error: None,
+                    },
+                    Err(e) => SecondaryPlan {
+                        region: region.clone(),
+                        steps: Vec::new(),
+                        listing_error: Some(describe(&e)),
+                    },
+                }
+            }
+        });
+        let secondaries = futures::future::join_all(lists).await;
+        Ok(Plan {
+            primary_listed: primary.len(),
+            secondaries,
+            calls: ctx.calls,
+        })
+    }
+
+    /// Carries out `plan`; `progress` is called once per name and secondary as it finishes.
+    pub async fn run(&self, plan: &Plan, progress: &(dyn Fn(&str, &Outcome) + Sync)) -> Report {
+        let started = Instant::now();
+        let ctx = self.ctx();
+        ctx.calls.add(&plan.calls);
+        let runs = plan.secondaries.iter().map(|sp| {
+            let ctx = &ctx;
+            async move {
+                let store = self
+                    .secondaries
+                    .iter()
+                    .find(|(r, _)| *r == sp.region)
+                    .map(|(_, s)| s);
+                let Some(store) = store else {
+                    return SecondaryReport {
+                        region: sp.region.clone(),
+                        outcomes: Vec::new(),
+                        listing_error: Some("not a secondary of this replicator".into()),
+                    };
+                };
+                let t = self.target(&sp.region, store);
+                let t = &t;
+                let mut outcomes: Vec<Outcome> = futures::stream::iter(sp.steps.iter())
+                    .map(|p| async move {
+                        let o = ctx.apply(t, p).await;
+                        progress(t.region, &o);
+                        o
+                    })
+                    .buffer_unordered(self.concurrency)
+                    .collect()
+                    .await;
+                outcomes.sort_by_key(|o| o.name.to_ascii_lowercase());
+                SecondaryReport {
+                    region: sp.region.clone(),
+                    outcomes,
+                    listing_error: sp.listing_error.clone(),
+                }
+            }
+        });
+        let secondaries = futures::future::join_all(runs).await;
+        Report {
+            secondaries,
+            calls: ctx.calls,
+            elapsed: started.elapsed(),
+        }
+    }
+}

@@ -1,0 +1,183 @@
+//! The replicator's model test: any sequence of primary writes, rotations, property changes,
+//! disables and deletes, interleaved with runs that fail part-way, ends, after one clean run,
+//! with the secondary equal to the primary; and the primary is never sent anything but
+//! listings and reads. In-process stores on the paused clock.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use keyvault_failover::replicate::{Properties, Replicator};
+use keyvault_failover::store::{Fault, MemoryStore};
+use keyvault_failover::{SecretName, SecretStore};
+use proptest::prelude::*;
+use secrecy::ExposeSecret;
+
+#[derive(Debug, Clone)]
+enum Op {
+    /// A new version of name `n` with value `v` and these properties.
+    Write {
+        n: u8,
+        v: u8,
+        content_type: bool,
+        tag: Option<u8>,
+        exp: Option<i64>,
+    },
+    Disable(u8),
+    Enable(u8),
+    Delete(u8),
+    /// A run whose secondary (or primary, for reads) fails from its `after`-th call on, for
+    /// `failures` calls.
+    Run {
+        after: u8,
+        failures: u8,
+        primary: bool,
+    },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (0u8..6, any::<u8>(), any::<bool>(), proptest::option::of(0u8..3),
+              proptest::option::of(1_000i64..1_003))
+            .prop_map(|(n, v, content_type, tag, exp)| Op::Write { n, v, content_type, tag, exp }),
+        1 => (0u8..6).prop_map(Op::Disable),
+        1 => (0u8..6).prop_map(Op::Enable),
+        1 => (0u8..6).prop_map(Op::Delete),
+        2 => (0u8..20, 0u8..30, any::<bool>())
+            .prop_map(|(after, failures, primary)| Op::Run { after, failures, primary }),
+    ]
+}
+
+fn props(content_type: bool, tag: Option<u8>, exp: Option<i64>) -> Properties {
+    let mut tags = BTreeMap::new();
+    if let Some(t) = tag {
+        tags.insert("owner".to_string(), format!("team-{t}"));
+    }
+    Properties::default()
+        .with_content_type(content_type.then(|| "text/plain".to_string()))
+        .with_tags(tags)
+        .with_expires(exp)
+}
+
+async fn run(r: &Replicator) {
+    if let Ok(plan) = r.plan().await {
+        r.run(&plan, &|_, _| {}).await;
+    }
+}
+
+fn replicator(weu: &Arc<MemoryStore>, neu: &Arc<MemoryStore>) -> Replicator {
+    Replicator::builder()
+        .primary("weu", weu.clone())
+        .secondary("neu", neu.clone())
+        .prune(true)
+        .seed(1)
+        .build()
+        .unwrap()
+}
+
+async fn check(ops: Vec<Op>) -> Result<(), TestCaseError> {
+    let weu = Arc::new(MemoryStore::new("weu"));
+    let neu = Arc::new(MemoryStore::new("neu"));
+    let r = replicator(&weu, &neu);
+    let mut deletes = 0;
+    for op in ops {
+        match op {
+            Op::Write {
+                n,
+                v,
+                content_type,
+                tag,
+                exp,
+            } => {
+                weu.insert_with(
+                    &format!("s{n}"),
+                    &format!("value-{v}"),
+                    props(content_type, tag, exp),
+                );
+            }
+            Op::Disable(n) => {
+                weu.set_enabled(&format!("s{n}"), false);
+            }
+            Op::Enable(n) => {
+                weu.set_enabled(&format!("s{n}"), true);
+            }
+            Op::Delete(n) => {
+                let name = SecretName::new(&format!("s{n}")).unwrap();
+                // Counted by the store as a write whether or not the name exists.
+                let _ = weu.delete(&name).await;
+                deletes += 1;
+            }
+            Op::Run {
+                after,
+                failures,
+                primary,
+            } => {
+                let target = if primary { &weu } else { &neu };
+                let fault = if failures % 3 == 0 {
+                    Fault::Throttle(std::time::Duration::from_secs(2))
+                } else {
+                    Fault::Reset
+                };
+                target.script(
+                    std::iter::repeat_n(None, after as usize)
+                        .chain(std::iter::repeat_n(Some(fault), failures as usize)),
+                );
+                run(&r).await;
+                target.clear_script();
+            }
+        }
+    }
+    // One clean run.
+    run(&r).await;
+
+    prop_assert_eq!(weu.writes(), deletes, "the primary was sent a write");
+    let primary = weu.list().await.unwrap();
+    let secondary = neu.list().await.unwrap();
+    for p in &primary {
+        let name = p.name();
+        let here = secondary.iter().find(|s| s.name() == name);
+        let pp = weu.properties(name).unwrap();
+        if !pp.enabled() {
+            // The disabled state is copied (no value can be read): absent, or disabled.
+            prop_assert!(
+                here.is_none_or(|s| !s.enabled()),
+                "{name} enabled in the copy"
+            );
+            continue;
+        }
+        prop_assert!(here.is_some(), "{name} missing in the secondary");
+        let (_, pv) = weu.current(name).unwrap();
+        let (_, sv) = neu.current(name).unwrap();
+        prop_assert_eq!(pv.expose_secret(), sv.expose_secret(), "{} value", name);
+        let sp = neu.properties(name).unwrap();
+        prop_assert_eq!(sp.enabled(), pp.enabled());
+        prop_assert_eq!(sp.expires(), pp.expires());
+        prop_assert_eq!(sp.not_before(), pp.not_before());
+        prop_assert_eq!(sp.content_type(), pp.content_type());
+        prop_assert!(sp.user_tags().eq(pp.user_tags()), "{} tags", name);
+        prop_assert_eq!(
+            sp.provenance().map(|p| p.region().to_string()),
+            Some("weu".to_string())
+        );
+    }
+    for s in &secondary {
+        prop_assert!(
+            primary.iter().any(|p| p.name() == s.name()),
+            "{} is only in the secondary",
+            s.name()
+        );
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+    #[test]
+    fn one_clean_run_puts_the_secondary_in_step(ops in proptest::collection::vec(op(), 1..40)) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        rt.block_on(check(ops))?;
+    }
+}
