@@ -586,9 +586,12 @@ impl Replicator {
                 };
                 let t = self.target(&sp.region, store);
                 let t = &t;
-                let mut outcomes: Vec<Outcome> = futures::stream::iter(sp.steps.iter())
-                    .map(|p| async move {
-                        let o = ctx.apply(t, p).await;
+                // By index: a closure taking `&Planned` makes the stream's future not `Send`
+                // (its argument's lifetime is higher-ranked).
+                let steps = &sp.steps;
+                let mut outcomes: Vec<Outcome> = futures::stream::iter(0..steps.len())
+                    .map(|i| async move {
+                        let o = ctx.apply(t, &steps[i]).await;
                         progress(t.region, &o);
                         o
                     })
@@ -610,4 +613,13 @@ impl Replicator {
             elapsed: started.elapsed(),
         }
     }
+}
+
+/// A run and a plan can be spawned on a multi-threaded runtime (checked when tests compile).
+#[cfg(test)]
+#[allow(dead_code)]
+fn futures_are_send(r: &'static Replicator, plan: &'static Plan) {
+    fn is_send<T: Send>(_: T) {}
+    is_send(r.plan());
+    is_send(r.run(plan, &|_, _| {}));
 }

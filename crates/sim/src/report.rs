@@ -171,6 +171,26 @@ pub struct ContenderReport {
     pub writes: Writes,
     /// Invariant checks.
     pub invariants: Vec<Invariant>,
+    /// The replicator's passes, when the scenario has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replicator: Option<ReplicatorReport>,
+}
+
+/// What the scenario's replicator did.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ReplicatorReport {
+    /// Passes started.
+    pub passes: u64,
+    /// Passes that could not list the primary (down).
+    pub passes_failed: u64,
+    /// Passes that ended with a secondary out of step.
+    pub passes_not_in_step: u64,
+    /// New versions written in the secondaries.
+    pub copies: u64,
+    /// Writes sent (copies, updates), retries included.
+    pub writes: u64,
+    /// Answers that asked the replicator to wait.
+    pub throttled: u64,
 }
 
 impl ContenderReport {

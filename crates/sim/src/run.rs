@@ -275,6 +275,7 @@ pub(crate) async fn run(
             let seed = s
                 .seed
                 .wrapping_add((i as u64 + 1).wrapping_mul(0x2545_F491_4F6C_DD1D));
+            let copied_from = (i > 0 && s.replicator.is_some()).then(|| s.regions[0].name.as_str());
             Arc::new(SimVault::new(
                 r,
                 &s.faults,
@@ -282,6 +283,7 @@ pub(crate) async fn run(
                 seed,
                 start,
                 s.duration,
+                copied_from,
             ))
         })
         .collect();
@@ -334,14 +336,20 @@ pub(crate) async fn run(
     let mut changes = Vec::new(); // (at, vault, secret, generation, rotation?)
     {
         let mut gens = vec![0u32; s.workload.secrets as usize];
+        // With a replicator, the secondaries get changes only through it.
+        let reach = if s.replicator.is_some() {
+            1
+        } else {
+            s.regions.len()
+        };
         for r in &rotations {
             gens[r.secret as usize] += 1;
-            for (j, region) in s.regions.iter().enumerate() {
+            for (j, region) in s.regions.iter().enumerate().take(reach) {
                 let at = r.at + region.replication_delay;
                 changes.push((at, j, r.secret, gens[r.secret as usize], true));
             }
         }
-        for (j, region) in s.regions.iter().enumerate() {
+        for (j, region) in s.regions.iter().enumerate().take(reach) {
             for i in s.workload.secrets - region.unreplicated..s.workload.secrets {
                 changes.push((region.replication_delay, j, i, 0, false));
             }
@@ -426,6 +434,61 @@ pub(crate) async fn run(
         instances.push(inst);
         route_logs.push(log);
     }
+
+    // The replicator: one pass per interval over the same vaults, on the same clock.
+    let replicator = s.replicator.as_ref().map(|spec| {
+        let mut b = keyvault_failover::replicate::Replicator::builder()
+            .primary(&s.regions[0].name, vaults[0].clone())
+            .limits(
+                spec.write_limit,
+                s.regions[0].limit,
+                Duration::from_secs(10),
+                spec.budget_fraction,
+            )
+            .seed(s.seed ^ 0x5EED_0000_0000_0021);
+        for (v, r) in vaults.iter().zip(&s.regions).skip(1) {
+            b = b.secondary(&r.name, v.clone());
+        }
+        let (interval, end) = (spec.interval, s.duration);
+        let stats = Arc::new(Mutex::new(crate::report::ReplicatorReport::default()));
+        let task = {
+            let stats = stats.clone();
+            tokio::spawn(async move {
+                let Ok(r) = b.build() else { return };
+                let mut at = interval;
+                while at < end {
+                    tokio::time::sleep_until(start + at).await;
+                    let outcome = match r.plan().await {
+                        Ok(plan) => Some(r.run(&plan, &|_, _| {}).await),
+                        Err(_) => None,
+                    };
+                    let mut g = lock(&stats);
+                    g.passes += 1;
+                    match outcome {
+                        Some(report) => {
+                            g.copies += report
+                                .secondaries()
+                                .iter()
+                                .map(|s| {
+                                    s.count(keyvault_failover::replicate::OutcomeKind::Copied)
+                                        as u64
+                                })
+                                .sum::<u64>();
+                            g.writes += report.calls().writes();
+                            g.throttled += report.calls().throttled();
+                            if !report.in_step() {
+                                g.passes_not_in_step += 1;
+                            }
+                        }
+                        None => g.passes_failed += 1,
+                    }
+                    drop(g);
+                    at += interval;
+                }
+            })
+        };
+        (task, stats)
+    });
 
     // Change events: each rotation in the primary, while its region is up, reaches every
     // client instance as a hint after the channel's delay (lost, duplicated, reordered).
@@ -535,6 +598,16 @@ pub(crate) async fn run(
     while drivers.join_next().await.is_some() {}
     channel.abort_all();
     let _ = rotator.await;
+    let replicator = match replicator {
+        Some((task, stats)) => {
+            // Its pass in flight at the end is cut (the run is over).
+            task.abort();
+            let _ = task.await;
+            let g = lock(&stats).clone();
+            Some(g)
+        }
+        None => None,
+    };
     if let Some(p) = &progress {
         // Instance 0's driver reported up to its last read; the rest of the run now.
         let total = s.duration.as_millis() as u64;
@@ -721,6 +794,7 @@ pub(crate) async fn run(
         vaults: vault_loads,
         writes: g.writes,
         invariants,
+        replicator,
     };
     Ok((report, g.timeline.clone()))
 }

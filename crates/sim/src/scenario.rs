@@ -54,6 +54,14 @@ const BUILTIN: &[(&str, &str)] = &[
         include_str!("../../../simulations/replication-lag.toml"),
     ),
     (
+        "replicator-rotation-outage",
+        include_str!("../../../simulations/replicator-rotation-outage.toml"),
+    ),
+    (
+        "no-replicator-rotation-outage",
+        include_str!("../../../simulations/no-replicator-rotation-outage.toml"),
+    ),
+    (
         "fleet-cold-start",
         include_str!("../../../simulations/fleet-cold-start.toml"),
     ),
@@ -105,6 +113,10 @@ pub struct Scenario {
     /// Key Vault's change events delivered to every client instance (none by default).
     #[serde(default)]
     pub(crate) events: Option<EventChannel>,
+    /// The project's replicator keeping the secondaries in step (none by default: the
+    /// secondaries get the primary's changes after their `replication_delay`, or never).
+    #[serde(default)]
+    pub(crate) replicator: Option<ReplicatorSpec>,
     /// Client settings in the configuration file's format, without `regions` (they come from
     /// the scenario's regions).
     #[serde(default)]
@@ -264,6 +276,31 @@ pub(crate) struct EventChannel {
     /// Share of deliveries sent twice (0..=1).
     #[serde(default)]
     pub(crate) duplicates: f64,
+}
+
+/// The replicator (`keyvault_failover::replicate::Replicator`, the library's) copying the
+/// primary into every secondary, one pass per `interval`; the vaults' faults apply to its
+/// calls as to the clients'. With it, a rotation reaches a secondary only through it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ReplicatorSpec {
+    /// Time between passes (the first at `interval` after the start).
+    #[serde(with = "humantime_serde")]
+    pub(crate) interval: Duration,
+    /// Writes per 10 s a secondary allows (Key Vault: 300).
+    #[serde(default = "write_limit")]
+    pub(crate) write_limit: u32,
+    /// Share of each vault's limits the replicator takes (default 0.8).
+    #[serde(default = "budget_fraction")]
+    pub(crate) budget_fraction: f64,
+}
+
+fn write_limit() -> u32 {
+    300
+}
+
+fn budget_fraction() -> f64 {
+    0.8
 }
 
 /// How many client instances share the vaults, and how they are deployed: each process with
@@ -591,6 +628,21 @@ impl Scenario {
                 || !(0.0..=1.0).contains(&e.duplicates)
             {
                 return bad("events: delay at most 1h, loss and duplicates in 0..=1".into());
+            }
+        }
+        if let Some(r) = &self.replicator {
+            if r.interval < Duration::from_secs(1) || r.interval > Duration::from_secs(24 * 3600) {
+                return bad("replicator.interval must be 1s to 24h".into());
+            }
+            if !(r.budget_fraction > 0.0 && r.budget_fraction <= 1.0) || r.write_limit == 0 {
+                return bad("replicator: budget_fraction in (0, 1], write_limit above 0".into());
+            }
+            if self.regions.len() < 2 || self.regions.iter().any(|r| !r.replication_delay.is_zero())
+            {
+                return bad(
+                    "replicator: needs a secondary, and replaces replication_delay (set none)"
+                        .into(),
+                );
             }
         }
         if self.fleet.agent_hop > Duration::from_secs(1) {

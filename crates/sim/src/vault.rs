@@ -1,7 +1,7 @@
 //! Simulated regional vaults that follow the scenario's fault timeline in virtual time, and
 //! the per-client tap that checks the "no call through an open breaker" invariant.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
@@ -11,6 +11,7 @@ use secrecy::SecretString;
 use tokio::time::Instant;
 
 use super::scenario::{FaultKind, FaultSpec, Op, SimRegion};
+use keyvault_failover::replicate::{Listed, Properties, Provenance, ReadVersion, ReplicaStore};
 use keyvault_failover::Access;
 use keyvault_failover::BreakerState;
 use keyvault_failover::FailoverClient;
@@ -39,7 +40,18 @@ struct Version {
     value: SecretString,
     /// Key Vault's `attributes.created` (whole seconds).
     created: SystemTime,
+    /// Tags: only a replicator's copies have one (its provenance).
+    tags: BTreeMap<String, String>,
 }
+
+/// Seconds since the Unix epoch of a simulated vault time.
+fn unix(t: SystemTime) -> i64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// The run's time before any rotation: every secret's first version was created then.
+const BEFORE_RUN: u64 = 1_800_000_000 - 86_400;
 
 struct State {
     /// name → versions, oldest first.
@@ -81,6 +93,9 @@ fn wall(t: Duration) -> SystemTime {
 }
 
 impl SimVault {
+    /// `copied_from`: the primary's region when a replicator keeps this secondary (its first
+    /// versions are copies of the primary's, with their provenance tag).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         r: &SimRegion,
         faults: &[FaultSpec],
@@ -88,6 +103,7 @@ impl SimVault {
         seed: u64,
         start: Instant,
         duration: Duration,
+        copied_from: Option<&str>,
     ) -> Self {
         let median_us = r.latency_median.as_secs_f64() * 1e6;
         let sigma = (r.latency_p99.as_secs_f64() / r.latency_median.as_secs_f64()).ln() / 2.326;
@@ -95,11 +111,23 @@ impl SimVault {
         // The last `unreplicated` secrets were created in the primary just before the run and
         // have not reached this region yet ([`SimVault::arrive`]).
         for i in 0..secrets.saturating_sub(r.unreplicated) {
+            let tags = match copied_from {
+                Some(primary) => {
+                    let source =
+                        Provenance::new(primary, format!("{primary}-{i:08x}"), BEFORE_RUN as i64);
+                    BTreeMap::from([(
+                        keyvault_failover::replicate::PROVENANCE_TAG.to_string(),
+                        source.encode(),
+                    )])
+                }
+                None => BTreeMap::new(),
+            };
             let version = Version {
                 id: format!("{}-{:08x}", r.name, i),
                 value: value_of(i, 0),
                 // Created a day before the run (before any rotation).
-                created: SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000 - 86_400),
+                created: SystemTime::UNIX_EPOCH + Duration::from_secs(BEFORE_RUN),
+                tags,
             };
             secrets_map.insert(format!("secret-{i}"), vec![version]);
         }
@@ -139,6 +167,16 @@ impl SimVault {
 
     /// Adds a version of `name` made now (a write or its replica).
     fn push(&self, st: &mut State, name: &str, value: SecretString) -> String {
+        self.push_tagged(st, name, value, BTreeMap::new())
+    }
+
+    fn push_tagged(
+        &self,
+        st: &mut State,
+        name: &str,
+        value: SecretString,
+        tags: BTreeMap<String, String>,
+    ) -> String {
         let id = format!("{}-{:08x}", self.name, st.next_version);
         st.next_version += 1;
         st.secrets
@@ -148,6 +186,7 @@ impl SimVault {
                 id: id.clone(),
                 value,
                 created: wall(Instant::now() - self.start),
+                tags,
             });
         id
     }
@@ -320,7 +359,16 @@ impl SimVault {
             Some(id) => versions.iter().find(|v| v.id == id),
         }
         .ok_or_else(|| not_found(name))?;
-        Ok(StoredSecret::new(v.value.clone(), v.id.clone()).with_created(v.created))
+        // A replicator's copy is as old as its source (as `AzureStore` reads it).
+        let created = v
+            .tags
+            .get(keyvault_failover::replicate::PROVENANCE_TAG)
+            .and_then(|t| Provenance::parse(t))
+            .and_then(|p| u64::try_from(p.created()).ok())
+            .map_or(v.created, |s| {
+                SystemTime::UNIX_EPOCH + Duration::from_secs(s)
+            });
+        Ok(StoredSecret::new(v.value.clone(), v.id.clone()).with_created(created))
     }
 
     async fn list_as(&self, probe: bool) -> Result<Vec<SecretProperties>, StoreError> {
@@ -392,6 +440,89 @@ impl SecretStore for SimVault {
 
     async fn list(&self) -> Result<Vec<SecretProperties>, StoreError> {
         self.list_as(false).await
+    }
+}
+
+/// A replicator's calls: listings and reads count as GETs (within the vault's limit), writes
+/// as writes; the timeline's faults apply to each.
+#[async_trait]
+impl ReplicaStore for SimVault {
+    async fn list_items(&self) -> Result<Vec<Listed>, StoreError> {
+        self.gets.fetch_add(1, Ordering::Relaxed);
+        self.enter(Op::List, false).await?;
+        let st = self.lock();
+        let mut out: Vec<Listed> = st
+            .secrets
+            .iter()
+            .filter_map(|(n, versions)| {
+                let v = versions.last()?;
+                Some(
+                    Listed::new(n.clone(), Properties::default().with_tags(v.tags.clone()))
+                        .with_created(Some(unix(v.created))),
+                )
+            })
+            .collect();
+        out.sort_by(|a, b| a.name().cmp(b.name()));
+        Ok(out)
+    }
+
+    async fn read(&self, name: &SecretName) -> Result<ReadVersion, StoreError> {
+        self.gets.fetch_add(1, Ordering::Relaxed);
+        self.enter(Op::Get, false).await?;
+        let st = self.lock();
+        let v = st
+            .secrets
+            .get(name.as_str())
+            .and_then(|v| v.last())
+            .ok_or_else(|| not_found(name))?;
+        Ok(ReadVersion::new(
+            v.value.clone(),
+            v.id.clone(),
+            Some(unix(v.created)),
+            Properties::default().with_tags(v.tags.clone()),
+        ))
+    }
+
+    async fn write(
+        &self,
+        name: &SecretName,
+        value: &SecretString,
+        properties: &Properties,
+    ) -> Result<String, StoreError> {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        let read_only = self.enter(Op::Set, false).await?;
+        if read_only {
+            return Err(StoreError::new(
+                StoreErrorKind::Auth { status: 403 },
+                "vault is read-only",
+            ));
+        }
+        let mut st = self.lock();
+        let tags = properties.tags().clone();
+        Ok(self.push_tagged(&mut st, name.as_str(), value.clone(), tags))
+    }
+
+    async fn update(&self, name: &SecretName, properties: &Properties) -> Result<(), StoreError> {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        self.enter(Op::Set, false).await?;
+        let mut st = self.lock();
+        let v = st
+            .secrets
+            .get_mut(name.as_str())
+            .and_then(|v| v.last_mut())
+            .ok_or_else(|| not_found(name))?;
+        v.tags = properties.tags().clone();
+        Ok(())
+    }
+
+    async fn soft_delete(&self, name: &SecretName) -> Result<(), StoreError> {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        self.enter(Op::Delete, false).await?;
+        Err(not_found(name))
+    }
+
+    async fn recover(&self, name: &SecretName) -> Result<(), StoreError> {
+        Err(not_found(name))
     }
 }
 

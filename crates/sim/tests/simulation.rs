@@ -114,6 +114,8 @@ reproducible! {
     partial_outage_is_reproducible => "partial-outage",
     grey_failure_is_reproducible => "grey-failure",
     replication_lag_is_reproducible => "replication-lag",
+    replicator_rotation_outage_is_reproducible => "replicator-rotation-outage",
+    no_replicator_rotation_outage_is_reproducible => "no-replicator-rotation-outage",
     fleet_cold_start_is_reproducible => "fleet-cold-start",
     fleet_10k_cold_start_is_reproducible => "fleet-10k-cold-start",
     fleet_10k_regional_outage_is_reproducible => "fleet-10k-regional-outage",
@@ -342,4 +344,36 @@ fn a_rotation_superseded_before_it_was_seen_is_not_never_propagated() {
     assert_eq!(c.rotations, 2);
     assert_eq!(c.rotations_unpropagated, 0, "{r}");
     assert!(c.rotation_delay_ms.is_some_and(|d| d <= 60_000), "{r}");
+}
+
+/// The replicator in a scenario: it copies the primary's rotations into the secondary (its
+/// passes while the primary is down fail and the next one catches up), so through the outage
+/// the client serves fewer values stale than without it; versions never go backwards either way.
+#[test]
+fn the_replicator_brings_rotations_to_the_secondary() {
+    let run = |name: &str| {
+        let s = Scenario::builtin(name).unwrap();
+        let r = simulate(&s, &SimOptions::default()).unwrap();
+        r.report().contenders[0].clone()
+    };
+    let with = run("replicator-rotation-outage");
+    let without = run("no-replicator-rotation-outage");
+    let rep = with
+        .replicator
+        .as_ref()
+        .expect("the scenario's replicator reports");
+    assert_eq!(rep.copies, 10, "{rep:?}");
+    assert!(
+        rep.passes_failed >= 1,
+        "a pass met the primary down: {rep:?}"
+    );
+    assert!(without.replicator.is_none());
+    assert_eq!((with.backwards_reads, without.backwards_reads), (0, 0));
+    assert!(
+        with.stale < without.stale,
+        "{} vs {}",
+        with.stale,
+        without.stale
+    );
+    assert!(with.max_staleness_ms < without.max_staleness_ms);
 }
