@@ -221,6 +221,7 @@ impl FailoverClientBuilder {
                 rng,
                 events,
                 drift: Mutex::new(BTreeMap::new()),
+                lag: Mutex::new(BTreeMap::new()),
                 drift_key: RandomState::new(),
                 probe_target: Mutex::new(None),
                 shutdown,
@@ -365,9 +366,19 @@ pub struct RegionHealth {
     throttled_for: Option<Duration>,
     probe_streak: u32,
     latency: LatencySummary,
+    /// Replication lag seen (see [`RegionHealth::replication_lag`]).
+    #[serde(with = "humantime_serde")]
+    replication_lag: Option<Duration>,
 }
 
 impl RegionHealth {
+    /// How far this region's vault lags the versions the client has seen elsewhere: how long
+    /// ago the oldest version it was found lacking was made (Key Vault's `created`, a
+    /// replicator's copy counted at its source's). `None` when it was never found behind, or
+    /// has since answered each such secret in step.
+    pub fn replication_lag(&self) -> Option<Duration> {
+        self.replication_lag
+    }
     /// The region's name.
     pub fn name(&self) -> &str {
         &self.name
@@ -609,6 +620,14 @@ impl FailoverClient {
             }) => self.inner.stale(&name, &key, error),
             Err(e) => Err(e.error),
         }
+    }
+
+    /// How far `region` lags the versions this client has seen elsewhere (see
+    /// [`RegionHealth::replication_lag`]); with `None`, the most any region lags. `None` when
+    /// every region is in step as far as this client has seen (one lock of an empty map).
+    pub fn replication_lag(&self, region: Option<&str>) -> Option<Duration> {
+        self.inner
+            .replication_lag(region, std::time::SystemTime::now())
     }
 
     /// Asks the vaults for `name` now, whatever the cache holds, and replaces the cached value.
@@ -972,6 +991,7 @@ impl FailoverClient {
         let inner = &*self.inner;
         let route = inner.router.load();
         let now = Instant::now();
+        let wall_now = std::time::SystemTime::now();
         let successes = inner.config.probe.failback_successes;
         let trusted = inner
             .vaults
@@ -1003,6 +1023,7 @@ impl FailoverClient {
                     throttled_for: v.gate.throttled_until().map(|t| t - now),
                     probe_streak: v.probe_streak(),
                     latency: v.latency(),
+                    replication_lag: inner.replication_lag(Some(&v.name), wall_now),
                 })
                 .collect(),
             drift: inner

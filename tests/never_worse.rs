@@ -276,12 +276,27 @@ fn versions_never_go_backwards_after_a_failover() {
             drift |= matches!(e, keyvault_failover::Event::Drift { .. });
         }
         assert!(drift, "the lag was recorded as drift");
+        // Health says how far the secondary lags (the held version's age); the primary none.
+        let lag = |region: &str| {
+            r.client
+                .health()
+                .regions()
+                .iter()
+                .find(|g| g.name() == region)
+                .and_then(|g| g.replication_lag())
+        };
+        assert!(lag("neu").is_some(), "the secondary's lag is shown");
+        assert_eq!(lag("weu"), None);
+        assert!(r.client.replication_lag(Some("neu")).is_some());
+        assert!(r.client.replication_lag(None).is_some(), "the most any region lags");
         // Once the secondary has the rotation, it is served fresh from there.
         r.store("neu").insert("rotated", "v2");
         r.client.refresh_now("rotated").await.unwrap();
         let s = r.client.get_secret("rotated").await.unwrap();
         assert_eq!(s.expose(), "v2");
         assert!(!s.is_stale());
+        assert_eq!(lag("neu"), None, "in step again: no lag");
+        assert_eq!(r.client.replication_lag(None), None);
     })
     .unwrap();
 }

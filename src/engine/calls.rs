@@ -4,7 +4,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use futures::future::BoxFuture;
 use futures::stream::{FuturesUnordered, StreamExt};
@@ -182,7 +182,7 @@ impl Engine {
                         let older = matches!((cur.created, created), (Some(held), Some(got)) if got < held)
                             && differs;
                         if written || older {
-                            self.note_lag(name, &v.name);
+                            self.note_lag(name, &v.name, cur.created);
                             let why = if written {
                                 "the one this client wrote to"
                             } else {
@@ -202,6 +202,7 @@ impl Engine {
                         }
                     }
                 }
+                self.clear_lag(name, &v.name);
                 let entry = self.entry(
                     value,
                     version.into(),
@@ -233,7 +234,16 @@ impl Engine {
     }
 
     /// `region` served an older copy of `name` than the one held: record it as drift.
-    fn note_lag(&self, name: &SecretName, region: &Arc<str>) {
+    fn note_lag(&self, name: &SecretName, region: &Arc<str>, newer: Option<SystemTime>) {
+        if let Some(newer) = newer {
+            let mut lag = crate::lock(&self.lag);
+            let regions = lag.entry(name.key().to_string()).or_default();
+            match regions.iter_mut().find(|(r, _)| r == region) {
+                // The oldest version it lacks sets how far behind it is.
+                Some((_, t)) => *t = (*t).min(newer),
+                None => regions.push((region.clone(), newer)),
+            }
+        }
         let mut drift = crate::lock(&self.drift);
         let regions = drift.entry(name.key().to_string()).or_default();
         if !regions.iter().any(|r| r.as_str() == &**region) {
@@ -243,6 +253,17 @@ impl Engine {
                 secret: name.key().clone(),
                 regions: regions.iter().map(|r| Arc::from(r.as_str())).collect(),
             });
+        }
+    }
+
+    /// `region` answered `name` without lag: it no longer lags for it.
+    fn clear_lag(&self, name: &SecretName, region: &Arc<str>) {
+        let mut lag = crate::lock(&self.lag);
+        if let Some(regions) = lag.get_mut(&**name.key()) {
+            regions.retain(|(r, _)| r != region);
+            if regions.is_empty() {
+                lag.remove(&**name.key());
+            }
         }
     }
 

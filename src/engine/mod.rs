@@ -42,6 +42,10 @@ pub(crate) struct FetchError {
 
 pub(crate) type Fetched = Result<Arc<Entry>, FetchError>;
 
+/// A region found holding an older copy of a secret, and the vault time of the newer version
+/// it lacks.
+pub(crate) type Behind = (Arc<str>, std::time::SystemTime);
+
 pub(crate) struct Engine {
     pub(crate) config: Config,
     pub(crate) vaults: Vec<Vault>,
@@ -52,6 +56,11 @@ pub(crate) struct Engine {
     pub(crate) events: Events,
     /// Secret name → regions whose content differs from the answering region's.
     pub(crate) drift: Mutex<BTreeMap<String, Vec<String>>>,
+    /// Replication lag seen: secret name → each region found holding an older copy, with the
+    /// vault time (`created`, a copy's source's) of the newer version it lacks. A region's lag
+    /// is how long ago the oldest of these was made; an entry goes when the region answers
+    /// that secret without lag, or the secret is forgotten.
+    pub(crate) lag: Mutex<BTreeMap<String, Vec<Behind>>>,
     /// Key of the hash that compares contents across vaults; never leaves the process.
     pub(crate) drift_key: RandomState,
     /// The secret the prober reads when no canary is configured: the last one a vault served.
@@ -161,6 +170,27 @@ impl Engine {
     pub(crate) fn forget(&self, name_key: &str) {
         self.cache.remove_all(name_key);
         crate::lock(&self.drift).remove(name_key);
+        crate::lock(&self.lag).remove(name_key);
+    }
+
+    /// How far `region` lags the versions this client has seen: how long ago the oldest
+    /// version it was found lacking was made (vault time against `now`, the wall clock).
+    /// `None` for `region`: the largest over every region.
+    pub(crate) fn replication_lag(
+        &self,
+        region: Option<&str>,
+        now: std::time::SystemTime,
+    ) -> Option<std::time::Duration> {
+        let lag = crate::lock(&self.lag);
+        if lag.is_empty() {
+            return None;
+        }
+        lag.values()
+            .flatten()
+            .filter(|(r, _)| region.is_none_or(|want| &**r == want))
+            .map(|(_, t)| *t)
+            .min()
+            .map(|t| now.duration_since(t).unwrap_or_default())
     }
 
     /// Answers a failed fetch from last-known-good, if it is within the cap.

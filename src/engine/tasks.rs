@@ -309,6 +309,7 @@ impl Engine {
                 // Past its staleness cap it can never be served again: drop it.
                 if self.cache.evict(&key, &entry) {
                     crate::lock(&self.drift).remove(&*key);
+                    crate::lock(&self.lag).remove(&*key);
                 }
             } else {
                 // Unread: refresh work follows the working set. Look again when it expires.

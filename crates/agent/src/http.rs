@@ -256,6 +256,15 @@ pub(crate) async fn handle(state: Arc<State>, req: Request<Incoming>) -> Respons
             h.insert(k, v);
         }
     }
+    // How far behind the secondaries are known to be, in whole seconds: the most any region
+    // lags (this client found it holding an older copy than a version it served).
+    let lag = state.client.replication_lag(None);
+    if let Some(lag) = lag {
+        h.insert(
+            "x-keyvault-replication-lag",
+            hyper::header::HeaderValue::from(lag.as_secs()),
+        );
+    }
     resp
 }
 

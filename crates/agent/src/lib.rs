@@ -4,7 +4,8 @@
 //! `[agent]` table.
 //!
 //! * `GET /v1/secrets/{name}[?version=V]` → `{name, value, version, region, freshness, age_s}`
-//!   with `X-Keyvault-Region`, `X-Keyvault-Version`, `X-Keyvault-Freshness`; errors are
+//!   with `X-Keyvault-Region`, `X-Keyvault-Version`, `X-Keyvault-Freshness` (and
+//!   `X-Keyvault-Replication-Lag`, seconds, while a secondary is known to lag); errors are
 //!   `{code, message}` with a stable code and status: `invalid_name` 400, `forwarded` 400,
 //!   `unauthorized` 401 (with `WWW-Authenticate`), `forbidden` 403, `host` 403, `not_found`
 //!   404, `no_route` 404, `method_not_allowed` 405 (with `Allow`), `throttled` 429 (with

@@ -1104,3 +1104,102 @@ async fn events_make_a_rotation_visible_within_the_hints_delay() {
     drop(agent);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Issue 21, reading across regions: the secondary holds a replicator's copy of an older
+/// source than the version the agent served from the primary. With the primary down, the
+/// refresh (told by an event) finds the copy older, keeps the newer value, and the agent's
+/// answer says how far the secondary lags (`X-Keyvault-Replication-Lag`, seconds).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_secondary_is_shown_in_the_answer() {
+    let dir = temp_dir("lag");
+    let emu = Emulator::builder()
+        .vault("weu")
+        .vault("neu")
+        .cert_dir(&dir)
+        .start()
+        .await
+        .unwrap();
+    emu.insert("weu", "db-password", "two");
+    let old = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        - 600;
+    let mut tags = std::collections::BTreeMap::new();
+    tags.insert("kvf-source".to_string(), format!("{old}:00ff:weu"));
+    emu.insert_with(
+        "neu",
+        "db-password",
+        "one",
+        keyvault_failover_emulator::SecretSpec {
+            tags,
+            ..Default::default()
+        },
+    );
+    let client = std::fs::read_to_string(emu.write_client_config().unwrap()).unwrap();
+    let (slow, hedged) = ("notify_max_delay = \"30s\"", "[hedge]\nenabled = true\n");
+    assert!(client.contains(slow) && client.contains(hedged), "{client}");
+    let client = client
+        .replace(slow, "notify_max_delay = \"1s\"")
+        .replace(hedged, "[hedge]\nenabled = false\n");
+    write_private(&dir.join("agent.token"), TOKEN);
+    let config = dir.join("agent.toml");
+    std::fs::write(
+        &config,
+        format!("{client}\n[agent]\nlisten = \"127.0.0.1:0\"\ntoken_file = \"agent.token\"\n"),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_keyvault-failover"))
+        .args(["agent", "--config", config.to_str().unwrap()])
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(stderr_file(&dir))
+        .spawn()
+        .unwrap();
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let (line, mut agent) = next_line(Agent {
+        child,
+        base: String::new(),
+        stdout,
+    })
+    .await;
+    agent.base = format!(
+        "http://{}",
+        line.trim().strip_prefix("listening on ").unwrap()
+    );
+    let c = http();
+    let url = format!("{}/v1/secrets/db-password", agent.base);
+    let (s, h, b) = get(&c, &url, Some(TOKEN)).await;
+    assert_eq!((s, b["value"].as_str()), (200, Some("two")), "{b}");
+    assert!(h.get("x-keyvault-replication-lag").is_none());
+
+    emu.apply_fault("weu", VaultFault::Refuse).await.unwrap();
+    let event = r#"[{"id":"1","topic":"/subscriptions/x/resourceGroups/g/providers/Microsoft.KeyVault/vaults/app-weu","subject":"db-password","eventType":"Microsoft.KeyVault.SecretNewVersionCreated","eventTime":"2026-12-01T10:00:00Z","data":{"VaultName":"app-weu","ObjectType":"Secret","ObjectName":"db-password","Version":"0123456789abcdef"},"dataVersion":"1","metadataVersion":"1"}]"#;
+    let resp = c
+        .post(format!("{}/v1/events", agent.base))
+        .header("X-Agent-Token", TOKEN)
+        .header("content-type", "application/json")
+        .body(event)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    // The hinted refresh runs within a second of the hint; wait for its effect, bounded.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let (value, lag) = loop {
+        let (s, h, b) = get(&c, &url, Some(TOKEN)).await;
+        assert_eq!(s, 200, "{b}");
+        let lag = h
+            .get("x-keyvault-replication-lag")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if lag.is_some() || std::time::Instant::now() > deadline {
+            break (b["value"].as_str().map(str::to_string), lag);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(value.as_deref(), Some("two"), "the older copy was served");
+    assert!(lag.is_some(), "no lag header within 20 s");
+    drop(agent);
+    let _ = std::fs::remove_dir_all(&dir);
+}
