@@ -366,22 +366,20 @@ impl SecretStore for AzureStore {
         // A replicator's copy is as old as its source: its provenance tag carries the
         // source's `created` (the copy's own is when it was copied, later than the original),
         // so versions are ordered across regions by the source's time.
-        let provenance = secret
+        let created = secret
             .tags
             .as_ref()
             .and_then(|t| t.get(crate::replicate::PROVENANCE_TAG))
             .and_then(|t| crate::replicate::Provenance::parse(t))
-            .map(|p| p.created());
-        let created = provenance
+            .and_then(|p| p.created_time())
             .or_else(|| {
                 secret
                     .attributes
                     .as_ref()
                     .and_then(|a| a.created)
-                    .map(|t| t.unix_timestamp())
-            })
-            .and_then(|t| u64::try_from(t).ok())
-            .and_then(|s| std::time::UNIX_EPOCH.checked_add(Duration::from_secs(s)));
+                    .and_then(|t| u64::try_from(t.unix_timestamp()).ok())
+                    .and_then(|s| std::time::UNIX_EPOCH.checked_add(Duration::from_secs(s)))
+            });
         let value = secret
             .value
             .ok_or_else(|| malformed("answer without a value"))?;
@@ -440,23 +438,12 @@ impl SecretStore for AzureStore {
         Ok(())
     }
 
+    /// The replicator's full listing, reduced (a listing's ids carry no version).
     async fn list(&self) -> Result<Vec<SecretProperties>, StoreError> {
-        let mut pager = self
-            .client
-            .list_secret_properties(None)
-            .map_err(|e| classify(&e))?;
-        let mut out = Vec::new();
-        while let Some(p) = pager.try_next().await.map_err(|e| classify(&e))? {
-            let id = p
-                .resource_id()
-                .map_err(|_| malformed("listed secret without an id"))?;
-            let enabled = p
-                .attributes
-                .as_ref()
-                .and_then(|a| a.enabled)
-                .unwrap_or(true);
-            out.push(SecretProperties::new(id.name, id.version, enabled));
-        }
-        Ok(out)
+        let items = crate::replicate::ReplicaStore::list_items(self).await?;
+        Ok(items
+            .into_iter()
+            .map(|l| SecretProperties::new(l.name(), None, l.properties().enabled()))
+            .collect())
     }
 }

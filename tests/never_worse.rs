@@ -288,7 +288,10 @@ fn versions_never_go_backwards_after_a_failover() {
         assert!(lag("neu").is_some(), "the secondary's lag is shown");
         assert_eq!(lag("weu"), None);
         assert!(r.client.replication_lag(Some("neu")).is_some());
-        assert!(r.client.replication_lag(None).is_some(), "the most any region lags");
+        assert!(
+            r.client.replication_lag(None).is_some(),
+            "the most any region lags"
+        );
         // Once the secondary has the rotation, it is served fresh from there.
         r.store("neu").insert("rotated", "v2");
         r.client.refresh_now("rotated").await.unwrap();

@@ -294,6 +294,12 @@ impl Provenance {
     pub fn created(&self) -> i64 {
         self.created
     }
+    /// The same as a time, when it is one (not before 1970).
+    pub fn created_time(&self) -> Option<std::time::SystemTime> {
+        u64::try_from(self.created)
+            .ok()
+            .and_then(|s| std::time::UNIX_EPOCH.checked_add(std::time::Duration::from_secs(s)))
+    }
     /// The source's version id.
     pub fn version(&self) -> &str {
         &self.version

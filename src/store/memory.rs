@@ -313,6 +313,17 @@ impl MemoryStore {
         self.lists.load(Ordering::Relaxed)
     }
 
+    /// A write's way in: counted, its fault and latency, and refused while read-only.
+    async fn writable(&self) -> Result<std::sync::MutexGuard<'_, State>, StoreError> {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        self.enter(false).await?;
+        let st = self.lock();
+        if st.read_only {
+            return Err(read_only());
+        }
+        Ok(st)
+    }
+
     /// Decides this call's fault and latency, then waits the latency.
     async fn enter(&self, get: bool) -> Result<(), StoreError> {
         let (fault, latency) = {
@@ -428,26 +439,16 @@ impl SecretStore for MemoryStore {
             return Err(disabled());
         }
         // A replicator's copy is as old as its source (see `AzureStore`).
-        let created = match v.props.provenance() {
-            Some(p) => u64::try_from(p.created())
-                .ok()
-                .and_then(|s| std::time::UNIX_EPOCH.checked_add(Duration::from_secs(s)))
-                .unwrap_or(v.created),
-            None => v.created,
-        };
+        let created = v
+            .props
+            .provenance()
+            .and_then(|p| p.created_time())
+            .unwrap_or(v.created);
         Ok(StoredSecret::new(v.value.clone(), v.id.clone()).with_created(created))
     }
 
     async fn set(&self, name: &SecretName, value: &SecretString) -> Result<String, StoreError> {
-        self.writes.fetch_add(1, Ordering::Relaxed);
-        self.enter(false).await?;
-        let mut st = self.lock();
-        if st.read_only {
-            return Err(StoreError::new(
-                StoreErrorKind::Auth { status: 403 },
-                "vault is read-only (failed over)",
-            ));
-        }
+        let mut st = self.writable().await?;
         if st.deleted.contains_key(&**name.key()) {
             return Err(conflict(name));
         }
@@ -462,15 +463,7 @@ impl SecretStore for MemoryStore {
     }
 
     async fn delete(&self, name: &SecretName) -> Result<(), StoreError> {
-        self.writes.fetch_add(1, Ordering::Relaxed);
-        self.enter(false).await?;
-        let mut st = self.lock();
-        if st.read_only {
-            return Err(StoreError::new(
-                StoreErrorKind::Auth { status: 403 },
-                "vault is read-only (failed over)",
-            ));
-        }
+        let mut st = self.writable().await?;
         st.secrets
             .remove(&**name.key())
             .map(|_| ())
@@ -547,12 +540,7 @@ impl ReplicaStore for MemoryStore {
         value: &SecretString,
         properties: &Properties,
     ) -> Result<String, StoreError> {
-        self.writes.fetch_add(1, Ordering::Relaxed);
-        self.enter(false).await?;
-        let mut st = self.lock();
-        if st.read_only {
-            return Err(read_only());
-        }
+        let mut st = self.writable().await?;
         if st.deleted.contains_key(&**name.key()) {
             return Err(conflict(name));
         }
@@ -573,12 +561,7 @@ impl ReplicaStore for MemoryStore {
     }
 
     async fn update(&self, name: &SecretName, properties: &Properties) -> Result<(), StoreError> {
-        self.writes.fetch_add(1, Ordering::Relaxed);
-        self.enter(false).await?;
-        let mut st = self.lock();
-        if st.read_only {
-            return Err(read_only());
-        }
+        let mut st = self.writable().await?;
         let v = st
             .secrets
             .get_mut(&**name.key())
@@ -601,12 +584,7 @@ impl ReplicaStore for MemoryStore {
     }
 
     async fn soft_delete(&self, name: &SecretName) -> Result<(), StoreError> {
-        self.writes.fetch_add(1, Ordering::Relaxed);
-        self.enter(false).await?;
-        let mut st = self.lock();
-        if st.read_only {
-            return Err(read_only());
-        }
+        let mut st = self.writable().await?;
         let r = st
             .secrets
             .remove(&**name.key())

@@ -7,20 +7,7 @@ use std::process::ExitCode;
 
 use keyvault_failover_agent::{Agent, PrometheusReader};
 
-async fn stop_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-            return;
-        }
-    }
-    let _ = tokio::signal::ctrl_c().await;
-}
+use crate::cli::stop_signal;
 
 /// Runs the agent until SIGTERM or Ctrl-C.
 pub(crate) fn run(config: &Path) -> Result<ExitCode, Box<dyn std::error::Error>> {

@@ -154,32 +154,7 @@ enum Command {
     /// Copy the primary's secrets (the first region) into every secondary where they differ:
     /// the plan, then the run; exit 0 when every secondary is in step, 1 when something could
     /// not be copied (with --dry-run: when a run has work to do), 2 on bad input.
-    Replicate {
-        /// The client configuration (the library's TOML; `keyvault-failover emulator` writes
-        /// one). Run it as an identity that may write the secondaries (README: Replication).
-        #[arg(long)]
-        config: PathBuf,
-        /// Print the plan and write nothing.
-        #[arg(long)]
-        dry_run: bool,
-        /// Soft-delete copies whose source the primary no longer has (never purged).
-        #[arg(long)]
-        prune: bool,
-        /// Only names matching this glob (`*`, `?`, `[..]`, case-insensitive); repeatable.
-        #[arg(long = "only", value_name = "PATTERN")]
-        only: Vec<String>,
-        /// JSON for scripts instead of text.
-        #[arg(long)]
-        json: bool,
-        /// Keep running: one pass per interval (jittered by up to a tenth), e.g. `5m`, until
-        /// SIGTERM.
-        #[arg(long, value_parser = humantime::parse_duration)]
-        every: Option<Duration>,
-        /// After each pass, write its outcome (JSON: finished_unix, in_step,
-        /// counts) to this file, for an orchestrator's health probe.
-        #[arg(long)]
-        status_file: Option<PathBuf>,
-    },
+    Replicate(replicate_cmd::Options),
     /// Serve the failover client over HTTP on 127.0.0.1 for services in any language (the
     /// file's `[agent]` table: listen, token_file or token_env, preload, ...), until SIGTERM.
     Agent {
@@ -552,23 +527,7 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             limit,
             json,
         } => verify::verify_replication(&config, &names, limit, json),
-        Command::Replicate {
-            config,
-            dry_run,
-            prune,
-            only,
-            json,
-            every,
-            status_file,
-        } => replicate_cmd::run(replicate_cmd::Options {
-            config,
-            dry_run,
-            prune,
-            only,
-            json,
-            every,
-            status_file,
-        }),
+        Command::Replicate(options) => replicate_cmd::run(options),
         Command::Agent { config } => agent_cmd::run(&config),
         Command::CheckConfig { file } => {
             // The client's configuration, and the agent's `[agent]` table if the file has one

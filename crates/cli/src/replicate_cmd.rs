@@ -13,14 +13,32 @@ use keyvault_failover::replicate::{
 use keyvault_failover::Config;
 use serde::Serialize;
 
-/// What `replicate` was asked to do.
+/// What `replicate` was asked to do (its command line).
+#[derive(Debug, clap::Args)]
 pub(crate) struct Options {
+    /// The client configuration (the library's TOML; `keyvault-failover emulator` writes
+    /// one). Run it as an identity that may write the secondaries (README: Replication).
+    #[arg(long)]
     pub(crate) config: PathBuf,
+    /// Print the plan and write nothing.
+    #[arg(long)]
     pub(crate) dry_run: bool,
+    /// Soft-delete copies whose source the primary no longer has (never purged).
+    #[arg(long)]
     pub(crate) prune: bool,
+    /// Only names matching this glob (`*`, `?`, `[..]`, case-insensitive); repeatable.
+    #[arg(long = "only", value_name = "PATTERN")]
     pub(crate) only: Vec<String>,
+    /// JSON for scripts instead of text.
+    #[arg(long)]
     pub(crate) json: bool,
+    /// Keep running: one pass per interval (jittered by up to a tenth), e.g. `5m`, until
+    /// SIGTERM.
+    #[arg(long, value_parser = humantime::parse_duration)]
     pub(crate) every: Option<Duration>,
+    /// After each pass, write its outcome (JSON: finished_unix, in_step, counts) to this
+    /// file, for an orchestrator's health probe.
+    #[arg(long)]
     pub(crate) status_file: Option<PathBuf>,
 }
 
@@ -370,7 +388,7 @@ pub(crate) fn run(opts: Options) -> Result<ExitCode, Box<dyn std::error::Error>>
                 }
             });
         };
-        let stop = stop_signal();
+        let stop = crate::cli::stop_signal();
         tokio::pin!(stop);
         loop {
             let outcome = pass(&replicator, &opts).await;
@@ -408,20 +426,4 @@ fn status_of(outcome: &Result<(bool, Option<String>), String>) -> String {
         })
         .to_string(),
     }
-}
-
-/// Resolves on SIGTERM (an orchestrator's stop) or Ctrl-C.
-async fn stop_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-            return;
-        }
-    }
-    let _ = tokio::signal::ctrl_c().await;
 }

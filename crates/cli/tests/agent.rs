@@ -52,14 +52,26 @@ async fn start_agent_with(
     extra: &str,
     hedging: bool,
 ) -> Agent {
+    let off: &[(&str, &str)] = &[("[hedge]\nenabled = true\n", "[hedge]\nenabled = false\n")];
+    start_agent_tuned(emu, dir, listen, extra, if hedging { &[] } else { off }).await
+}
+
+/// [`start_agent_on`] with each `(from, to)` replaced in the emulator's client file (each
+/// `from` must be there).
+async fn start_agent_tuned(
+    emu: &Emulator,
+    dir: &std::path::Path,
+    listen: &str,
+    extra: &str,
+    tune: &[(&str, &str)],
+) -> Agent {
     let mut client = std::fs::read_to_string(emu.write_client_config().unwrap()).unwrap();
-    if !hedging {
-        let on = "[hedge]\nenabled = true\n";
+    for (from, to) in tune {
         assert!(
-            client.contains(on),
-            "the client file has a [hedge] table:\n{client}"
+            client.contains(from),
+            "the client file has {from:?}:\n{client}"
         );
-        client = client.replace(on, "[hedge]\nenabled = false\n");
+        client = client.replace(from, to);
     }
     write_private(&dir.join("agent.token"), &format!("{TOKEN}\n"));
     let config = dir.join("agent.toml");
@@ -88,6 +100,20 @@ async fn start_agent_with(
         .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
     agent.base = format!("http://{addr}");
     agent
+}
+
+/// An agent on the emulator's file with change hints acted on within a second
+/// (`notify_max_delay = "1s"`), and with hedged reads off when `unhedged` (the first read is
+/// the primary's however slow its first handshake).
+async fn start_agent_hinted(emu: &Emulator, dir: &std::path::Path, unhedged: bool) -> Agent {
+    let hinted = ("notify_max_delay = \"30s\"", "notify_max_delay = \"1s\"");
+    let unhedge = ("[hedge]\nenabled = true\n", "[hedge]\nenabled = false\n");
+    let tune: &[(&str, &str)] = if unhedged {
+        &[hinted, unhedge]
+    } else {
+        &[hinted]
+    };
+    start_agent_tuned(emu, dir, "listen = \"127.0.0.1:0\"", "", tune).await
 }
 
 /// `text` in a file only its owner may read (the agent refuses a token or key file others can).
@@ -967,39 +993,7 @@ async fn another_users_socket_is_not_taken_over() {
 async fn events_make_a_rotation_visible_within_the_hints_delay() {
     let dir = temp_dir("events");
     let emu = emulator(&dir, &[("db-password", "one")]).await;
-    let client = std::fs::read_to_string(emu.write_client_config().unwrap()).unwrap();
-    let slow = "notify_max_delay = \"30s\"";
-    assert!(client.contains(slow), "{client}");
-    let tuned = dir.join("tuned.toml");
-    std::fs::write(&tuned, client.replace(slow, "notify_max_delay = \"1s\"")).unwrap();
-    write_private(&dir.join("agent.token"), TOKEN);
-    let config = dir.join("agent.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "{}\n[agent]\nlisten = \"127.0.0.1:0\"\ntoken_file = \"agent.token\"\n",
-            std::fs::read_to_string(&tuned).unwrap()
-        ),
-    )
-    .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_keyvault-failover"))
-        .args(["agent", "--config", config.to_str().unwrap()])
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::piped())
-        .stderr(stderr_file(&dir))
-        .spawn()
-        .unwrap();
-    let stdout = BufReader::new(child.stdout.take().unwrap());
-    let (line, mut agent) = next_line(Agent {
-        child,
-        base: String::new(),
-        stdout,
-    })
-    .await;
-    agent.base = format!(
-        "http://{}",
-        line.trim().strip_prefix("listening on ").unwrap()
-    );
+    let agent = start_agent_hinted(&emu, &dir, false).await;
     let c = http();
     let url = |p: &str| format!("{}{p}", agent.base);
     let (s, _, b) = get(&c, &url("/v1/secrets/db-password"), Some(TOKEN)).await;
@@ -1125,48 +1119,8 @@ async fn a_lagging_secondary_is_shown_in_the_answer() {
         .unwrap()
         .as_secs()
         - 600;
-    let mut tags = std::collections::BTreeMap::new();
-    tags.insert("kvf-source".to_string(), format!("{old}:00ff:weu"));
-    emu.insert_with(
-        "neu",
-        "db-password",
-        "one",
-        keyvault_failover_emulator::SecretSpec {
-            tags,
-            ..Default::default()
-        },
-    );
-    let client = std::fs::read_to_string(emu.write_client_config().unwrap()).unwrap();
-    let (slow, hedged) = ("notify_max_delay = \"30s\"", "[hedge]\nenabled = true\n");
-    assert!(client.contains(slow) && client.contains(hedged), "{client}");
-    let client = client
-        .replace(slow, "notify_max_delay = \"1s\"")
-        .replace(hedged, "[hedge]\nenabled = false\n");
-    write_private(&dir.join("agent.token"), TOKEN);
-    let config = dir.join("agent.toml");
-    std::fs::write(
-        &config,
-        format!("{client}\n[agent]\nlisten = \"127.0.0.1:0\"\ntoken_file = \"agent.token\"\n"),
-    )
-    .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_keyvault-failover"))
-        .args(["agent", "--config", config.to_str().unwrap()])
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::piped())
-        .stderr(stderr_file(&dir))
-        .spawn()
-        .unwrap();
-    let stdout = BufReader::new(child.stdout.take().unwrap());
-    let (line, mut agent) = next_line(Agent {
-        child,
-        base: String::new(),
-        stdout,
-    })
-    .await;
-    agent.base = format!(
-        "http://{}",
-        line.trim().strip_prefix("listening on ").unwrap()
-    );
+    emu.insert_copy("neu", "db-password", "one", "weu", old as i64);
+    let agent = start_agent_hinted(&emu, &dir, true).await;
     let c = http();
     let url = format!("{}/v1/secrets/db-password", agent.base);
     let (s, h, b) = get(&c, &url, Some(TOKEN)).await;

@@ -372,17 +372,7 @@ async fn replicate_plans_copies_and_then_finds_nothing_to_do() {
         .unwrap()
         .as_secs()
         - 600;
-    let mut tags = std::collections::BTreeMap::new();
-    tags.insert("kvf-source".to_string(), format!("{old}:00ff:weu"));
-    emu.insert_with(
-        "neu",
-        "lagged",
-        "x-secret-value",
-        keyvault_failover_emulator::SecretSpec {
-            tags,
-            ..Default::default()
-        },
-    );
+    emu.insert_copy("neu", "lagged", "x-secret-value", "weu", old as i64);
     emu.insert("weu", "lagged", "y-secret-value");
     let gets = (emu.gets("weu"), emu.gets("neu"));
     let out = cli(&["verify-replication", "--config", config, "--json", "lagged"]).await;

@@ -567,24 +567,35 @@ impl Emulator {
     /// Writes a version directly (no fault, no limit, not counted); returns its id. Posts a
     /// new-version event if a webhook is set.
     pub fn insert(&self, region: &str, name: &str, value: &str) -> String {
-        let state = self.state(region);
-        let id = state
-            .data()
-            .set(
-                name,
-                NewVersion {
-                    value: value.to_string(),
-                    content_type: None,
-                    tags: BTreeMap::new(),
-                    enabled: true,
-                    exp: None,
-                    nbf: None,
-                },
-            )
-            .id
-            .clone();
-        state.emit(SecretEvent::NewVersion, name, &id);
-        id
+        self.insert_with(region, name, value, SecretSpec::default())
+    }
+
+    /// Writes what a replicator's copy looks like: a version of `name` whose provenance tag
+    /// says it was copied from `source_region`'s version created at `source_created` (unix
+    /// seconds), under a made-up source version id; returns its id.
+    pub fn insert_copy(
+        &self,
+        region: &str,
+        name: &str,
+        value: &str,
+        source_region: &str,
+        source_created: i64,
+    ) -> String {
+        let source = keyvault_failover::replicate::Provenance::new(
+            source_region,
+            format!("{source_created:032x}"),
+            source_created,
+        );
+        let mut tags = BTreeMap::new();
+        tags.insert(
+            keyvault_failover::replicate::PROVENANCE_TAG.to_string(),
+            source.encode(),
+        );
+        let spec = SecretSpec {
+            tags,
+            ..SecretSpec::default()
+        };
+        self.insert_with(region, name, value, spec)
     }
 
     /// Writes a version with a content type, tags and attributes directly (as

@@ -319,20 +319,7 @@ async fn a_copy_is_ordered_by_its_sources_time_after_a_failover() {
         .unwrap()
         .as_secs()
         - 600;
-    let mut tags = BTreeMap::new();
-    tags.insert(
-        PROVENANCE_TAG.to_string(),
-        format!("{old_source}:0123456789abcdef0123456789abcdef:weu"),
-    );
-    emu.insert_with(
-        "neu",
-        "db",
-        "v1",
-        SecretSpec {
-            tags,
-            ..Default::default()
-        },
-    );
+    emu.insert_copy("neu", "db", "v1", "weu", old_source as i64);
     let config = Config::builder()
         .region("weu", &emu.url("weu"), Access::ReadWrite)
         .region("neu", &emu.url("neu"), Access::ReadOnly)

@@ -364,10 +364,8 @@ impl SimVault {
             .tags
             .get(keyvault_failover::replicate::PROVENANCE_TAG)
             .and_then(|t| Provenance::parse(t))
-            .and_then(|p| u64::try_from(p.created()).ok())
-            .map_or(v.created, |s| {
-                SystemTime::UNIX_EPOCH + Duration::from_secs(s)
-            });
+            .and_then(|p| p.created_time())
+            .unwrap_or(v.created);
         Ok(StoredSecret::new(v.value.clone(), v.id.clone()).with_created(created))
     }
 
