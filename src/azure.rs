@@ -235,6 +235,31 @@ impl AzureStore {
     }
 }
 
+impl AzureStore {
+    /// One `set_secret` (a new version) with these parameters; its version id.
+    pub(crate) async fn set_with(
+        &self,
+        name: &SecretName,
+        params: SetSecretParameters,
+    ) -> Result<String, StoreError> {
+        let body = params
+            .try_into()
+            .map_err(|_| malformed("cannot encode the request"))?;
+        let secret = self
+            .client
+            .set_secret(name.as_str(), body, None)
+            .await
+            .map_err(|e| classify(&e))?
+            .into_model()
+            .map_err(|e| classify(&e))?;
+        secret
+            .resource_id()
+            .ok()
+            .and_then(|id| id.version)
+            .ok_or_else(|| malformed("answer without a version id"))
+    }
+}
+
 /// Builds a [`FailoverClient`] with an [`AzureStore`] per configured region. `http` defaults
 /// to [`http_client`] with the configured attempt timeout.
 pub fn connect(
@@ -395,21 +420,7 @@ impl SecretStore for AzureStore {
             value: Some(value.expose_secret().to_string()),
             ..Default::default()
         };
-        let body = params
-            .try_into()
-            .map_err(|_| malformed("cannot encode the request"))?;
-        let secret = self
-            .client
-            .set_secret(name.as_str(), body, None)
-            .await
-            .map_err(|e| classify(&e))?
-            .into_model()
-            .map_err(|e| classify(&e))?;
-        secret
-            .resource_id()
-            .ok()
-            .and_then(|id| id.version)
-            .ok_or_else(|| malformed("answer without a version id"))
+        self.set_with(name, params).await
     }
 
     async fn delete(&self, name: &SecretName) -> Result<(), StoreError> {

@@ -125,17 +125,7 @@ impl ReplicaStore for AzureStore {
             tags: Some(tags(properties)),
             secret_attributes: Some(attributes(properties)?),
         };
-        let body = params
-            .try_into()
-            .map_err(|_| malformed("cannot encode the request"))?;
-        let secret = self
-            .client
-            .set_secret(name.as_str(), body, None)
-            .await
-            .map_err(|e| classify(&e))?
-            .into_model()
-            .map_err(|e| classify(&e))?;
-        version_of(&secret)
+        self.set_with(name, params).await
     }
 
     async fn update(&self, name: &SecretName, properties: &Properties) -> Result<(), StoreError> {

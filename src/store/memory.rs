@@ -447,19 +447,9 @@ impl SecretStore for MemoryStore {
         Ok(StoredSecret::new(v.value.clone(), v.id.clone()).with_created(created))
     }
 
+    /// A new version with Key Vault's default properties (see the replica write).
     async fn set(&self, name: &SecretName, value: &SecretString) -> Result<String, StoreError> {
-        let mut st = self.writable().await?;
-        if st.deleted.contains_key(&**name.key()) {
-            return Err(conflict(name));
-        }
-        let props = Properties::default();
-        Ok(Self::put(
-            &mut st,
-            &self.name,
-            name.as_str(),
-            value.clone(),
-            props,
-        ))
+        ReplicaStore::write(self, name, value, &Properties::default()).await
     }
 
     async fn delete(&self, name: &SecretName) -> Result<(), StoreError> {
