@@ -300,21 +300,14 @@ fn change(kind: ChangeKind, e: &RawEvent) -> Option<Change> {
         return None;
     }
     let vault = data.vault_name?.to_ascii_lowercase();
-    if vault.is_empty()
-        || vault.len() > MAX_VAULT_NAME
-        || !vault
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-    {
+    if vault.len() > MAX_VAULT_NAME || !crate::name::is_kv_token(&vault) {
         return None;
     }
     let name = SecretName::new(data.object_name.as_deref()?).ok()?;
     let version = match data.version {
         None => None,
         Some(v) if v.is_empty() => None,
-        Some(v) if v.len() <= 64 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') => {
-            Some(v)
-        }
+        Some(v) if v.len() <= 64 && crate::name::is_kv_token(&v) => Some(v),
         Some(_) => return None,
     };
     let time = e

@@ -485,17 +485,35 @@ impl FailoverClient {
             return Ok(s);
         }
         let name = SecretName::new(name)?;
-        let Some(d) = opts.deadline else {
-            return Box::pin(self.read(name, None)).await;
+        self.read_within(name, None, opts.deadline).await
+    }
+
+    /// A read of `name` (a pinned `version`, or the latest), cut at `deadline` if given: past
+    /// it, last-known-good within its cap, else the deadline's error.
+    async fn read_within(
+        &self,
+        name: SecretName,
+        version: Option<&str>,
+        deadline: Option<Duration>,
+    ) -> Result<Secret, Error> {
+        let Some(d) = deadline else {
+            return Box::pin(self.read(name, version)).await;
         };
-        match tokio::time::timeout(d, Box::pin(self.read(name.clone(), None))).await {
+        match tokio::time::timeout(d, Box::pin(self.read(name.clone(), version))).await {
             Ok(r) => r,
             Err(_) => {
-                let error = Error::deadline(format!(
-                    "no answer for secret `{name}` within this call's deadline of {}",
-                    humantime::format_duration(round_ms(d))
-                ));
-                self.inner.stale(&name, name.key(), error)
+                let within = humantime::format_duration(round_ms(d));
+                let error = Error::deadline(match version {
+                    None => format!(
+                        "no answer for secret `{name}` within this call's deadline of {within}"
+                    ),
+                    Some(v) => format!(
+                        "no answer for version {v} of secret `{name}` within this call's \
+                         deadline of {within}"
+                    ),
+                });
+                self.inner
+                    .stale(&name, &cache::key(name.key(), version), error)
             }
         }
     }
@@ -558,11 +576,7 @@ impl FailoverClient {
         opts: &ReadOptions,
     ) -> Result<Secret, Error> {
         let name = SecretName::new(name)?;
-        if version.is_empty()
-            || !version
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        {
+        if !crate::name::is_kv_token(version) {
             return Err(Error::new(
                 Kind::InvalidName,
                 format!("version id {version:?} must be letters, digits and dashes"),
@@ -577,21 +591,7 @@ impl FailoverClient {
                 return Ok(Secret::new(entry, Freshness::Fresh));
             }
         }
-        let Some(d) = opts.deadline else {
-            return self.read(name, Some(version)).await;
-        };
-        match tokio::time::timeout(d, Box::pin(self.read(name.clone(), Some(version)))).await {
-            Ok(r) => r,
-            Err(_) => {
-                let error = Error::deadline(format!(
-                    "no answer for version {version} of secret `{name}` within this call's \
-                     deadline of {}",
-                    humantime::format_duration(round_ms(d))
-                ));
-                self.inner
-                    .stale(&name, &cache::key(name.key(), Some(version)), error)
-            }
-        }
+        self.read_within(name, Some(version), opts.deadline).await
     }
 
     async fn read(&self, name: SecretName, version: Option<&str>) -> Result<Secret, Error> {

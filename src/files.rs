@@ -96,6 +96,26 @@ fn kind_of(t: &std::fs::FileType) -> &'static str {
     }
 }
 
+/// The directory `path` is in (`.` for a bare file name).
+pub fn dir_of(path: &Path) -> &Path {
+    path.parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
+/// Creates `path` new, for writing, private to its owner (mode 0600 on Unix): never opened if
+/// it exists, never through a symbolic link someone put there, so the mode is the one asked.
+pub fn create_private(path: &Path) -> io::Result<std::fs::File> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    opts.open(path)
+}
+
 /// Whether the file at `path` (its target, if a symbolic link) is private enough to hold a
 /// secret: on Unix, no access at all for other users and no write for its group (ssh's and
 /// PostgreSQL's rule for key files; a group read stays allowed, as a Kubernetes secret

@@ -51,6 +51,12 @@ impl SecretName {
     }
 }
 
+/// Whether `s` is non-empty and only ASCII letters, digits and dashes: Key Vault's alphabet of
+/// names, version ids and vault names (each caller adds its own length bound).
+pub(crate) fn is_kv_token(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
 fn validate(name: &str) -> Result<(), Error> {
     if name.is_empty() {
         return Err(Error::new(Kind::InvalidName, "secret name is empty"));

@@ -225,8 +225,7 @@ impl SnapshotBuilder {
             // the snapshot's directory is beside it.
             let kp = std::fs::canonicalize(&kp).unwrap_or(kp);
             let dir = |p: &Path| {
-                let parent = p.parent().filter(|d| !d.as_os_str().is_empty());
-                let parent = parent.unwrap_or(Path::new("."));
+                let parent = crate::files::dir_of(p);
                 std::fs::canonicalize(parent).unwrap_or_else(|_| parent.to_path_buf())
             };
             if !self.allow_key_beside && dir(&kp) == dir(&self.path) {
@@ -394,11 +393,7 @@ impl Snapshot {
     /// # Errors
     /// [`Error::is_config`] naming the directory and why.
     pub fn check_writable(&self) -> Result<(), Error> {
-        let dir = self
-            .path
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
+        let dir = crate::files::dir_of(&self.path);
         let bad = |m: String| {
             config_error(format!(
                 "the snapshot's directory {} cannot hold it: {m}",
@@ -415,11 +410,7 @@ impl Snapshot {
             .file_name()
             .ok_or_else(|| bad("the path names no file".into()))?;
         let probe = dir.join(temp_name(file_name).map_err(|e| bad(e.to_string()))?);
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&probe)
-            .map_err(|e| bad(e.to_string()))?;
+        crate::files::create_private(&probe).map_err(|e| bad(e.to_string()))?;
         let _ = std::fs::remove_file(&probe);
         Ok(())
     }
@@ -558,13 +549,7 @@ impl Snapshot {
             let Ok(name) = SecretName::new(name) else {
                 continue;
             };
-            if r.version.is_empty()
-                || version.is_some_and(|v| v != r.version)
-                || !r
-                    .version
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-            {
+            if version.is_some_and(|v| v != r.version) || !crate::name::is_kv_token(&r.version) {
                 continue;
             }
             // A value fetched after the snapshot was written is nonsense: not trusted.
@@ -618,24 +603,14 @@ fn temp_name(file_name: &std::ffi::OsStr) -> std::io::Result<std::ffi::OsString>
 
 /// Temporary file (0600) beside `path`, fsync, rename over `path`, fsync of the directory.
 fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let dir = crate::files::dir_of(path);
     let file_name = path.file_name().ok_or_else(|| {
         std::io::Error::new(std::io::ErrorKind::InvalidInput, "the path names no file")
     })?;
     // A fresh name nobody can guess, created new (never opened if it exists, never through a
     // symbolic link someone put in the directory), so its mode is ours: 0600.
     let tmp = dir.join(temp_name(file_name)?);
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    let mut f = opts.open(&tmp)?;
+    let mut f = crate::files::create_private(&tmp)?;
     let result = (|| {
         f.write_all(bytes)?;
         f.sync_all()?;

@@ -78,11 +78,7 @@ impl Engine {
         let Ok(name) = SecretName::new(name) else {
             return Notified::Invalid;
         };
-        if version.is_some_and(|v| {
-            v.is_empty()
-                || v.len() > 64
-                || !v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        }) {
+        if version.is_some_and(|v| v.len() > 64 || !crate::name::is_kv_token(v)) {
             return Notified::Invalid;
         }
         let region = match vault {

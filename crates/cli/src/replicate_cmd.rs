@@ -332,19 +332,12 @@ async fn pass(r: &Replicator, opts: &Options) -> Result<(bool, Option<String>), 
 /// Writes the status file for an orchestrator's probe: the last pass, atomically (a
 /// temporary file renamed over it), private to its owner.
 fn write_status(path: &Path, text: &str) -> std::io::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let dir = keyvault_failover::files::dir_of(path);
     let file = path.file_name().unwrap_or_default().to_string_lossy();
     let tmp = dir.join(format!(".{file}.tmp-{:016x}", fastrand::u64(..)));
-    let mut o = std::fs::OpenOptions::new();
-    o.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
     let result = (|| {
         use std::io::Write;
-        let mut f = o.open(&tmp)?;
+        let mut f = keyvault_failover::files::create_private(&tmp)?;
         f.write_all(text.as_bytes())?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)
