@@ -62,6 +62,8 @@ pub struct AgentConfig {
     request_timeout: Option<Duration>,
     #[serde(default)]
     snapshot: Option<SnapshotConfig>,
+    #[serde(default)]
+    queue: Option<QueueConfig>,
     /// The configuration file's directory: relative paths are taken from it.
     #[serde(skip)]
     base: PathBuf,
@@ -79,6 +81,24 @@ struct SnapshotConfig {
     interval: Duration,
     #[serde(default)]
     allow_key_beside_snapshot: bool,
+}
+
+/// `[agent.queue]`: Key Vault's events from an Azure Storage queue (Event Grid's Storage-queue
+/// delivery).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(not(feature = "queue"), allow(dead_code))]
+struct QueueConfig {
+    /// The queue's URL, without a query.
+    url: String,
+    /// A file holding the queue's SAS token (read and process permissions), private to its owner.
+    sas_file: PathBuf,
+    /// How long a taken message stays invisible to others (default 30 s, 1 s to 10 min).
+    #[serde(default = "thirty_seconds", with = "humantime_serde")]
+    visibility_timeout: Duration,
+    /// The wait between receives once the queue is empty, doubling to 5 s (default 1 s).
+    #[serde(default = "one_second", with = "humantime_serde")]
+    poll: Duration,
 }
 
 fn one_second() -> Duration {
@@ -236,6 +256,48 @@ impl AgentConfig {
             ));
         }
         Ok(token)
+    }
+
+    /// The event queue of `[agent.queue]`, if configured (its SAS token read now).
+    #[cfg(feature = "queue")]
+    pub(crate) fn queue(
+        &self,
+        timeout: Duration,
+    ) -> Result<Option<crate::queue::QueueSource>, Error> {
+        let Some(q) = &self.queue else {
+            return Ok(None);
+        };
+        let f = self.at_base(&q.sas_file);
+        let bad = |m: String| config_error(format!("[agent.queue] sas_file {}: {m}", f.display()));
+        let bytes =
+            keyvault_failover::files::read_bounded(&f, 4096).map_err(|e| bad(e.to_string()))?;
+        keyvault_failover::files::check_private(&f).map_err(bad)?;
+        let sas = secrecy::SecretString::from(
+            String::from_utf8(bytes.to_vec()).map_err(|_| bad("not UTF-8 text".into()))?,
+        );
+        if !(Duration::from_secs(1)..=Duration::from_secs(600)).contains(&q.visibility_timeout)
+            || !(Duration::from_millis(10)..=Duration::from_secs(60)).contains(&q.poll)
+        {
+            return Err(config_error(
+                "[agent.queue] visibility_timeout must be 1s to 10min and poll 10ms to 60s".into(),
+            ));
+        }
+        crate::queue::QueueSource::new(&q.url, &sas, q.visibility_timeout, q.poll, timeout)
+            .map(Some)
+    }
+
+    /// Without the `queue` feature, `[agent.queue]` is an error.
+    #[cfg(not(feature = "queue"))]
+    pub(crate) fn queue(
+        &self,
+        _timeout: Duration,
+    ) -> Result<Option<std::convert::Infallible>, Error> {
+        match &self.queue {
+            None => Ok(None),
+            Some(_) => Err(config_error(
+                "[agent.queue]: this agent was built without the `queue` feature".into(),
+            )),
+        }
     }
 
     /// The sealed snapshot of `[agent.snapshot]`, if configured, and how often to save it.

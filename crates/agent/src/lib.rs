@@ -36,6 +36,8 @@ mod error;
 mod http;
 mod io;
 mod prometheus;
+#[cfg(feature = "queue")]
+mod queue;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -79,6 +81,9 @@ pub struct Agent {
     metrics: Option<PrometheusReader>,
     config: AgentConfig,
     snapshot: Option<(Arc<Snapshot>, Duration)>,
+    /// Key Vault's events from a Storage queue (`[agent.queue]`).
+    #[cfg(feature = "queue")]
+    queue: Option<queue::QueueSource>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -98,6 +103,8 @@ impl Agent {
         let (client_config, agent) = AgentConfig::from_file(path)?;
         let token = agent.read_token()?;
         let snapshot = agent.snapshot()?;
+        #[allow(unused_variables)]
+        let queue = agent.queue(client_config.attempt_timeout())?;
         let client = keyvault_failover::azure::connect_with_config(client_config)?;
         Ok(Agent {
             client,
@@ -105,6 +112,8 @@ impl Agent {
             metrics,
             config: agent,
             snapshot,
+            #[cfg(feature = "queue")]
+            queue,
         })
     }
 
@@ -124,6 +133,8 @@ impl Agent {
             metrics: None,
             config,
             snapshot: None,
+            #[cfg(feature = "queue")]
+            queue: None,
         })
     }
 
@@ -377,6 +388,10 @@ impl Bound {
                     tracing::warn!(secret = %name, error = %e, "preload failed");
                 }
             });
+        }
+        #[cfg(feature = "queue")]
+        if let Some(q) = agent.queue {
+            background.spawn(q.run(client.clone()));
         }
         let snapshot = agent.snapshot.clone();
         if let Some((snap, every)) = snapshot.clone() {

@@ -1095,6 +1095,38 @@ async fn events_make_a_rotation_visible_within_the_hints_delay() {
         );
         assert!(emu.events_posted().0 > posted, "{schema:?}: delivered");
     }
+    // The time from a write in the primary to the agent serving it, through the webhook
+    // (`ROTATIONS`, default 3; printed, not asserted).
+    let rotations: usize = std::env::var("ROTATIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3)
+        .clamp(1, 1000);
+    let mut took = Vec::new();
+    for i in 0..rotations {
+        let value = format!("hooked-{i}");
+        let t0 = std::time::Instant::now();
+        emu.insert("weu", "db-password", &value);
+        let seen = tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                let (_, _, b) = get(&c, &url("/v1/secrets/db-password"), Some(TOKEN)).await;
+                if b["value"] == value.as_str() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        assert!(seen.is_ok(), "rotation {i} not served within 20 s");
+        took.push(t0.elapsed());
+    }
+    took.sort();
+    println!(
+        "webhook: {} rotations, write to served: median {:?}, max {:?}",
+        took.len(),
+        took[took.len() / 2],
+        took[took.len() - 1]
+    );
     drop(agent);
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -1155,5 +1187,236 @@ async fn a_lagging_secondary_is_shown_in_the_answer() {
     assert_eq!(value.as_deref(), Some("two"), "the older copy was served");
     assert!(lag.is_some(), "no lag header within 20 s");
     drop(agent);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Azurite (the official Azure Storage emulator, npm package `azurite`), installed under the
+/// test's target directory if it is not there yet and started on a free loopback port; killed
+/// on drop.
+struct Azurite {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Azurite {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Azurite's well-known development account and key (public, in its documentation).
+const AZURITE_ACCOUNT: &str = "devstoreaccount1";
+const AZURITE_KEY: &str =
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+
+async fn azurite(dir: &std::path::Path) -> Azurite {
+    let home = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("azurite");
+    let bin = home.join("node_modules/.bin/azurite-queue");
+    if !bin.exists() {
+        // `.ci/run` installs it beforehand; a fresh checkout's `cargo test` does it here.
+        let home2 = home.clone();
+        let install = tokio::task::spawn_blocking(move || {
+            std::fs::create_dir_all(&home2).unwrap();
+            Command::new("npm")
+                .args(["install", "--no-audit", "--no-fund", "--silent", "--prefix"])
+                .arg(&home2)
+                .arg("azurite@3")
+                .status()
+        });
+        let status = tokio::time::timeout(Duration::from_secs(300), install)
+            .await
+            .expect("npm install azurite within 5 minutes")
+            .unwrap()
+            .expect("npm runs (Node.js and npm are needed for the Storage-queue test)");
+        assert!(status.success(), "npm install azurite failed: {status}");
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let data = dir.join("azurite-data");
+    std::fs::create_dir_all(&data).unwrap();
+    let child = Command::new(&bin)
+        .args(["--queueHost", "127.0.0.1", "--queuePort", &port.to_string()])
+        .arg("--location")
+        .arg(&data)
+        .args([
+            "--silent",
+            "--disableTelemetry",
+            "--skipApiVersionCheck",
+            "--loose",
+        ])
+        .stdout(Stdio::null())
+        .stderr(stderr_file(dir))
+        .spawn()
+        .expect("azurite-queue starts");
+    let az = Azurite { child, port };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "Azurite listens within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    az
+}
+
+/// An account SAS for Azurite's queues (signed version 2018-11-09: account, permissions,
+/// services, resource types, start, expiry, IP, protocol, version).
+fn azurite_sas() -> String {
+    use base64::Engine as _;
+    let (sp, ss, srt, se, spr, sv) = (
+        "rwdlacup",
+        "q",
+        "sco",
+        "2099-01-01T00:00:00Z",
+        "https,http",
+        "2018-11-09",
+    );
+    let to_sign = format!("{AZURITE_ACCOUNT}\n{sp}\n{ss}\n{srt}\n\n{se}\n\n{spr}\n{sv}\n");
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(AZURITE_KEY)
+        .unwrap();
+    let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &key);
+    let sig = aws_lc_rs::hmac::sign(&key, to_sign.as_bytes());
+    let sig = base64::engine::general_purpose::STANDARD.encode(sig.as_ref());
+    let sig: String = url_encode(&sig);
+    format!(
+        "sv={sv}&ss={ss}&srt={srt}&sp={sp}&se={se}&spr={}&sig={sig}",
+        url_encode(spr)
+    )
+}
+
+fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Issue 22, the pull transport: Key Vault's events reach the agent through an Azure Storage
+/// queue (Event Grid's Storage-queue delivery, played here by the test against Azurite, each
+/// event Base64-encoded as Event Grid's queue messages are read by the Storage SDKs). Each
+/// rotation in the emulator is served by the agent once its event is taken from the queue;
+/// a message that is not an event is dropped, not retried for ever. Prints the time from the
+/// write to the agent serving the new version (`ROTATIONS`, default 5).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_through_a_storage_queue_reach_the_agent() {
+    use azure_storage_queue::{QueueClient, QueueClientOptions};
+    use base64::Engine as _;
+    let dir = temp_dir("queue");
+    let az = azurite(&dir).await;
+    let queue_url = format!("http://127.0.0.1:{}/{AZURITE_ACCOUNT}/kvf-events", az.port);
+    let sas = azurite_sas();
+    let transport = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .no_proxy()
+        .build()
+        .unwrap();
+    let options = QueueClientOptions {
+        client_options: azure_core::http::ClientOptions {
+            transport: Some(azure_core::http::Transport::new(std::sync::Arc::new(
+                transport,
+            ))),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let queue = QueueClient::new(
+        azure_core::http::Url::parse(&format!("{queue_url}?{sas}")).unwrap(),
+        None,
+        Some(options),
+    )
+    .unwrap();
+    queue
+        .create(None)
+        .await
+        .expect("the queue is created (the SAS is accepted)");
+
+    let emu = emulator(&dir, &[("db-password", "one")]).await;
+    write_private(&dir.join("queue.sas"), &sas);
+    let extra = format!(
+        "[agent.queue]\nurl = \"{queue_url}\"\nsas_file = \"queue.sas\"\npoll = \"50ms\"\n"
+    );
+    let hinted = ("notify_max_delay = \"30s\"", "notify_max_delay = \"1s\"");
+    let agent = start_agent_tuned(&emu, &dir, "listen = \"127.0.0.1:0\"", &extra, &[hinted]).await;
+    let c = http();
+    let url = format!("{}/v1/secrets/db-password", agent.base);
+    let (s, _, b) = get(&c, &url, Some(TOKEN)).await;
+    assert_eq!((s, b["value"].as_str()), (200, Some("one")), "{b}");
+
+    let send = |text: String| {
+        let q = &queue;
+        async move {
+            let msg = azure_storage_queue::models::QueueMessage {
+                message_text: Some(text),
+            };
+            q.send_message(msg.try_into().unwrap(), None)
+                .await
+                .expect("the message is queued");
+        }
+    };
+    // Not an event: taken, counted, deleted.
+    send("garbage, not an event".into()).await;
+
+    let rotations: usize = std::env::var("ROTATIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5)
+        .clamp(1, 1000);
+    let mut took = Vec::new();
+    for i in 0..rotations {
+        let value = format!("rotated-{i}");
+        let t0 = std::time::Instant::now();
+        let version = emu.insert("weu", "db-password", &value);
+        emu.insert("neu", "db-password", &value);
+        let event = format!(
+            r#"{{"id":"{i}","topic":"/subscriptions/x/resourceGroups/g/providers/Microsoft.KeyVault/vaults/app-weu","subject":"db-password","eventType":"Microsoft.KeyVault.SecretNewVersionCreated","eventTime":"2026-12-02T10:00:00Z","data":{{"Id":"https://app-weu.vault.azure.net/secrets/db-password/{version}","VaultName":"app-weu","ObjectType":"Secret","ObjectName":"db-password","Version":"{version}"}},"dataVersion":"1","metadataVersion":"1"}}"#
+        );
+        send(base64::engine::general_purpose::STANDARD.encode(event)).await;
+        let deadline = t0 + Duration::from_secs(30);
+        loop {
+            let (s, _, b) = get(&c, &url, Some(TOKEN)).await;
+            assert_eq!(s, 200, "{b}");
+            if b["value"].as_str() == Some(value.as_str()) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "rotation {i} not served within 30 s of its event"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        took.push(t0.elapsed());
+    }
+    took.sort();
+    println!(
+        "storage queue: {} rotations, write to served: median {:?}, max {:?}",
+        took.len(),
+        took[took.len() / 2],
+        took[took.len() - 1]
+    );
+    // Every message was taken and deleted: the queue is empty.
+    let left = queue
+        .peek_messages(None)
+        .await
+        .unwrap()
+        .into_model()
+        .unwrap()
+        .items
+        .unwrap_or_default();
+    assert!(left.is_empty(), "{} messages left in the queue", left.len());
+    drop(agent);
+    drop(az);
     let _ = std::fs::remove_dir_all(&dir);
 }
