@@ -138,6 +138,39 @@ fn a_failover_shows_in_the_metrics_and_no_secret_name_does() {
             named("keyvault_failover.events.delay").any(|p| p.2 >= 1.0),
             "{pts:?}"
         );
+
+        // The replicator (issue 21): passes by outcome, changes by secondary, the lag copied.
+        use keyvault_failover::replicate::Replicator;
+        let (from, to) = (
+            std::sync::Arc::new(keyvault_failover::store::MemoryStore::new("weu")),
+            std::sync::Arc::new(keyvault_failover::store::MemoryStore::new("neu")),
+        );
+        from.insert("payments-db-password", "v1");
+        let rep = Replicator::builder()
+            .primary("weu", from)
+            .secondary("neu", to)
+            .build()
+            .unwrap();
+        let plan = rep.plan().await.unwrap();
+        assert!(rep.run(&plan, &|_, _| {}).await.in_step());
+        provider.force_flush().unwrap();
+        let pts = points(&exporter.get_finished_metrics().unwrap());
+        let named = |n: &'static str| pts.iter().filter(move |p| p.0 == n);
+        assert!(
+            named("keyvault_failover.replicate.passes")
+                .any(|p| has(p, "keyvault_failover.outcome", "in-step") && p.2 >= 1.0),
+            "{pts:?}"
+        );
+        assert!(named("keyvault_failover.replicate.changes").any(|p| has(
+            p,
+            "keyvault_failover.region",
+            "neu"
+        ) && has(
+            p,
+            "keyvault_failover.outcome",
+            "copied"
+        ) && p.2 >= 1.0));
+        assert!(named("keyvault_failover.replicate.lag").any(|p| p.2 >= 1.0));
         // Labels are regions, hosts and outcomes: never a secret's name.
         let all = format!("{pts:?}");
         assert!(!all.contains("payments-db-password"), "{all}");

@@ -42,6 +42,7 @@
 //! ```
 
 mod item;
+mod metrics;
 mod plan;
 mod run;
 
@@ -224,6 +225,7 @@ impl ReplicatorBuilder {
             max_retry_after: self.max_retry_after,
             default_retry_after: self.default_retry_after,
             seed: self.seed,
+            metrics: metrics::ReplicateMetrics::new(),
         })
     }
 }
@@ -243,6 +245,7 @@ pub struct Replicator {
     max_retry_after: Duration,
     default_retry_after: Duration,
     seed: u64,
+    metrics: metrics::ReplicateMetrics,
 }
 
 impl std::fmt::Debug for Replicator {

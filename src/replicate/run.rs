@@ -523,11 +523,18 @@ impl Replicator {
     /// [`SecondaryPlan::listing_error`].
     pub async fn plan(&self) -> Result<Plan, StoreError> {
         let ctx = self.ctx();
-        let primary = ctx
+        let primary = match ctx
             .call(&ctx.primary_reads, CallKind::List, || {
                 self.primary.list_items()
             })
-            .await?;
+            .await
+        {
+            Ok(p) => p,
+            Err(e) => {
+                self.metrics.pass("failed");
+                return Err(e);
+            }
+        };
         let lists = self.secondaries.iter().map(|(region, store)| {
             let ctx = &ctx;
             let primary = &primary;
@@ -607,11 +614,29 @@ impl Replicator {
             }
         });
         let secondaries = futures::future::join_all(runs).await;
-        Report {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        for s in &secondaries {
+            for o in s.outcomes.iter().filter(|o| o.kind != OutcomeKind::Nothing) {
+                self.metrics.change(&s.region, o.kind.label());
+                if let Some(c) = o.source_created {
+                    self.metrics
+                        .lag(&s.region, now.saturating_sub(c).max(0) as f64);
+                }
+            }
+        }
+        let report = Report {
             secondaries,
             calls: ctx.calls,
             elapsed: started.elapsed(),
-        }
+        };
+        self.metrics.pass(if report.in_step() {
+            "in-step"
+        } else {
+            "not-in-step"
+        });
+        report
     }
 }
 

@@ -13,6 +13,7 @@ use keyvault_failover_sim as sim;
 mod agent_cmd;
 mod cli;
 mod replicate_cmd;
+mod replicate_http;
 mod verify;
 
 #[derive(Parser)]

@@ -40,6 +40,11 @@ pub(crate) struct Options {
     /// file, for an orchestrator's health probe.
     #[arg(long)]
     pub(crate) status_file: Option<PathBuf>,
+    /// With --every: serve `/metrics` (Prometheus text: passes, changes by secondary, the lag
+    /// copied) and `/healthz` (200 while the last pass was in step and recent) on this
+    /// loopback address, e.g. `127.0.0.1:9465`.
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) metrics: Option<std::net::SocketAddr>,
 }
 
 /// The shortest `--every`: a run lists every vault, so more often than this is polling.
@@ -361,6 +366,15 @@ pub(crate) fn run(opts: Options) -> Result<ExitCode, Box<dyn std::error::Error>>
             .into());
         }
     }
+    if opts.metrics.is_some() && opts.every.is_none() {
+        return Err("--metrics goes with --every".into());
+    }
+    // Installed before the replicator is built: its instruments come from the global provider.
+    let metrics = opts.metrics.map(|_| {
+        let reader = keyvault_failover_agent::PrometheusReader::new();
+        opentelemetry::global::set_meter_provider(reader.provider());
+        reader
+    });
     let config = Config::from_file(&opts.config)?;
     let replicator = build(&config, &opts)?;
     let rt = tokio::runtime::Runtime::new()?;
@@ -381,10 +395,24 @@ pub(crate) fn run(opts: Options) -> Result<ExitCode, Box<dyn std::error::Error>>
                 }
             });
         };
+        let health = Arc::new(crate::replicate_http::Health::default());
+        // A pass is stale once two intervals and their jitter have gone by without one.
+        let stale_after = every.mul_f64(2.2) + Duration::from_secs(60);
+        let _server = match (opts.metrics, metrics) {
+            (Some(addr), Some(reader)) => {
+                Some(crate::replicate_http::serve(addr, reader, health.clone(), stale_after).await?)
+            }
+            _ => None,
+        };
         let stop = crate::cli::stop_signal();
         tokio::pin!(stop);
         loop {
             let outcome = pass(&replicator, &opts).await;
+            *health.in_step.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some(matches!(outcome, Ok((true, _))));
+            health
+                .finished
+                .store(unix_now(), std::sync::atomic::Ordering::Relaxed);
             if let Err(e) = &outcome {
                 eprintln!("error: {e}");
             }

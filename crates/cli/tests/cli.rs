@@ -397,3 +397,104 @@ async fn replicate_plans_copies_and_then_finds_nothing_to_do() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a pattern"));
 }
+
+/// `replicate --every --metrics`: a pass at once, then `/healthz` answers 200 (in step, recent)
+/// and `/metrics` shows the replicator's passes and changes, never a secret's name; SIGTERM
+/// stops it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicate_every_serves_health_and_metrics() {
+    use std::io::BufRead;
+    let dir = temp_dir("replicate-every");
+    let emu = emulator(&dir).await;
+    emu.insert("weu", "payments-db-password", "secret-value-1");
+    let config = emu.write_client_config().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_keyvault-failover"))
+        .args([
+            "replicate",
+            "--config",
+            config.to_str().unwrap(),
+            "--every",
+            "10s",
+        ])
+        .args(["--metrics", &format!("127.0.0.1:{port}")])
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Its stdout is read to the end (a closed pipe would stop it at its next line).
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let _ = tx.send(line.unwrap_or_default());
+        }
+    });
+    let first = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(30)))
+        .await
+        .unwrap()
+        .expect("it starts");
+    assert!(
+        first.starts_with("metrics on http://127.0.0.1:"),
+        "{first:?}"
+    );
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = http.get(format!("{base}/healthz")).send().await.unwrap();
+        if r.status().as_u16() == 200 {
+            let v: serde_json::Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+            assert_eq!(v["in_step"], true, "{v}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "healthy within 30 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        emu.current("neu", "payments-db-password").unwrap().0,
+        "secret-value-1"
+    );
+    let text = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains("keyvault_failover_replicate_passes"),
+        "{text}"
+    );
+    assert!(
+        text.contains("keyvault_failover_replicate_changes"),
+        "{text}"
+    );
+    assert!(!text.contains("payments-db-password") && !text.contains("secret-value"));
+    kill_term(child.id());
+    let status = tokio::time::timeout(
+        Duration::from_secs(20),
+        tokio::task::spawn_blocking(move || child.wait()),
+    )
+    .await
+    .expect("it stops on SIGTERM")
+    .unwrap()
+    .unwrap();
+    assert!(status.success(), "{status}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// SIGTERM to `pid`.
+fn kill_term(pid: u32) {
+    let ok = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+}
