@@ -41,9 +41,11 @@
 //! # }).unwrap();
 //! ```
 
+mod budget;
 mod item;
 mod metrics;
 mod plan;
+mod report;
 mod run;
 
 use std::sync::Arc;
@@ -57,7 +59,7 @@ pub use item::{
     MAX_TAG_VALUE_LEN, PROVENANCE_TAG,
 };
 pub use plan::{CopyReason, Filter, Planned, SkipReason, Step, UpdateReason};
-pub use run::{Calls, Outcome, OutcomeKind, Report, SecondaryReport};
+pub use report::{Calls, Outcome, OutcomeKind, Report, SecondaryReport};
 
 use crate::error::{Error, StoreError};
 use crate::name::SecretName;

@@ -1,8 +1,7 @@
 //! The run: listings into a plan, then each step as calls within the vaults' budgets, with
 //! retries, and a report of what was done.
 
-use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -10,8 +9,10 @@ use futures::StreamExt;
 use secrecy::ExposeSecret;
 use tokio::time::Instant;
 
+use super::budget::Budget;
 use super::item::{Provenance, ReadVersion};
 use super::plan::{self, AfterRead, Planned, Step};
+use super::report::{Calls, Outcome, OutcomeKind, Report, SecondaryReport};
 use super::{Plan, ReplicaStore, Replicator, SecondaryPlan};
 use crate::error::{StoreError, StoreErrorKind};
 use crate::name::SecretName;
@@ -21,264 +22,11 @@ const MAX_TRANSIENT: u32 = 4;
 /// `Retry-After` waits obeyed per call before it is given up.
 const MAX_THROTTLED: u32 = 8;
 
-/// Calls sent, counted per attempt (a retry is another call).
-#[derive(Debug, Default)]
-pub struct Calls {
-    lists: AtomicU64,
-    reads: AtomicU64,
-    writes: AtomicU64,
-    throttled: AtomicU64,
-    retries: AtomicU64,
-}
-
-impl Calls {
-    /// Listings (each a full, paged listing of one vault).
-    pub fn lists(&self) -> u64 {
-        self.lists.load(Ordering::Relaxed)
-    }
-    /// Reads of a value (the primary's, or a secondary's to compare).
-    pub fn reads(&self) -> u64 {
-        self.reads.load(Ordering::Relaxed)
-    }
-    /// Writes: new versions, property updates, soft deletes, recoveries.
-    pub fn writes(&self) -> u64 {
-        self.writes.load(Ordering::Relaxed)
-    }
-    /// Answers that asked to wait (429, or `Retry-After`).
-    pub fn throttled(&self) -> u64 {
-        self.throttled.load(Ordering::Relaxed)
-    }
-    /// Calls sent again after a failure.
-    pub fn retries(&self) -> u64 {
-        self.retries.load(Ordering::Relaxed)
-    }
-    fn add(&self, other: &Calls) {
-        for (a, b) in [
-            (&self.lists, &other.lists),
-            (&self.reads, &other.reads),
-            (&self.writes, &other.writes),
-            (&self.throttled, &other.throttled),
-            (&self.retries, &other.retries),
-        ] {
-            a.fetch_add(b.load(Ordering::Relaxed), Ordering::Relaxed);
-        }
-    }
-}
-
 #[derive(Clone, Copy)]
 enum CallKind {
     List,
     Read,
     Write,
-}
-
-/// A sliding-window budget: at most `limit` calls in any `window`, and no call before a
-/// `Retry-After` has passed. Its clock is tokio's (paused in tests).
-struct Budget {
-    limit: usize,
-    window: Duration,
-    state: Mutex<(VecDeque<Instant>, Option<Instant>)>,
-}
-
-impl Budget {
-    fn new(limit: usize, window: Duration) -> Self {
-        Budget {
-            limit,
-            window,
-            state: Mutex::new((VecDeque::new(), None)),
-        }
-    }
-
-    async fn take(&self) {
-        loop {
-            let wake = {
-                let now = Instant::now();
-                let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-                let (log, hold) = &mut *st;
-                match *hold {
-                    Some(h) if h > now => Some(h),
-                    _ => {
-                        while log
-                            .front()
-                            .is_some_and(|t| now.saturating_duration_since(*t) >= self.window)
-                        {
-                            log.pop_front();
-                        }
-                        if log.len() < self.limit {
-                            log.push_back(now);
-                            None
-                        } else {
-                            log.front().and_then(|t| t.checked_add(self.window))
-                        }
-                    }
-                }
-            };
-            match wake {
-                None => return,
-                Some(t) => tokio::time::sleep_until(t).await,
-            }
-        }
-    }
-
-    fn hold(&self, wait: Duration) {
-        let Some(until) = Instant::now().checked_add(wait) else {
-            return;
-        };
-        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        st.1 = Some(st.1.map_or(until, |h| h.max(until)));
-    }
-}
-
-/// What was done for one name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OutcomeKind {
-    /// Nothing needed doing (in step, or a skip the plan reported).
-    Nothing,
-    /// A new version was written.
-    Copied,
-    /// The copy's properties were updated.
-    Updated,
-    /// The copy was soft-deleted.
-    Pruned,
-    /// The primary changed under the run (deleted or disabled): the next run finishes it.
-    Deferred,
-    /// It failed; see [`Outcome::error`].
-    Failed,
-}
-
-impl OutcomeKind {
-    /// `nothing`, `copied`, `updated`, `pruned`, `deferred` or `failed`.
-    pub fn label(&self) -> &'static str {
-        match self {
-            OutcomeKind::Nothing => "nothing",
-            OutcomeKind::Copied => "copied",
-            OutcomeKind::Updated => "updated",
-            OutcomeKind::Pruned => "pruned",
-            OutcomeKind::Deferred => "deferred",
-            OutcomeKind::Failed => "failed",
-        }
-    }
-}
-
-/// One name's outcome in one secondary.
-#[derive(Debug, Clone)]
-pub struct Outcome {
-    name: String,
-    step: Step,
-    kind: OutcomeKind,
-    recovered: bool,
-    error: Option<String>,
-    source_created: Option<i64>,
-}
-
-impl Outcome {
-    fn new(p: &Planned, kind: OutcomeKind) -> Self {
-        Outcome {
-            name: p.name().to_string(),
-            step: p.step().clone(),
-            kind,
-            recovered: false,
-            error: None,
-            source_created: None,
-        }
-    }
-    fn failed(p: &Planned, error: String) -> Self {
-        Outcome {
-            error: Some(error),
-            ..Outcome::new(p, OutcomeKind::Failed)
-        }
-    }
-    /// The secret's name.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-    /// The step planned.
-    pub fn step(&self) -> &Step {
-        &self.step
-    }
-    /// What was done.
-    pub fn kind(&self) -> OutcomeKind {
-        self.kind
-    }
-    /// Whether the name was soft-deleted in the secondary and recovered before the copy.
-    pub fn recovered(&self) -> bool {
-        self.recovered
-    }
-    /// Why it failed (no value is ever part of it).
-    pub fn error(&self) -> Option<&str> {
-        self.error.as_deref()
-    }
-    /// For a copy: when the primary created the version copied (unix seconds), so that
-    /// now minus it is how long the secondary lagged.
-    pub fn source_created(&self) -> Option<i64> {
-        self.source_created
-    }
-    /// Whether this leaves the secondary out of step.
-    pub fn is_failure(&self) -> bool {
-        self.kind == OutcomeKind::Failed || matches!(&self.step, Step::Skip(r) if r.is_failure())
-    }
-}
-
-/// One secondary's run.
-#[derive(Debug)]
-pub struct SecondaryReport {
-    region: String,
-    outcomes: Vec<Outcome>,
-    listing_error: Option<String>,
-}
-
-impl SecondaryReport {
-    /// The secondary's region.
-    pub fn region(&self) -> &str {
-        &self.region
-    }
-    /// Each name's outcome, in name order.
-    pub fn outcomes(&self) -> &[Outcome] {
-        &self.outcomes
-    }
-    /// Why the secondary could not be listed, if it could not.
-    pub fn listing_error(&self) -> Option<&str> {
-        self.listing_error.as_deref()
-    }
-    /// How many outcomes of `kind`.
-    pub fn count(&self, kind: OutcomeKind) -> usize {
-        self.outcomes.iter().filter(|o| o.kind == kind).count()
-    }
-    /// Whether the secondary is in step after the run.
-    pub fn in_step(&self) -> bool {
-        self.listing_error.is_none()
-            && !self
-                .outcomes
-                .iter()
-                .any(|o| o.is_failure() || o.kind == OutcomeKind::Deferred)
-    }
-}
-
-/// A run's report.
-#[derive(Debug)]
-pub struct Report {
-    secondaries: Vec<SecondaryReport>,
-    calls: Calls,
-    elapsed: Duration,
-}
-
-impl Report {
-    /// One report per secondary, in the order configured.
-    pub fn secondaries(&self) -> &[SecondaryReport] {
-        &self.secondaries
-    }
-    /// The calls the run sent (its plan's listings included).
-    pub fn calls(&self) -> &Calls {
-        &self.calls
-    }
-    /// How long the run took (tokio's clock).
-    pub fn elapsed(&self) -> Duration {
-        self.elapsed
-    }
-    /// Whether every secondary is in step.
-    pub fn in_step(&self) -> bool {
-        self.secondaries.iter().all(SecondaryReport::in_step)
-    }
 }
 
 /// A secondary as a run holds it.
