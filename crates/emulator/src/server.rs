@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{combinators::BoxBody, BodyExt, Full, Limited, StreamBody};
+use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper_util::rt::TokioIo;
 use serde::Deserialize;
@@ -30,6 +30,11 @@ const MAX_CONNECTIONS: usize = 1024;
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest request body read; anything larger answers 413 without being buffered.
 const MAX_BODY: usize = 1024 * 1024;
+/// How much of a body over [`MAX_BODY`] is read and dropped before the 413 is sent, so that a
+/// client still sending gets its answer instead of a broken pipe (beyond it, and past
+/// [`DRAIN_TIME`], the connection is cut).
+const MAX_DRAIN: usize = 16 * 1024 * 1024;
+const DRAIN_TIME: Duration = Duration::from_secs(10);
 /// Key Vault's largest page.
 const MAX_PAGE: usize = 25;
 /// The tenant named in the bearer challenge.
@@ -696,15 +701,16 @@ const MAX_CONTENT_TYPE_LEN: usize = 255;
 /// tags and content type; or the answer to send instead.
 #[allow(clippy::result_large_err)]
 async fn set_body(body: Incoming, what: &str) -> Result<SetBody, Response<Body>> {
-    let bytes = match Limited::new(body, MAX_BODY).collect().await {
-        Ok(c) => c.to_bytes(),
-        Err(_) => {
-            return Err(error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "RequestEntityTooLarge",
-                "The request body is too large.",
-            ))
-        }
+    let too_large = || {
+        error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "RequestEntityTooLarge",
+            "The request body is too large.",
+        )
+    };
+    let bytes = match read_body(body).await {
+        Some(b) => b,
+        None => return Err(too_large()),
     };
     let parsed: SetBody = serde_json::from_slice(&bytes).map_err(|_| {
         error(
@@ -732,6 +738,28 @@ async fn set_body(body: Incoming, what: &str) -> Result<SetBody, Response<Body>>
         return bad("The content type is at most 255 characters.");
     }
     Ok(parsed)
+}
+
+/// A body of at most [`MAX_BODY`] bytes; `None` for a larger one (read on and dropped up to
+/// [`MAX_DRAIN`] within [`DRAIN_TIME`]) or one that broke off.
+async fn read_body(mut body: Incoming) -> Option<Bytes> {
+    let read = async {
+        let mut buf = bytes::BytesMut::new();
+        let mut total = 0usize;
+        while let Some(frame) = body.frame().await {
+            let Ok(frame) = frame else { return None };
+            if let Some(data) = frame.data_ref() {
+                total = total.saturating_add(data.len());
+                if total <= MAX_BODY {
+                    buf.extend_from_slice(data);
+                } else if total > MAX_DRAIN {
+                    return None;
+                }
+            }
+        }
+        (total <= MAX_BODY).then(|| buf.freeze())
+    };
+    tokio::time::timeout(DRAIN_TIME, read).await.ok().flatten()
 }
 
 /// Key Vault's answer to a set or update of a certificate's secret.
