@@ -110,8 +110,9 @@ impl Properties {
             .filter(|(k, _)| k.as_str() != PROVENANCE_TAG)
     }
 
-    /// Whether `self` (a copy) matches `source` in everything but provenance.
-    pub(crate) fn matches(&self, source: &Properties) -> bool {
+    /// Whether `self` (a copy) matches `source` in everything but provenance: enabled, expiry,
+    /// activation, content type and the user's tags.
+    pub fn matches(&self, source: &Properties) -> bool {
         self.enabled == source.enabled
             && self.expires == source.expires
             && self.not_before == source.not_before

@@ -58,7 +58,7 @@ pub use item::{
     Listed, Properties, Provenance, ReadVersion, MAX_CONTENT_TYPE_LEN, MAX_TAGS, MAX_TAG_NAME_LEN,
     MAX_TAG_VALUE_LEN, PROVENANCE_TAG,
 };
-pub use plan::{CopyReason, Filter, Planned, SkipReason, Step, UpdateReason};
+pub use plan::{CopyReason, Filter, Planned, SkipReason, Step, UpdateReason, SETTLE_SECS};
 pub use report::{Calls, Outcome, OutcomeKind, Report, SecondaryReport};
 
 use crate::error::{Error, StoreError};

@@ -11,7 +11,7 @@ use crate::name::SecretName;
 /// version is not trusted from listings alone: Key Vault's times are whole seconds, so the
 /// primary may have made a newer version within the same second after the copy read it. One
 /// read of the primary settles it (its version id against the provenance's).
-pub(crate) const SETTLE_SECS: i64 = 2;
+pub const SETTLE_SECS: i64 = 2;
 
 /// Which names a run covers: every name, or those matching any of the patterns (globs with
 /// `*`, `?` and `[...]`, case-insensitive as Key Vault's names are).
@@ -267,11 +267,14 @@ fn plan_one(primary_region: &str, p: &Listed, s: Option<&Listed>) -> Planned {
     if p.managed() {
         return skip(SkipReason::Managed);
     }
+    // Whether a copy could carry its provenance (tag count, region name length): the same for
+    // any version, so a placeholder version stands in.
+    let cannot_tag = pp.copy_problem(&Provenance::new(primary_region, "0", 0));
     let Some(s) = s else {
         if !pp.enabled() {
             return skip(SkipReason::DisabledAbsent);
         }
-        return match pp.copy_problem(&Provenance::new(primary_region, "0", 0)) {
+        return match cannot_tag {
             Some(why) => skip(SkipReason::CannotTag(why)),
             None => Planned::new(name, Step::Copy(CopyReason::Missing)),
         };
@@ -290,7 +293,7 @@ fn plan_one(primary_region: &str, p: &Listed, s: Option<&Listed>) -> Planned {
             ..Planned::new(name, Step::Update(UpdateReason::Disable))
         };
     }
-    if let Some(why) = pp.copy_problem(&Provenance::new(primary_region, "0", 0)) {
+    if let Some(why) = cannot_tag {
         return skip(SkipReason::CannotTag(why));
     }
     let Some(prov) = sp.provenance().filter(|v| v.region() == primary_region) else {

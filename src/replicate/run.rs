@@ -195,11 +195,9 @@ impl Ctx<'_> {
                     Ok(r) => r,
                     // Deleted or disabled since the listing: the next run plans it anew.
                     Err(e)
-                        if matches!(
-                            e.kind(),
-                            StoreErrorKind::NotFound | StoreErrorKind::Auth { status: 403 }
-                        ) && e.message().contains("isabled")
-                            || *e.kind() == StoreErrorKind::NotFound =>
+                        if *e.kind() == StoreErrorKind::NotFound
+                            || e.kind().status() == Some(403)
+                                && e.message().contains("isabled") =>
                     {
                         return Outcome::new(p, OutcomeKind::Deferred)
                     }

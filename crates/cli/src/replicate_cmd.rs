@@ -117,7 +117,8 @@ struct Json<'a> {
     run: Option<RunRow<'a>>,
 }
 
-fn unix_now() -> i64 {
+/// Seconds since the Unix epoch, now.
+pub(crate) fn unix_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)

@@ -91,9 +91,7 @@ async fn answer(
             reply(StatusCode::OK, text, "text/plain; version=0.0.4")
         }
         "/healthz" => {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs() as i64);
+            let now = crate::replicate_cmd::unix_now();
             let finished = health.finished.load(Ordering::Relaxed);
             let in_step = *health.in_step.lock().unwrap_or_else(|p| p.into_inner());
             let recent = finished > 0 && now - finished <= stale_after.as_secs() as i64;

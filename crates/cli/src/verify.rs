@@ -9,13 +9,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use keyvault_failover::azure::{self, AzureStore};
-use keyvault_failover::replicate::{Listed, ReplicaStore};
+use keyvault_failover::replicate::{Listed, ReplicaStore, SETTLE_SECS};
 use keyvault_failover::{Config, SecretName, SecretStore};
 use serde::Serialize;
 
-/// A copy made less than this after its source was created cannot be told from a newer
-/// version of the same second by the listings (Key Vault's times are whole seconds): read.
-const SETTLE_SECS: i64 = 2;
 /// The longest a whole listing may take.
 const LIST_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -48,12 +45,6 @@ struct SecretCheck {
     copies: Vec<Copy>,
 }
 
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
-
 /// What the listings say of a secondary's copy, if they settle it.
 fn from_listing(primary_region: &str, p: &Listed, s: &Listed, now: i64) -> Option<Copy> {
     let copy = |state, lag_secs| Copy {
@@ -83,12 +74,7 @@ fn from_listing(primary_region: &str, p: &Listed, s: &Listed, now: i64) -> Optio
     if !settled {
         return None;
     }
-    let (pp, sp) = (p.properties(), s.properties());
-    let same = pp.enabled() == sp.enabled()
-        && pp.expires() == sp.expires()
-        && pp.not_before() == sp.not_before()
-        && pp.content_type() == sp.content_type()
-        && pp.user_tags().eq(sp.user_tags());
+    let same = s.properties().matches(p.properties());
     Some(copy(if same { "in-step" } else { "differs" }, None))
 }
 
@@ -148,7 +134,7 @@ pub(crate) fn verify_replication(
         let stores = azure::stores_for(&config)?;
         let timeout = config.attempt_timeout();
         let (primary_region, _) = stores.first().ok_or("no region configured")?;
-        let now = unix_now();
+        let now = crate::replicate_cmd::unix_now();
         // Every region's listing (names, properties, provenance); a region that cannot be
         // listed is read secret by secret instead.
         let mut listed: Vec<Option<HashMap<String, Listed>>> = Vec::new();

@@ -640,11 +640,6 @@ impl Emulator {
         self.state(region).data().is_deleted(name)
     }
 
-    /// How many secrets `region` holds (soft-deleted ones not counted).
-    pub fn secret_count(&self, region: &str) -> usize {
-        self.state(region).data().len()
-    }
-
     /// Enables or disables the latest version of `name` (a disabled secret's value is
     /// refused with 403 `Forbidden`, inner code `SecretDisabled`); says whether it exists.
     pub fn set_enabled(&self, region: &str, name: &str, enabled: bool) -> bool {
