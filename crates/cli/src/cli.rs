@@ -127,6 +127,13 @@ pub(crate) fn server_runtime() -> std::io::Result<tokio::runtime::Runtime> {
         .build()
 }
 
+/// Seconds since the Unix epoch, now.
+pub(crate) fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
 /// Resolves on SIGTERM (an orchestrator's stop) or Ctrl-C.
 pub(crate) async fn stop_signal() {
     #[cfg(unix)]

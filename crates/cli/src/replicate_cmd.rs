@@ -117,13 +117,6 @@ struct Json<'a> {
     run: Option<RunRow<'a>>,
 }
 
-/// Seconds since the Unix epoch, now.
-pub(crate) fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
-
 fn plan_rows(plan: &Plan) -> Vec<SecondaryPlanRow<'_>> {
     plan.secondaries()
         .iter()
@@ -146,7 +139,7 @@ fn plan_rows(plan: &Plan) -> Vec<SecondaryPlanRow<'_>> {
 }
 
 fn run_row(report: &Report) -> RunRow<'_> {
-    let now = unix_now();
+    let now = crate::cli::unix_now();
     RunRow {
         in_step: report.in_step(),
         elapsed_secs: report.elapsed().as_secs_f64(),
@@ -314,7 +307,7 @@ async fn pass(r: &Replicator, opts: &Options) -> Result<(bool, Option<String>), 
     let report = r.run(&plan, &progress).await;
     bar.finish_and_clear();
     let status = serde_json::to_string_pretty(&serde_json::json!({
-        "finished_unix": unix_now(),
+        "finished_unix": crate::cli::unix_now(),
         "in_step": report.in_step(),
         "run": run_row(&report),
     }))
@@ -413,7 +406,7 @@ pub(crate) fn run(opts: Options) -> Result<ExitCode, Box<dyn std::error::Error>>
                 Some(matches!(outcome, Ok((true, _))));
             health
                 .finished
-                .store(unix_now(), std::sync::atomic::Ordering::Relaxed);
+                .store(crate::cli::unix_now(), std::sync::atomic::Ordering::Relaxed);
             if let Err(e) = &outcome {
                 eprintln!("error: {e}");
             }
@@ -436,13 +429,13 @@ fn status_of(outcome: &Result<(bool, Option<String>), String>) -> String {
     match outcome {
         Ok((_, Some(status))) => status.clone(),
         Ok((in_step, None)) => serde_json::json!({
-            "finished_unix": unix_now(),
+            "finished_unix": crate::cli::unix_now(),
             "in_step": in_step,
             "dry_run": true,
         })
         .to_string(),
         Err(e) => serde_json::json!({
-            "finished_unix": unix_now(),
+            "finished_unix": crate::cli::unix_now(),
             "in_step": false,
             "error": e,
         })

@@ -91,7 +91,7 @@ async fn answer(
             reply(StatusCode::OK, text, "text/plain; version=0.0.4")
         }
         "/healthz" => {
-            let now = crate::replicate_cmd::unix_now();
+            let now = crate::cli::unix_now();
             let finished = health.finished.load(Ordering::Relaxed);
             let in_step = *health.in_step.lock().unwrap_or_else(|p| p.into_inner());
             let recent = finished > 0 && now - finished <= stale_after.as_secs() as i64;

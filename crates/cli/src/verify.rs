@@ -134,7 +134,7 @@ pub(crate) fn verify_replication(
         let stores = azure::stores_for(&config)?;
         let timeout = config.attempt_timeout();
         let (primary_region, _) = stores.first().ok_or("no region configured")?;
-        let now = crate::replicate_cmd::unix_now();
+        let now = crate::cli::unix_now();
         // Every region's listing (names, properties, provenance); a region that cannot be
         // listed is read secret by secret instead.
         let mut listed: Vec<Option<HashMap<String, Listed>>> = Vec::new();
