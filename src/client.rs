@@ -148,6 +148,9 @@ impl FailoverClientBuilder {
                 .collect(),
         ));
         let events = Events::with_metrics(metrics.clone());
+        // Unset, each client draws its own seed (fastrand's process RNG is seeded from the OS
+        // per thread), so the processes of a fleet never share one jitter sequence.
+        let seed = c.breaker.seed.unwrap_or_else(|| fastrand::u64(..));
         let mut vaults = Vec::new();
         for (i, r) in c.regions().iter().enumerate() {
             let mut given = self.stores.iter().filter(|(n, _)| n == r.name());
@@ -169,7 +172,7 @@ impl FailoverClientBuilder {
                 c.breaker.failure_threshold,
                 c.breaker.open_base,
                 c.breaker.open_max,
-                c.breaker.seed.wrapping_add(i as u64),
+                seed.wrapping_add(i as u64),
                 events.clone(),
             );
             let gate = VaultGate::new(
@@ -194,7 +197,7 @@ impl FailoverClientBuilder {
         // A fleet's failback spreads: each client dwells `failback_dwell` plus up to half as
         // much again, drawn from its seed, so a recovering primary does not meet every
         // instance in the same second.
-        let spread = fastrand::Rng::with_seed(c.breaker.seed ^ 0xFA11_BAC4_D3E1_1000).f64();
+        let spread = fastrand::Rng::with_seed(seed ^ 0xFA11_BAC4_D3E1_1000).f64();
         let failback = Failback {
             successes: c.probe.failback_successes,
             dwell: c.probe.failback_dwell.mul_f64(1.0 + spread / 2.0),
@@ -205,8 +208,8 @@ impl FailoverClientBuilder {
             c.retry.budget_min_per_sec,
             Duration::from_secs(10),
         );
-        let rng = Mutex::new(fastrand::Rng::with_seed(c.breaker.seed ^ 0x5eed));
-        let notify_rng = Mutex::new(fastrand::Rng::with_seed(c.breaker.seed ^ 0x4e07_1f1e));
+        let rng = Mutex::new(fastrand::Rng::with_seed(seed ^ 0x5eed));
+        let notify_rng = Mutex::new(fastrand::Rng::with_seed(seed ^ 0x4e07_1f1e));
         let (tx, shutdown) = watch::channel(());
         let longest_fetch = c.timeouts.deadline;
         let fresh_for = c.refresh.enabled.then_some(c.cache.refresh_interval);
@@ -226,6 +229,7 @@ impl FailoverClientBuilder {
                 probe_target: Mutex::new(None),
                 shutdown,
                 born: Instant::now(),
+                seed,
                 last_stale: Mark::default(),
                 last_restart: Mark::default(),
                 preloaded: Mutex::new(Vec::new()),
@@ -1073,5 +1077,42 @@ mod tests {
         let (lo, hi) = (dwells.iter().min().unwrap(), dwells.iter().max().unwrap());
         assert!(*lo >= base && *hi < base.mul_f64(1.5), "{lo:?}..{hi:?}");
         assert!(*hi - *lo > base / 3, "spread over {:?}", *hi - *lo);
+    }
+
+    /// Processes started from one configuration file (no seed in it) draw apart: before, the
+    /// seed defaulted to one constant and every process of a fleet dwelt, backed off and
+    /// jittered identically. A seed set makes them equal (tests, the simulator).
+    #[test]
+    fn clients_without_a_seed_draw_their_own() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let _g = rt.enter();
+        let dwell = |seed: Option<u64>| {
+            let mut b = Config::builder()
+                .region("weu", "https://app-weu.vault.azure.net", Access::ReadWrite)
+                .region("neu", "https://app-neu.vault.azure.net", Access::ReadOnly);
+            if let Some(s) = seed {
+                b = b.seed(s);
+            }
+            let config = b.build().unwrap();
+            let text = config.to_toml();
+            assert_eq!(text.contains("seed"), seed.is_some(), "{text}");
+            FailoverClient::builder(Config::from_toml(&text).unwrap())
+                .store("weu", Arc::new(MemoryStore::new("weu")))
+                .store("neu", Arc::new(MemoryStore::new("neu")))
+                .build()
+                .unwrap()
+                .inner
+                .router
+                .dwell()
+        };
+        let unseeded: std::collections::BTreeSet<Duration> = (0..8).map(|_| dwell(None)).collect();
+        assert!(
+            unseeded.len() > 1,
+            "8 unseeded clients, one dwell: {unseeded:?}"
+        );
+        assert_eq!(dwell(Some(7)), dwell(Some(7)));
     }
 }

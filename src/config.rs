@@ -120,7 +120,11 @@ pub(crate) struct BreakerConfig {
     pub(crate) open_base: Duration,
     #[serde(with = "humantime_serde")]
     pub(crate) open_max: Duration,
-    pub(crate) seed: u64,
+    /// The seed of every random draw of the client (breaker backoff, failback dwell, retry and
+    /// refresh jitter, probe spread). Unset (the default), each client draws its own, so a
+    /// fleet's processes do not share one jitter sequence; set, runs repeat (tests, simulator).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) seed: Option<u64>,
 }
 
 impl Default for BreakerConfig {
@@ -129,7 +133,7 @@ impl Default for BreakerConfig {
             failure_threshold: 5,
             open_base: Duration::from_secs(5),
             open_max: Duration::from_secs(60),
-            seed: 0x6b76_6661_696c,
+            seed: None,
         }
     }
 }
@@ -947,9 +951,13 @@ impl ConfigBuilder {
     setter!(
         /// Longest open interval. Default 60 s.
         breaker_open_max: Duration => breaker.open_max);
-    setter!(
-        /// Seed of the breakers' backoff jitter (the simulator sets it). Default fixed.
-        seed: u64 => breaker.seed);
+    /// Seed of every random draw of the client (breaker backoff, failback dwell spread, retry
+    /// and refresh jitter, probe spread), so runs repeat: for tests and the simulator. Default
+    /// unset: each client draws its own seed, so the processes of a fleet spread apart.
+    pub fn seed(mut self, v: u64) -> Self {
+        self.config.breaker.seed = Some(v);
+        self
+    }
     setter!(
         /// Attempts per call across all regions. Default 4.
         max_attempts: u32 => retry.max_attempts);

@@ -119,6 +119,7 @@ fn a_panicking_prober_is_restarted_and_reported() {
             panics_left: AtomicU32::new(2),
         });
         let config = Config::builder()
+            .seed(0x6b76_6661_696c)
             .region("weu", "https://app-weu.vault.azure.net", Access::ReadWrite)
             .build()
             .unwrap();
@@ -524,6 +525,7 @@ fn a_read_racing_a_timed_out_write_is_not_cached() {
             lose_next_write_answer: AtomicU32::new(1),
         });
         let config = Config::builder()
+            .seed(0x6b76_6661_696c)
             .region("weu", "https://app-weu.vault.azure.net", Access::ReadWrite)
             .probing(false)
             .background_refresh(false)
@@ -568,6 +570,7 @@ fn read_your_writes_survives_a_late_read() {
             lose_next_write_answer: AtomicU32::new(0),
         });
         let config = Config::builder()
+            .seed(0x6b76_6661_696c)
             .region("weu", "https://app-weu.vault.azure.net", Access::ReadWrite)
             .probing(false)
             .background_refresh(false)

@@ -70,6 +70,8 @@ pub(crate) struct Engine {
     pub(crate) shutdown: watch::Receiver<()>,
     /// When the client was built: the base of the two marks below.
     pub(crate) born: Instant,
+    /// The seed every random draw derives from: the configured one, or drawn per client.
+    pub(crate) seed: u64,
     /// When a stale value was last served.
     pub(crate) last_stale: Mark,
     /// When a background task was last restarted after a panic.

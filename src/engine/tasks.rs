@@ -39,7 +39,7 @@ pub(crate) fn start(inner: &Arc<Engine>) {
     let shutdown = inner.shutdown.clone();
     if inner.config.probe.enabled {
         for idx in 0..inner.vaults.len() {
-            let seed = inner.config.breaker.seed ^ (0x9e37_79b9 * (idx as u64 + 1));
+            let seed = inner.seed ^ (0x9e37_79b9 * (idx as u64 + 1));
             let (weak, shutdown) = (Arc::downgrade(inner), shutdown.clone());
             let task: Arc<str> = format!("prober:{}", inner.vaults[idx].name).into();
             supervise(task, Arc::downgrade(inner), move |restarts| {

@@ -26,6 +26,7 @@ async fn emulator() -> Emulator {
 fn config(emu: &Emulator, tune: impl FnOnce(ConfigBuilder) -> ConfigBuilder) -> Config {
     tune(
         Config::builder()
+            .seed(0x6b76_6661_696c)
             .region("weu", &emu.url("weu"), Access::ReadWrite)
             .region("neu", &emu.url("neu"), Access::ReadOnly)
             .attempt_timeout(ATTEMPT)
