@@ -9,6 +9,7 @@ use keyvault_failover_core::breaker as core;
 pub(crate) use keyvault_failover_core::breaker::{Outcome, Permit};
 pub use keyvault_failover_core::BreakerState;
 
+use crate::clock::now;
 use crate::error::Verdict;
 use crate::events::{Event, Events};
 
@@ -23,12 +24,6 @@ impl From<Verdict> for Outcome {
             Verdict::NotRecorded => Outcome::NotRecorded,
         }
     }
-}
-
-/// The breakers' `now`: tokio's clock, which follows the paused clock in tests and the
-/// simulator.
-fn now() -> std::time::Instant {
-    tokio::time::Instant::now().into_std()
 }
 
 impl Breaker {

@@ -14,7 +14,6 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::breaker::{Breaker, BreakerState};
-use crate::budget::{RetryBudget, VaultGate};
 use crate::cache::{self, Cache, Urgency};
 use crate::clock::Mark;
 use crate::config::{Access, Config};
@@ -28,6 +27,7 @@ use crate::router::{Failback, Mode, Router};
 use crate::secret::{Entry, Freshness, Secret, SecretProperties, Written, MAX_VALUE_LEN};
 use crate::store::SecretStore;
 use crate::vault::{LatencySummary, Vault};
+use keyvault_failover_core::budget::{RetryBudget, VaultGate};
 
 /// Held only by [`FailoverClient`] clones, never by background tasks: its drop is the signal
 /// that nobody can use the client any more. (the [`Engine`] itself may outlive the last clone for
@@ -94,7 +94,7 @@ impl fmt::Debug for FailoverClient {
                     .map(|v| &*v.name)
                     .collect::<Vec<_>>(),
             )
-            .field("mode", &route.mode)
+            .field("mode", &route.mode())
             .field("cached", &self.inner.cache.len())
             .finish()
     }
@@ -198,10 +198,10 @@ impl FailoverClientBuilder {
         // much again, drawn from its seed, so a recovering primary does not meet every
         // instance in the same second.
         let spread = fastrand::Rng::with_seed(seed ^ 0xFA11_BAC4_D3E1_1000).f64();
-        let failback = Failback {
-            successes: c.probe.failback_successes,
-            dwell: c.probe.failback_dwell.mul_f64(1.0 + spread / 2.0),
-        };
+        let failback = Failback::new(
+            c.probe.failback_successes,
+            c.probe.failback_dwell.mul_f64(1.0 + spread / 2.0),
+        );
         let router = Router::new(&vaults, failback, events.clone());
         let budget = RetryBudget::new(
             c.retry.budget_ratio,
@@ -554,7 +554,10 @@ impl FailoverClient {
         }
         // Without the refresher, nobody marks: the clock decides.
         if !self.inner.config.refresh.enabled
-            && entry.fetched_at.elapsed() > self.inner.config.cache.refresh_interval
+            && entry.held().fetched_over(
+                self.inner.config.cache.refresh_interval,
+                crate::clock::now(),
+            )
         {
             return None;
         }
@@ -589,6 +592,7 @@ impl FailoverClient {
         // A version's content never changes: a held version is served without asking, within
         // the staleness cap (a disabled or purged version is noticed once it is asked again).
         if let Some(entry) = self.inner.cache.get(&cache::key(name.key(), Some(version))) {
+            // Its own fetch's age, not a restored value's prior age: restored is refused anyway.
             let age = entry.fetched_at.elapsed();
             if age <= self.inner.config.staleness_cap(name.key()) && !entry.restored {
                 entry.touch();
@@ -703,7 +707,7 @@ impl FailoverClient {
     fn writable(&self, op: &str, name: &SecretName) -> Result<usize, Error> {
         let inner = &*self.inner;
         let route = inner.router.load();
-        match (route.mode, route.active) {
+        match (route.mode(), route.active()) {
             (Mode::ReadWrite, Some(i)) => Ok(i),
             _ => {
                 self.inner.nudge_failback();
@@ -714,14 +718,14 @@ impl FailoverClient {
                     .map_or("none configured".to_string(), |v| {
                         format!("{} (breaker {:?})", v.name, v.breaker.state())
                     });
-                let active = route.active.map_or("none", |i| &*inner.vaults[i].name);
+                let active = route.active().map_or("none", |i| &*inner.vaults[i].name);
                 tracing::warn!(op, secret = %name, active, "write refused: client is read-only");
                 Err(Error::new(
                     Kind::ReadOnly,
                     format!(
                         "cannot {op} secret `{name}`: the client is read-only (mode {:?}, active \
                          region {active}; writable region {primary}). Nothing was sent.",
-                        route.mode
+                        route.mode()
                     ),
                 ))
             }
@@ -748,8 +752,9 @@ impl FailoverClient {
         };
         // The vault asked us to wait (429/503 Retry-After), or this client's share of its
         // write limit is spent: refuse at once, nothing sent.
-        if let Some(until) = v.gate.throttled_until() {
-            let wait = until.saturating_duration_since(Instant::now());
+        let now = crate::clock::now();
+        if let Some(until) = v.gate.throttled_until(now) {
+            let wait = until.saturating_duration_since(now);
             return Err(Error::with_attempts(
                 Kind::Unavailable,
                 format!(
@@ -762,7 +767,7 @@ impl FailoverClient {
                 None,
             ));
         }
-        if !v.write_gate.try_take() {
+        if !v.write_gate.try_take(now) {
             return Err(Error::with_attempts(
                 Kind::Unavailable,
                 format!(
@@ -987,7 +992,7 @@ impl FailoverClient {
     /// The active region (`None`: no vault is usable, reads come from the cache).
     pub fn active_region(&self) -> Option<Arc<str>> {
         let route = self.inner.router.load();
-        route.active.map(|i| self.inner.vaults[i].name.clone())
+        route.active().map(|i| self.inner.vaults[i].name.clone())
     }
 
     /// A snapshot of routes, breakers, throttling, latencies and drift.
@@ -1005,16 +1010,16 @@ impl FailoverClient {
         let all_held = !preloaded.is_empty()
             && preloaded.iter().all(|k| {
                 inner.cache.get(k).is_some_and(|e| {
-                    e.age() <= inner.config.staleness_cap(crate::cache::name_of(k))
+                    e.age(now.into_std()) <= inner.config.staleness_cap(crate::cache::name_of(k))
                 })
             });
         drop(preloaded);
         Health {
             live: !inner.marked_recently(&inner.last_restart),
             ready: trusted || all_held,
-            degraded: route.mode == Mode::CacheOnly || inner.marked_recently(&inner.last_stale),
-            active: route.active.map(|i| inner.vaults[i].name.to_string()),
-            mode: route.mode,
+            degraded: route.mode() == Mode::CacheOnly || inner.marked_recently(&inner.last_stale),
+            active: route.active().map(|i| inner.vaults[i].name.to_string()),
+            mode: route.mode(),
             route_changes: inner.router.changes(),
             cached_secrets: inner.cache.len(),
             regions: inner
@@ -1024,7 +1029,10 @@ impl FailoverClient {
                     name: v.name.to_string(),
                     access: v.access,
                     breaker: v.breaker.state(),
-                    throttled_for: v.gate.throttled_until().map(|t| t - now),
+                    throttled_for: v
+                        .gate
+                        .throttled_until(now.into_std())
+                        .map(|t| t - now.into_std()),
                     probe_streak: v.probe_streak(),
                     latency: v.latency(),
                     replication_lag: inner.replication_lag(Some(&v.name), wall_now),

@@ -26,6 +26,13 @@ pub fn run_virtual<F: Future>(fut: F) -> std::io::Result<F::Output> {
     Ok(rt.block_on(fut))
 }
 
+/// The engine's `now` for the decision core: tokio's clock (so paused time drives every
+/// decision) as the `std::time::Instant` the core takes. The one place the engine reads it for
+/// the core's gates, budget and breakers.
+pub(crate) fn now() -> std::time::Instant {
+    tokio::time::Instant::now().into_std()
+}
+
 /// `now + d`, never panicking: a duration from outside (a server's `Retry-After`, a setting)
 /// that would overflow the clock is cut to a year, which every caller also caps far below.
 pub(crate) fn later(now: tokio::time::Instant, d: std::time::Duration) -> tokio::time::Instant {

@@ -312,6 +312,33 @@ pub(crate) struct HedgeConfig {
     pub(crate) min_samples: u64,
 }
 
+impl ProbeConfig {
+    /// The decision core's view of the probe intervals.
+    pub(crate) fn policy(&self) -> keyvault_failover_core::probe::ProbePolicy {
+        keyvault_failover_core::probe::ProbePolicy::new(
+            self.interval,
+            self.interval_max,
+            self.unhealthy_interval,
+            self.unhealthy_interval_max,
+            self.jitter,
+            self.failures_to_trip,
+        )
+    }
+}
+
+impl HedgeConfig {
+    /// The decision core's view of these settings.
+    pub(crate) fn policy(&self) -> keyvault_failover_core::hedge::HedgePolicy {
+        keyvault_failover_core::hedge::HedgePolicy::new(
+            self.default_delay,
+            self.floor,
+            self.ceiling,
+            self.percentile,
+            self.min_samples,
+        )
+    }
+}
+
 impl Default for HedgeConfig {
     fn default() -> Self {
         HedgeConfig {

@@ -62,7 +62,6 @@ pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 mod breaker;
-mod budget;
 mod cache;
 mod client;
 mod clock;

@@ -1,43 +1,30 @@
-//! The route: which vault is active and what the client may do.
+//! The route in the engine: which vault is active and what the client may do.
 //!
 //! Held in an [`ArcSwap`] so that every read loads it without a lock; writers (breaker
-//! transitions, probes) recompute it under a mutex and swap only when it changed.
-//!
-//! Moving *down* (the active vault's breaker is no longer closed) is immediate: to the first
-//! closed vault in priority order, or cache-only. Moving *up* to a higher-priority vault is
-//! hysteretic: that vault must be closed, have `failback_successes` consecutive successful
-//! probes since its last failure, and the current route must have stood for `failback_dwell`.
-//! A flapping primary therefore cannot make the route flap faster than once per dwell.
+//! transitions, probes) recompute it under a mutex and swap only when it changed. The decision
+//! itself (down at once, up with hysteresis) is the core's
+//! ([`keyvault_failover_core::route`]), given the engine's `now`; this module tells the
+//! changes as events and log lines and wakes reads waiting for a vault.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+#[cfg(test)]
 use std::time::Duration;
+use std::time::Instant;
 
 use arc_swap::ArcSwap;
-use tokio::time::Instant;
+use keyvault_failover_core::route;
+pub(crate) use keyvault_failover_core::route::{Failback, Route};
 
-use crate::breaker::BreakerState;
-use crate::config::Access;
+use crate::clock::now;
 use crate::events::{Event, Events};
 use crate::vault::Vault;
 
 pub use keyvault_failover_core::Mode;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Route {
-    pub(crate) active: Option<usize>,
-    pub(crate) mode: Mode,
-}
-
-/// When a higher-priority vault may take the route back.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Failback {
-    pub(crate) successes: u32,
-    pub(crate) dwell: Duration,
-}
-
 pub(crate) struct Router {
     route: ArcSwap<Route>,
+    /// When the route last changed (the failback dwell counts from it).
     write: Mutex<Instant>,
     changes: AtomicU64,
     failback: Failback,
@@ -50,14 +37,13 @@ impl Router {
     /// How long this client's route must stand before it fails back.
     #[cfg(test)]
     pub(crate) fn dwell(&self) -> Duration {
-        self.failback.dwell
+        self.failback.dwell()
     }
 
     pub(crate) fn new(vaults: &[Vault], failback: Failback, events: Events) -> Self {
-        let first = route_to(vaults, first_closed(vaults, vaults.len()));
         Router {
-            route: ArcSwap::from_pointee(first),
-            write: Mutex::new(Instant::now()),
+            route: ArcSwap::from_pointee(Route::first(vaults)),
+            write: Mutex::new(now()),
             changes: AtomicU64::new(0),
             failback,
             events,
@@ -79,26 +65,26 @@ impl Router {
     pub(crate) fn refresh(&self, vaults: &[Vault]) -> bool {
         let mut since = self.write.lock().unwrap_or_else(|p| p.into_inner());
         let prev = **self.route.load();
-        let next = self.next(vaults, prev, *since);
+        let next = route::next(vaults, prev, *since, now(), self.failback);
         if prev == next {
             return false;
         }
         self.route.store(Arc::new(next));
-        *since = Instant::now();
+        *since = now();
         self.changes.fetch_add(1, Ordering::Relaxed);
-        let name = |r: Route| r.active.map(|i| vaults[i].name.clone());
+        let name = |r: Route| r.active().map(|i| vaults[i].name.clone());
         tracing::warn!(
             from = name(prev).as_deref().unwrap_or("none"),
             to = name(next).as_deref().unwrap_or("none"),
-            mode = ?next.mode,
+            mode = ?next.mode(),
             "route changed"
         );
         self.events.emit(Event::RouteChanged {
             from: name(prev),
             to: name(next),
-            mode: next.mode,
+            mode: next.mode(),
         });
-        if next.active.is_some() {
+        if next.active().is_some() {
             self.available.notify_waiters();
         }
         true
@@ -110,60 +96,8 @@ impl Router {
         self.available.notified()
     }
 
-    fn next(&self, vaults: &[Vault], prev: Route, since: Instant) -> Route {
-        let Some(active) = prev.active else {
-            return route_to(vaults, self.best(vaults));
-        };
-        if vaults[active].breaker.state() != BreakerState::Closed {
-            return route_to(vaults, self.best(vaults));
-        }
-        if since.elapsed() >= self.failback.dwell {
-            let better = vaults[..active]
-                .iter()
-                .position(|v| v.trusted(self.failback.successes, self.failback.dwell));
-            if better.is_some() {
-                return route_to(vaults, better);
-            }
-        }
-        prev
-    }
-
-    /// Where to go off a failed route: the first trusted vault (one that has not failed since
-    /// it last passed its run of probes), else the first closed one, else none. Without the
-    /// trust test, a primary one probe into its recovery would take the route back the moment
-    /// the secondary tripped, bypassing the failback hysteresis.
-    fn best(&self, vaults: &[Vault]) -> Option<usize> {
-        vaults
-            .iter()
-            .position(|v| v.trusted(self.failback.successes, Duration::ZERO))
-            .or_else(|| first_closed(vaults, vaults.len()))
-    }
-
     /// Whether vault `i` ranks above the active one but does not carry the route (yet).
     pub(crate) fn is_waiting_for_failback(&self, i: usize) -> bool {
-        self.load().active.is_none_or(|a| i < a)
-    }
-}
-
-fn first_closed(vaults: &[Vault], below: usize) -> Option<usize> {
-    vaults[..below]
-        .iter()
-        .position(|v| v.breaker.state() == BreakerState::Closed)
-}
-
-fn route_to(vaults: &[Vault], i: Option<usize>) -> Route {
-    match i {
-        Some(i) => Route {
-            active: Some(i),
-            mode: if vaults[i].access == Access::ReadWrite {
-                Mode::ReadWrite
-            } else {
-                Mode::ReadOnly
-            },
-        },
-        None => Route {
-            active: None,
-            mode: Mode::CacheOnly,
-        },
+        self.load().active().is_none_or(|a| i < a)
     }
 }

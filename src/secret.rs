@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use keyvault_failover_core::freshness::{retry_wait, Held};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::time::Instant;
 
@@ -164,14 +165,20 @@ impl Entry {
         }
     }
 
-    /// Time since a vault last confirmed this value (across a restart, for a restored one).
-    pub(crate) fn age(&self) -> Duration {
-        self.fetched_at.elapsed().saturating_add(self.prior_age)
+    /// When a vault last confirmed this value and how old it was then (across a restart, for
+    /// a restored one): the core's freshness decisions take it with `now`.
+    pub(crate) fn held(&self) -> Held {
+        Held::new(self.fetched_at.into_std(), self.prior_age)
+    }
+
+    /// Time since a vault last confirmed this value, at `now`.
+    pub(crate) fn age(&self, now: std::time::Instant) -> Duration {
+        self.held().age(now)
     }
 
     /// When this value passes a staleness cap of `cap`.
     pub(crate) fn expires(&self, cap: Duration) -> Instant {
-        crate::clock::later(self.fetched_at, cap.saturating_sub(self.prior_age))
+        Instant::from_std(self.held().expires(cap))
     }
 
     /// A caller read this value. No clock read: the refresher stamps the time when it next looks
@@ -233,14 +240,11 @@ impl Entry {
         )
     }
 
-    /// A refresh failed: try again after `base` × 2^failures (at most `cap`) from now.
-    pub(crate) fn back_off(&self, base: Duration, cap: Duration) {
-        let n = self
-            .refresh_failures
-            .fetch_add(1, Ordering::Relaxed)
-            .min(16);
-        let wait = base.saturating_mul(1 << n).min(cap);
-        let at = self.fetched_at.elapsed() + wait;
+    /// A refresh failed at `now`: try again after `base` × 2^failures (at most `cap`).
+    pub(crate) fn back_off(&self, base: Duration, cap: Duration, now: Instant) {
+        let n = self.refresh_failures.fetch_add(1, Ordering::Relaxed);
+        let wait = retry_wait(n, base, cap);
+        let at = now.saturating_duration_since(self.fetched_at) + wait;
         self.refresh_after_ms
             .store(at.as_millis() as u64, Ordering::Relaxed);
     }

@@ -364,6 +364,7 @@ impl Snapshot {
     /// code, call it inside `tokio::task::spawn_blocking`.
     pub fn save(&self, client: &FailoverClient) -> Result<usize, Error> {
         let now = SystemTime::now();
+        let mono = crate::clock::now();
         let mut entries: Vec<(Box<str>, Arc<Entry>)> = client.inner.cache.all();
         entries.sort_by(|a, b| a.0.cmp(&b.0));
         let records: Vec<Record> = entries
@@ -373,7 +374,7 @@ impl Snapshot {
                 value: e.value.expose_secret(),
                 version: &e.version,
                 region: &e.region,
-                fetched_unix_ms: unix_ms(now.checked_sub(e.age()).unwrap_or(UNIX_EPOCH)),
+                fetched_unix_ms: unix_ms(now.checked_sub(e.age(mono)).unwrap_or(UNIX_EPOCH)),
                 created_unix_ms: e.created.map(unix_ms),
             })
             .collect();

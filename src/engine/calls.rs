@@ -279,7 +279,7 @@ impl Engine {
         // A hedge is speculative: it draws on the budget up front, and when the budget says
         // no there is simply no hedge. The vaults stay in `order` for failover after a
         // failure, which is free (below).
-        if hedge && !self.budget.withdraw() {
+        if hedge && !self.budget.withdraw(crate::clock::now()) {
             self.metrics.budget_refused();
             return Next::Exhausted;
         }
@@ -296,12 +296,14 @@ impl Engine {
                 continue;
             };
             let admitted = if urgency.is_background() {
-                v.gate.try_take_above(cfg.refresh.reserve_for_reads)
+                v.gate
+                    .try_take_above(cfg.refresh.reserve_for_reads, crate::clock::now())
             } else {
-                v.gate.try_take()
+                v.gate.try_take(crate::clock::now())
             };
             if !admitted {
-                if let Some(t) = v.gate.throttled_until() {
+                if let Some(t) = v.gate.throttled_until(crate::clock::now()) {
+                    let t = Instant::from_std(t);
                     call.earliest_unthrottle =
                         Some(call.earliest_unthrottle.map_or(t, |e| e.min(t)));
                 }
@@ -312,7 +314,7 @@ impl Engine {
             // adds no load to the failing vault, so it is free (at most one per region per
             // call). Same-vault retries and speculative hedges draw on the budget.
             let free = hedge || call.tried & bit(idx) == 0;
-            if call.sent > 0 && !free && !self.budget.withdraw() {
+            if call.sent > 0 && !free && !self.budget.withdraw(crate::clock::now()) {
                 self.metrics.budget_refused();
                 call.note(Attempt::new(
                     v.name.clone(),
@@ -394,16 +396,16 @@ impl Engine {
         let mut hedges_left = u32::from(hedging);
         // A background fetch that a caller joined may hedge from then on (once).
         let mut may_raise = cfg.hedge.enabled && limits.hedge && !hedging;
-        self.budget.deposit();
+        self.budget.deposit(crate::clock::now());
         'rounds: for round in 0u32.. {
             // Registered before this round's attempts, so that a vault coming back while they
             // fail is not missed by a wait below.
             let mut recovered = std::pin::pin!(self.router.available());
             let route = self.router.load();
             let mut order = route
-                .active
+                .active()
                 .into_iter()
-                .chain((0..self.vaults.len()).filter(|i| Some(*i) != route.active))
+                .chain((0..self.vaults.len()).filter(|i| Some(*i) != route.active()))
                 .collect::<Vec<_>>()
                 .into_iter()
                 .peekable();
@@ -654,7 +656,7 @@ impl Engine {
         // A hard failure is the breaker's to catch (it has, if it is open): ejection is for
         // the vault whose breaker stays closed while it fails a share of calls.
         if !elsewhere
-            || self.router.load().active != Some(idx)
+            || self.router.load().active() != Some(idx)
             || v.breaker.state() != BreakerState::Closed
         {
             return;
@@ -684,14 +686,17 @@ impl Engine {
 
     /// Vault `idx` asked us to keep off it (429, or 503 with `Retry-After`): keep off it for
     /// what it asked, capped at `throttle.max_retry_after`, and longer after 429s in a row
-    /// ([`VaultGate::throttle`](crate::budget::VaultGate::throttle)). Returns the wait applied.
+    /// ([`VaultGate::throttle`](keyvault_failover_core::budget::VaultGate::throttle)). Returns the wait applied.
     pub(crate) fn throttled(&self, idx: usize, asked: Option<Duration>) -> Duration {
         let asked = self.config.throttle.retry_after(asked);
         let draw = crate::lock(&self.rng).f64();
         let v = &self.vaults[idx];
-        let retry_after = v
-            .gate
-            .throttle(asked, self.config.throttle.max_retry_after, draw);
+        let retry_after = v.gate.throttle(
+            asked,
+            self.config.throttle.max_retry_after,
+            draw,
+            crate::clock::now(),
+        );
         tracing::warn!(
             region = %v.name,
             retry_after_ms = retry_after.as_millis() as u64,
@@ -712,7 +717,7 @@ impl Engine {
             return;
         }
         let route = self.router.load();
-        let top = route.active.unwrap_or(self.vaults.len());
+        let top = route.active().unwrap_or(self.vaults.len());
         for idx in 0..top {
             let v = &self.vaults[idx];
             let trusted = v.breaker.state() == BreakerState::Closed

@@ -21,7 +21,6 @@ use secrecy::SecretString;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::budget::RetryBudget;
 use crate::cache::Cache;
 use crate::clock::Mark;
 use crate::config::Config;
@@ -31,6 +30,7 @@ use crate::name::SecretName;
 use crate::router::Router;
 use crate::secret::{Entry, Secret};
 use crate::vault::Vault;
+use keyvault_failover_core::budget::RetryBudget;
 
 /// How a failed fetch may be answered from the last-known-good cache.
 #[derive(Clone)]
@@ -203,9 +203,10 @@ impl Engine {
         error: Error,
     ) -> Result<Secret, Error> {
         let cap = self.config.staleness_cap(name.key());
+        let now = crate::clock::now();
         match self.cache.get(key) {
-            Some(entry) if entry.age() <= cap => {
-                let age = entry.age();
+            Some(entry) if entry.age(now) <= cap => {
+                let age = entry.age(now);
                 tracing::warn!(
                     secret = %name,
                     age_ms = age.as_millis() as u64,
@@ -224,7 +225,7 @@ impl Engine {
                 format!(
                     "no region could serve secret `{name}` and its last-known-good value is \
                      {} old, past the staleness cap of {}",
-                    humantime::format_duration(round_ms(entry.age())),
+                    humantime::format_duration(round_ms(entry.age(now))),
                     humantime::format_duration(cap)
                 ),
                 error.attempts().to_vec(),

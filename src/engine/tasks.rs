@@ -33,6 +33,7 @@ use crate::error::{Error, StoreErrorKind};
 use crate::events::Event;
 use crate::name::SecretName;
 use crate::secret::Entry;
+use keyvault_failover_core::probe::Pacer;
 
 /// Starts the prober of each vault and the refresher, each under a supervisor.
 pub(crate) fn start(inner: &Arc<Engine>) {
@@ -105,10 +106,7 @@ async fn pause(d: Duration, shutdown: &mut watch::Receiver<()>) -> bool {
 
 async fn prober(weak: Weak<Engine>, idx: usize, seed: u64, mut shutdown: watch::Receiver<()>) {
     let mut rng = fastrand::Rng::with_seed(seed);
-    // Rounds in a row that found the vault healthy (probed or vouched for by callers).
-    let mut healthy_rounds: u32 = 0;
-    // The last wait while the vault was not healthy.
-    let mut unhealthy_wait = Duration::ZERO;
+    let mut pacer = Pacer::default();
     loop {
         let (wait, vouch_window) = {
             let Some(inner) = weak.upgrade() else { return };
@@ -123,40 +121,8 @@ async fn prober(weak: Weak<Engine>, idx: usize, seed: u64, mut shutdown: watch::
                 && v.trusted(p.failback_successes, Duration::ZERO)
                 && !(inner.router.is_waiting_for_failback(idx)
                     && v.probe_streak() < p.failback_successes);
-            // Back off while nothing changes: a healthy vault is probed less and less often
-            // (a fleet of clients each probing every 10 s would spend a vault's whole limit on
-            // probes), a failed one a little less often with each failure in a row once its
-            // breaker is tripped (a tripping vault, and a recovering one's probes toward
-            // failback, are probed at the base interval).
-            let (base, doublings, max) = if healthy {
-                let n = healthy_rounds;
-                healthy_rounds = healthy_rounds.saturating_add(1);
-                (p.interval, n, p.interval_max)
-            } else {
-                // `healthy_rounds` is kept: once the vault has proved itself again, healthy
-                // probing goes on at the pace it had reached. Starting over at the base
-                // interval, every instance of a fleet probed the recovered primary every 10 s
-                // at once (10,000 instances: 10,000 probes per 10 s, over its limit of 4,000).
-                // A relapse is caught by callers' calls and the breaker, not by the pace.
-                let n = v.probe_failures().saturating_sub(p.failures_to_trip);
-                (p.unhealthy_interval, n, p.unhealthy_interval_max)
-            };
-            let mut wait = base
-                .saturating_mul(1 << doublings.min(16))
-                .min(max.max(base));
-            if healthy {
-                unhealthy_wait = Duration::ZERO;
-            } else {
-                // A recovering vault's proving probes keep the pace its probes had backed off
-                // to: with `unhealthy_interval_max` raised (fleets), every instance proving the
-                // primary at 2 s after a regional outage met it with three probes per instance
-                // within seconds. With the default (no back-off) this changes nothing.
-                if v.probe_failures() == 0 {
-                    wait = wait.max(unhealthy_wait);
-                }
-                unhealthy_wait = wait;
-            }
-            (wait.mul_f64(1.0 + p.jitter * (2.0 * rng.f64() - 1.0)), wait)
+            // The pace is the core's (keyvault_failover_core::probe).
+            pacer.next(healthy, v.probe_failures(), &p.policy(), rng.f64())
         };
         if !pause(wait, &mut shutdown).await {
             return;
@@ -334,7 +300,7 @@ impl Engine {
         } else {
             None
         };
-        if !v.gate.try_take() {
+        if !v.gate.try_take(crate::clock::now()) {
             return; // throttled or over budget: throttling is not an outage
         }
         let p = &self.config.probe;
@@ -433,7 +399,7 @@ impl Engine {
                 if let Some(old) = self.cache.get(key) {
                     let base = self.config.retry.backoff_max;
                     let cap = self.config.cache.refresh_interval / 2;
-                    old.back_off(base, cap);
+                    old.back_off(base, cap, Instant::now());
                     self.cache.schedule(key, old.refresh_at());
                     tracing::info!(secret = %name, error = %error, "background refresh failed; keeping last-known-good");
                     self.events.emit(Event::RefreshFailed {
@@ -469,7 +435,10 @@ impl Engine {
             if v.name == entry.region || v.breaker.state() != BreakerState::Closed {
                 continue;
             }
-            if !v.gate.try_take_above(self.config.refresh.reserve_for_reads) {
+            if !v
+                .gate
+                .try_take_above(self.config.refresh.reserve_for_reads, crate::clock::now())
+            {
                 continue;
             }
             let Some(permit) = v.breaker.try_acquire() else {

@@ -25,8 +25,15 @@
 #![deny(missing_docs)]
 
 pub mod breaker;
+pub mod budget;
 mod event;
+pub mod freshness;
+pub mod hedge;
+pub mod outlier;
+pub mod probe;
 pub mod retry_after;
+pub mod route;
+pub mod time;
 
 pub use breaker::BreakerState;
 pub use event::{Event, Mode};

@@ -8,20 +8,22 @@
 //!
 //! [`VaultGate`] keeps one client under its share of a vault's published limit (Key Vault:
 //! 4,000 secret GETs per 10 s per vault) with a token bucket, and remembers until when the
-//! vault asked us to back off with a 429 `Retry-After`. Both read `tokio::time::Instant`, so
-//! they follow paused time.
+//! vault asked us to back off with a 429 `Retry-After`. Neither reads a clock: every call takes
+//! `now`, so the engine's paused clock, the simulator's virtual time and a test's hand-made
+//! instants all drive them alike.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use tokio::time::Instant;
+use std::time::Instant;
 
 use crate::lock;
+use crate::time::later;
 
 /// Retries allowed as a share of first attempts, over a sliding window.
-pub(crate) struct RetryBudget {
+pub struct RetryBudget {
     inner: Mutex<BudgetState>,
     /// Milli-tokens each first attempt deposits (ratio × 1000: integers, so 100 × 0.2 is 20).
     deposit_milli: u64,
@@ -38,7 +40,9 @@ struct BudgetState {
 }
 
 impl RetryBudget {
-    pub(crate) fn new(ratio: f64, min_per_sec: u32, window: Duration) -> Self {
+    /// Each first attempt allows `ratio` retries, for `window`; `min_per_sec` retries per
+    /// second are always allowed.
+    pub fn new(ratio: f64, min_per_sec: u32, window: Duration) -> Self {
         RetryBudget {
             inner: Mutex::new(BudgetState {
                 deposits: VecDeque::new(),
@@ -70,9 +74,8 @@ impl RetryBudget {
         }
     }
 
-    /// A first attempt was made.
-    pub(crate) fn deposit(&self) {
-        let now = Instant::now();
+    /// A first attempt was made at `now`.
+    pub fn deposit(&self, now: Instant) {
         let mut st = lock(&self.inner);
         self.expire(&mut st, now);
         st.deposits.push_back((now, self.deposit_milli));
@@ -87,9 +90,8 @@ impl RetryBudget {
         }
     }
 
-    /// Takes one retry, if the budget allows it.
-    pub(crate) fn withdraw(&self) -> bool {
-        let now = Instant::now();
+    /// Takes one retry at `now`, if the budget allows it.
+    pub fn withdraw(&self, now: Instant) -> bool {
         let mut st = lock(&self.inner);
         self.expire(&mut st, now);
         let allowed = st.deposited + self.floor_milli;
@@ -108,7 +110,7 @@ impl RetryBudget {
 /// A sliding log rather than a token bucket: a bucket of `capacity` refilled over the window
 /// lets `2 × capacity` through in one window (a full bucket, then a window of refill), which
 /// would break the vault's limit. The log holds at most `capacity` instants.
-pub(crate) struct VaultGate {
+pub struct VaultGate {
     inner: Mutex<GateState>,
     capacity: usize,
     window: Duration,
@@ -123,7 +125,7 @@ struct GateState {
 
 impl VaultGate {
     /// `limit` requests per `window`, of which this client takes `fraction`.
-    pub(crate) fn new(limit: u32, window: Duration, fraction: f64) -> Self {
+    pub fn new(limit: u32, window: Duration, fraction: f64) -> Self {
         let capacity = ((limit as f64 * fraction).floor() as usize).max(1);
         VaultGate {
             inner: Mutex::new(GateState {
@@ -138,8 +140,7 @@ impl VaultGate {
         }
     }
 
-    fn take_below(&self, limit: usize) -> bool {
-        let now = Instant::now();
+    fn take_below(&self, limit: usize, now: Instant) -> bool {
         let mut st = lock(&self.inner);
         if st.throttled_until.is_some_and(|t| now < t) {
             return false;
@@ -160,15 +161,15 @@ impl VaultGate {
     }
 
     /// Takes a slot unless the vault is throttled or the window is full.
-    pub(crate) fn try_take(&self) -> bool {
-        self.take_below(self.capacity)
+    pub fn try_take(&self, now: Instant) -> bool {
+        self.take_below(self.capacity, now)
     }
 
     /// Takes a slot only if more than `reserve` of the window's capacity would remain:
     /// background work (refresh, drift checks) yields to callers' reads when the budget runs low.
-    pub(crate) fn try_take_above(&self, reserve: f64) -> bool {
+    pub fn try_take_above(&self, reserve: f64, now: Instant) -> bool {
         let limit = (self.capacity as f64 * (1.0 - reserve)).floor() as usize;
-        self.take_below(limit)
+        self.take_below(limit, now)
     }
 
     /// The vault answered 429 asking for `asked` (already capped): keeps off it for that long,
@@ -178,29 +179,28 @@ impl VaultGate {
     /// and a fleet of clients that each come back at once keeps it saturated with 429s (at
     /// 10,000 instances, 20,000 refused calls per second for a 1 s `Retry-After`).
     /// `draw` is uniform in [0, 1). Returns the hold-off applied.
-    pub(crate) fn throttle(&self, asked: Duration, cap: Duration, draw: f64) -> Duration {
+    pub fn throttle(&self, asked: Duration, cap: Duration, draw: f64, now: Instant) -> Duration {
         let n = self
             .throttle_streak
             .fetch_add(1, Ordering::Relaxed)
             .saturating_add(1);
         let ceiling = asked.saturating_mul(1 << (n - 1).min(16)).min(cap);
         let wait = ceiling.mul_f64(0.5 + 0.5 * draw.clamp(0.0, 1.0)).max(asked);
-        let until = crate::clock::later(Instant::now(), wait);
+        let until = later(now, wait);
         let mut st = lock(&self.inner);
         st.throttled_until = Some(st.throttled_until.map_or(until, |t| t.max(until)));
         wait
     }
 
     /// The vault answered something other than 429: the next 429 starts a new streak.
-    pub(crate) fn answered(&self) {
+    pub fn answered(&self) {
         if self.throttle_streak.load(Ordering::Relaxed) != 0 {
             self.throttle_streak.store(0, Ordering::Relaxed);
         }
     }
 
-    /// Until when the vault asked us to back off, if that is still ahead.
-    pub(crate) fn throttled_until(&self) -> Option<Instant> {
-        let now = Instant::now();
+    /// Until when the vault asked us to back off, if that is still ahead of `now`.
+    pub fn throttled_until(&self, now: Instant) -> Option<Instant> {
         lock(&self.inner).throttled_until.filter(|t| *t > now)
     }
 }
@@ -209,31 +209,35 @@ impl VaultGate {
 mod tests {
     use super::*;
 
-    #[tokio::test(start_paused = true)]
-    async fn budget_allows_ratio_plus_floor() {
+    #[test]
+    fn budget_allows_ratio_plus_floor() {
+        let t = Instant::now();
         let b = RetryBudget::new(0.2, 0, Duration::from_secs(10));
         for _ in 0..100 {
-            b.deposit();
+            b.deposit(t);
         }
-        let granted = (0..100).filter(|_| b.withdraw()).count();
+        let granted = (0..100).filter(|_| b.withdraw(t)).count();
         assert_eq!(granted, 20);
-        tokio::time::advance(Duration::from_secs(11)).await;
-        assert!(!b.withdraw(), "deposits expire with the window");
+        assert!(
+            !b.withdraw(t + Duration::from_secs(11)),
+            "deposits expire with the window"
+        );
         let floor = RetryBudget::new(0.2, 1, Duration::from_secs(10));
-        assert_eq!((0..100).filter(|_| floor.withdraw()).count(), 10);
+        assert_eq!((0..100).filter(|_| floor.withdraw(t)).count(), 10);
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn gate_never_admits_more_than_capacity_in_any_window() {
+    #[test]
+    fn gate_never_admits_more_than_capacity_in_any_window() {
         let g = VaultGate::new(100, Duration::from_secs(10), 0.5);
+        let mut now = Instant::now();
         let mut admitted: Vec<Instant> = Vec::new();
         for _ in 0..400 {
             for _ in 0..7 {
-                if g.try_take() {
-                    admitted.push(Instant::now());
+                if g.try_take(now) {
+                    admitted.push(now);
                 }
             }
-            tokio::time::advance(Duration::from_millis(100)).await;
+            now += Duration::from_millis(100);
         }
         for (i, t) in admitted.iter().enumerate() {
             let in_window = admitted[i..]
@@ -249,49 +253,49 @@ mod tests {
         );
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn gate_limits_rate_and_honours_retry_after() {
+    #[test]
+    fn gate_limits_rate_and_honours_retry_after() {
         let g = VaultGate::new(100, Duration::from_secs(10), 0.5);
-        assert_eq!((0..1000).filter(|_| g.try_take_above(0.2)).count(), 40);
-        assert_eq!((0..1000).filter(|_| g.try_take()).count(), 10);
-        tokio::time::advance(Duration::from_secs(10)).await;
-        assert_eq!((0..1000).filter(|_| g.try_take()).count(), 50);
-        tokio::time::advance(Duration::from_secs(100)).await;
-        g.throttle(Duration::from_secs(3), Duration::from_secs(60), 0.5);
-        assert!(!g.try_take());
-        assert!(g.throttled_until().is_some());
-        tokio::time::advance(Duration::from_secs(3)).await;
-        assert!(g.try_take());
-        assert!(g.throttled_until().is_none());
+        let mut now = Instant::now();
+        assert_eq!((0..1000).filter(|_| g.try_take_above(0.2, now)).count(), 40);
+        assert_eq!((0..1000).filter(|_| g.try_take(now)).count(), 10);
+        now += Duration::from_secs(10);
+        assert_eq!((0..1000).filter(|_| g.try_take(now)).count(), 50);
+        now += Duration::from_secs(100);
+        g.throttle(Duration::from_secs(3), Duration::from_secs(60), 0.5, now);
+        assert!(!g.try_take(now));
+        assert!(g.throttled_until(now).is_some());
+        now += Duration::from_secs(3);
+        assert!(g.try_take(now));
+        assert!(g.throttled_until(now).is_none());
     }
 
     /// 429s in a row keep a client off longer and longer (never less than asked, never more
     /// than the cap); an answer in between starts over.
-    #[tokio::test(start_paused = true)]
-    async fn a_streak_of_429s_backs_off_beyond_retry_after_up_to_the_cap() {
+    #[test]
+    fn a_streak_of_429s_backs_off_beyond_retry_after_up_to_the_cap() {
+        let now = Instant::now();
         let g = VaultGate::new(100, Duration::from_secs(10), 0.5);
         let (asked, cap) = (Duration::from_secs(1), Duration::from_secs(60));
         let waits: Vec<u64> = (0..10)
-            .map(|_| g.throttle(asked, cap, 0.99).as_secs())
+            .map(|_| g.throttle(asked, cap, 0.99, now).as_secs())
             .collect();
         assert_eq!(waits, [1, 1, 3, 7, 15, 31, 59, 59, 59, 59]);
         // Half the ceiling at the lowest draw, never under what the vault asked.
         g.answered();
-        assert_eq!(g.throttle(asked, cap, 0.0), asked);
-        assert_eq!(g.throttle(asked, cap, 0.0), asked);
-        assert_eq!(g.throttle(asked, cap, 0.0), 2 * asked);
+        assert_eq!(g.throttle(asked, cap, 0.0, now), asked);
+        assert_eq!(g.throttle(asked, cap, 0.0, now), asked);
+        assert_eq!(g.throttle(asked, cap, 0.0, now), 2 * asked);
         // The hold-off applies: the gate stays shut for it.
         let g = VaultGate::new(100, Duration::from_secs(10), 0.5);
-        g.throttle(asked, cap, 0.0);
-        g.throttle(asked, cap, 0.0);
-        g.throttle(asked, cap, 0.0);
-        tokio::time::advance(Duration::from_millis(1_900)).await;
-        assert!(!g.try_take());
-        tokio::time::advance(Duration::from_millis(200)).await;
-        assert!(g.try_take());
+        g.throttle(asked, cap, 0.0, now);
+        g.throttle(asked, cap, 0.0, now);
+        g.throttle(asked, cap, 0.0, now);
+        assert!(!g.try_take(now + Duration::from_millis(1_900)));
+        assert!(g.try_take(now + Duration::from_millis(2_100)));
         // A huge streak neither overflows nor passes the cap.
         for _ in 0..100 {
-            assert!(g.throttle(Duration::from_secs(10), cap, 0.99) <= cap);
+            assert!(g.throttle(Duration::from_secs(10), cap, 0.99, now) <= cap);
         }
     }
 }
