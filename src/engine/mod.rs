@@ -11,6 +11,7 @@
 pub(crate) mod calls;
 pub(crate) mod notify;
 pub(crate) mod tasks;
+mod writes;
 
 use std::collections::BTreeMap;
 use std::hash::RandomState;

@@ -1,33 +1,34 @@
 //! [`FailoverClient`]: reads that survive regional outages, writes that never go astray.
+//!
+//! The facade over the [`Engine`]: it checks names and values, answers hits from the cache,
+//! and hands everything else to the engine. Its builder (`builder.rs`) wires the engine; its
+//! health report (`health.rs`) reads it.
 
-use std::collections::BTreeMap;
+mod builder;
+mod health;
+
+pub use builder::FailoverClientBuilder;
+pub use health::{Health, HealthState, RegionHealth};
+
 use std::fmt;
-use std::hash::RandomState;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use futures::future::BoxFuture;
 use futures::StreamExt;
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::{broadcast, watch};
-use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::breaker::{Breaker, BreakerState};
-use crate::cache::{self, Cache, Urgency};
-use crate::clock::Mark;
-use crate::config::{Access, Config};
+use crate::breaker::BreakerState;
+use crate::cache::{self, Urgency};
+use crate::config::Config;
 use crate::engine::calls::Limits;
 use crate::engine::notify::Notified;
 use crate::engine::{round_ms, Engine, FetchError};
-use crate::error::{Attempt, AttemptFailure, Error, Kind, StoreError, StoreErrorKind};
-use crate::events::{Event, Events};
+use crate::error::{Error, Kind};
+use crate::events::Event;
 use crate::name::{SecretName, MAX_NAME_LEN};
-use crate::router::{Failback, Mode, Router};
 use crate::secret::{Entry, Freshness, Secret, SecretProperties, Written, MAX_VALUE_LEN};
-use crate::store::SecretStore;
-use crate::vault::{LatencySummary, Vault};
-use keyvault_failover_core::budget::{RetryBudget, VaultGate};
 
 /// Held only by [`FailoverClient`] clones, never by background tasks: its drop is the signal
 /// that nobody can use the client any more. (the [`Engine`] itself may outlive the last clone for
@@ -100,163 +101,6 @@ impl fmt::Debug for FailoverClient {
     }
 }
 
-/// Builds a [`FailoverClient`]: a [`Config`] and one [`SecretStore`] per region.
-#[must_use]
-pub struct FailoverClientBuilder {
-    config: Config,
-    stores: Vec<(String, Arc<dyn SecretStore>)>,
-}
-
-impl FailoverClientBuilder {
-    /// The store serving region `region` (a name from the configuration).
-    pub fn store(mut self, region: &str, store: Arc<dyn SecretStore>) -> Self {
-        self.stores.push((region.to_string(), store));
-        self
-    }
-
-    /// Checks that every region has exactly one store and builds the client.
-    ///
-    /// With probing or background refresh enabled (the defaults) this starts background
-    /// tasks, so it must be called within a tokio runtime; otherwise it returns a
-    /// configuration error saying so.
-    pub fn build(self) -> Result<FailoverClient, Error> {
-        for (name, _) in &self.stores {
-            if !self.config.regions().iter().any(|r| r.name() == name) {
-                return Err(Error::config(format!(
-                    "a store was given for region {name:?}, which is not configured"
-                )));
-            }
-        }
-        let c = &self.config;
-        let background = c.probe.enabled || c.refresh.enabled;
-        if background && tokio::runtime::Handle::try_current().is_err() {
-            return Err(Error::config(
-                "probing and background refresh need a tokio runtime: build the client inside \
-                 one, or disable both",
-            ));
-        }
-        let metrics = Arc::new(crate::metrics::Metrics::new(
-            c.regions()
-                .iter()
-                .map(|r| {
-                    let host = url::Url::parse(r.url())
-                        .ok()
-                        .and_then(|u| u.host_str().map(str::to_string))
-                        .unwrap_or_default();
-                    (Arc::from(r.name()), host)
-                })
-                .collect(),
-        ));
-        let events = Events::with_metrics(metrics.clone());
-        // Unset, each client draws its own seed (fastrand's process RNG is seeded from the OS
-        // per thread), so the processes of a fleet never share one jitter sequence.
-        let seed = c.breaker.seed.unwrap_or_else(|| fastrand::u64(..));
-        let mut vaults = Vec::new();
-        for (i, r) in c.regions().iter().enumerate() {
-            let mut given = self.stores.iter().filter(|(n, _)| n == r.name());
-            let store = match (given.next(), given.next()) {
-                (Some((_, s)), None) => s.clone(),
-                (None, _) => {
-                    return Err(Error::config(format!("region {:?} has no store", r.name())))
-                }
-                (Some(_), Some(_)) => {
-                    return Err(Error::config(format!(
-                        "region {:?} was given two stores",
-                        r.name()
-                    )))
-                }
-            };
-            let name: Arc<str> = r.name().into();
-            let breaker = Breaker::new(
-                name.clone(),
-                c.breaker.failure_threshold,
-                c.breaker.open_base,
-                c.breaker.open_max,
-                seed.wrapping_add(i as u64),
-                events.clone(),
-            );
-            let gate = VaultGate::new(
-                c.throttle.get_limit,
-                c.throttle.window,
-                c.throttle.budget_fraction,
-            );
-            let write_gate = VaultGate::new(
-                c.throttle.write_limit,
-                c.throttle.window,
-                c.throttle.budget_fraction,
-            );
-            vaults.push(Vault::new(
-                name,
-                r.access(),
-                store,
-                breaker,
-                gate,
-                write_gate,
-            ));
-        }
-        // A fleet's failback spreads: each client dwells `failback_dwell` plus up to half as
-        // much again, drawn from its seed, so a recovering primary does not meet every
-        // instance in the same second.
-        let spread = fastrand::Rng::with_seed(seed ^ 0xFA11_BAC4_D3E1_1000).f64();
-        let failback = Failback::new(
-            c.probe.failback_successes,
-            c.probe.failback_dwell.mul_f64(1.0 + spread / 2.0),
-        );
-        let router = Router::new(&vaults, failback, events.clone());
-        let budget = RetryBudget::new(
-            c.retry.budget_ratio,
-            c.retry.budget_min_per_sec,
-            Duration::from_secs(10),
-        );
-        let rng = Mutex::new(fastrand::Rng::with_seed(seed ^ 0x5eed));
-        let notify_rng = Mutex::new(fastrand::Rng::with_seed(seed ^ 0x4e07_1f1e));
-        let (tx, shutdown) = watch::channel(());
-        let longest_fetch = c.timeouts.deadline;
-        let fresh_for = c.refresh.enabled.then_some(c.cache.refresh_interval);
-        let client = FailoverClient {
-            _life: Arc::new(Lifeline { _tx: tx }),
-            inner: Arc::new(Engine {
-                config: self.config,
-                vaults,
-                router,
-                cache: Cache::new(longest_fetch, fresh_for),
-                budget,
-                rng,
-                events,
-                drift: Mutex::new(BTreeMap::new()),
-                lag: Mutex::new(BTreeMap::new()),
-                drift_key: RandomState::new(),
-                probe_target: Mutex::new(None),
-                shutdown,
-                born: Instant::now(),
-                seed,
-                last_stale: Mark::default(),
-                last_restart: Mark::default(),
-                preloaded: Mutex::new(Vec::new()),
-                metrics,
-                notify_pending: Mutex::new(std::collections::HashSet::new()),
-                notify_rng,
-            }),
-        };
-        let (weak, weak_held) = (Arc::downgrade(&client.inner), Arc::downgrade(&client.inner));
-        client.inner.metrics.observe(
-            move || {
-                weak.upgrade().map_or_else(Vec::new, |e| {
-                    e.vaults
-                        .iter()
-                        .map(|v| (v.name.clone(), v.breaker.state()))
-                        .collect()
-                })
-            },
-            move || weak_held.upgrade().map(|e| e.cache.len()),
-        );
-        if background {
-            crate::engine::tasks::start(&client.inner);
-        }
-        Ok(client)
-    }
-}
-
 /// Options of one read ([`FailoverClient::get_secret_with`]).
 #[derive(Debug, Clone, Default)]
 #[non_exhaustive]
@@ -274,138 +118,6 @@ impl ReadOptions {
     pub fn deadline(mut self, d: Duration) -> Self {
         self.deadline = Some(d);
         self
-    }
-}
-
-/// A point-in-time view of the client's health.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Health {
-    live: bool,
-    ready: bool,
-    degraded: bool,
-    active: Option<String>,
-    mode: Mode,
-    route_changes: u64,
-    cached_secrets: usize,
-    regions: Vec<RegionHealth>,
-    drift: BTreeMap<String, Vec<String>>,
-}
-
-/// The client's health in one word, for probes and dashboards ([`Health::state`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum HealthState {
-    /// Ready and not degraded: a vault is trusted and no stale value was served lately.
-    Ready,
-    /// Ready, but serving stale values or from the cache only.
-    Degraded,
-    /// Not ready: no vault is trusted and not every preloaded secret is held.
-    NotReady,
-}
-
-impl Health {
-    /// Live: no background task had to be restarted after a panic within the last minute.
-    /// (A client that can be asked is otherwise alive; a prober or refresher that keeps
-    /// panicking is what a restart of the process could cure.)
-    pub fn is_live(&self) -> bool {
-        self.live
-    }
-
-    /// Ready: at least one vault is trusted (breaker closed, not ejected, not suspect), or
-    /// every secret [`preload`](FailoverClient::preload) was asked for is held within its
-    /// staleness cap.
-    pub fn is_ready(&self) -> bool {
-        self.ready
-    }
-
-    /// Degraded: no vault is healthy (cache only), or a stale value was served within the last
-    /// minute.
-    pub fn is_degraded(&self) -> bool {
-        self.degraded
-    }
-
-    /// Ready, degraded or not ready, in that order of preference.
-    pub fn state(&self) -> HealthState {
-        match (self.ready, self.degraded) {
-            (false, _) => HealthState::NotReady,
-            (true, true) => HealthState::Degraded,
-            (true, false) => HealthState::Ready,
-        }
-    }
-
-    /// The active region, if any vault is healthy.
-    pub fn active(&self) -> Option<&str> {
-        self.active.as_deref()
-    }
-    /// What the client can do now.
-    pub fn mode(&self) -> Mode {
-        self.mode
-    }
-    /// Route changes since the client was built.
-    pub fn route_changes(&self) -> u64 {
-        self.route_changes
-    }
-    /// Secrets (and versions) held as last-known-good.
-    pub fn cached_secrets(&self) -> usize {
-        self.cached_secrets
-    }
-    /// Each region, in priority order.
-    pub fn regions(&self) -> &[RegionHealth] {
-        &self.regions
-    }
-    /// Secrets whose content differs between vaults, with the regions that differ from the
-    /// region that answered the last refresh.
-    pub fn drift(&self) -> &BTreeMap<String, Vec<String>> {
-        &self.drift
-    }
-}
-
-/// One region in a [`Health`] snapshot.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct RegionHealth {
-    name: String,
-    access: Access,
-    breaker: BreakerState,
-    #[serde(with = "humantime_serde")]
-    throttled_for: Option<Duration>,
-    probe_streak: u32,
-    latency: LatencySummary,
-    /// Replication lag seen (see [`RegionHealth::replication_lag`]).
-    #[serde(with = "humantime_serde")]
-    replication_lag: Option<Duration>,
-}
-
-impl RegionHealth {
-    /// How far this region's vault lags the versions the client has seen elsewhere: how long
-    /// ago the oldest version it was found lacking was made (Key Vault's `created`, a
-    /// replicator's copy counted at its source's). `None` when it was never found behind, or
-    /// has since answered each such secret in step.
-    pub fn replication_lag(&self) -> Option<Duration> {
-        self.replication_lag
-    }
-    /// The region's name.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-    /// Read-write or read-only.
-    pub fn access(&self) -> Access {
-        self.access
-    }
-    /// Its breaker's state.
-    pub fn breaker(&self) -> BreakerState {
-        self.breaker
-    }
-    /// How much longer the vault asked us to back off (429 `Retry-After`), if at all.
-    pub fn throttled_for(&self) -> Option<Duration> {
-        self.throttled_for
-    }
-    /// Consecutive successful probes since its last failure.
-    pub fn probe_streak(&self) -> u32 {
-        self.probe_streak
-    }
-    /// Latency of this client's attempts against it.
-    pub fn latency(&self) -> LatencySummary {
-        self.latency
     }
 }
 
@@ -431,14 +143,6 @@ fn fold_name<'b>(name: &'b str, buf: &'b mut [u8; MAX_NAME_LEN]) -> Option<&'b s
 }
 
 impl FailoverClient {
-    /// A builder for a client over `config`'s regions.
-    pub fn builder(config: Config) -> FailoverClientBuilder {
-        FailoverClientBuilder {
-            config,
-            stores: Vec::new(),
-        }
-    }
-
     /// Reads the latest version of `name`.
     ///
     /// A value a vault confirmed within the refresh interval is answered from memory. Otherwise
@@ -703,141 +407,6 @@ impl FailoverClient {
         errors
     }
 
-    /// The writable vault, if it is the active, healthy one; else a read-only error.
-    fn writable(&self, op: &str, name: &SecretName) -> Result<usize, Error> {
-        let inner = &*self.inner;
-        let route = inner.router.load();
-        match (route.mode(), route.active()) {
-            (Mode::ReadWrite, Some(i)) => Ok(i),
-            _ => {
-                self.inner.nudge_failback();
-                let primary = inner
-                    .vaults
-                    .iter()
-                    .find(|v| v.access == Access::ReadWrite)
-                    .map_or("none configured".to_string(), |v| {
-                        format!("{} (breaker {:?})", v.name, v.breaker.state())
-                    });
-                let active = route.active().map_or("none", |i| &*inner.vaults[i].name);
-                tracing::warn!(op, secret = %name, active, "write refused: client is read-only");
-                Err(Error::new(
-                    Kind::ReadOnly,
-                    format!(
-                        "cannot {op} secret `{name}`: the client is read-only (mode {:?}, active \
-                         region {active}; writable region {primary}). Nothing was sent.",
-                        route.mode()
-                    ),
-                ))
-            }
-        }
-    }
-
-    async fn write<T>(
-        &self,
-        op: &str,
-        name: &SecretName,
-        call: impl FnOnce(Arc<dyn SecretStore>) -> BoxFuture<'static, Result<T, StoreError>>,
-    ) -> Result<(usize, T), Error> {
-        let inner = &*self.inner;
-        let idx = self.writable(op, name)?;
-        let v = &inner.vaults[idx];
-        let Some(permit) = v.breaker.try_acquire() else {
-            return Err(Error::new(
-                Kind::ReadOnly,
-                format!(
-                    "cannot {op} secret `{name}`: region {}'s breaker is not closed. Nothing was sent.",
-                    v.name
-                ),
-            ));
-        };
-        // The vault asked us to wait (429/503 Retry-After), or this client's share of its
-        // write limit is spent: refuse at once, nothing sent.
-        let now = crate::clock::now();
-        if let Some(until) = v.gate.throttled_until(now) {
-            let wait = until.saturating_duration_since(now);
-            return Err(Error::with_attempts(
-                Kind::Unavailable,
-                format!(
-                    "cannot {op} secret `{name}`: region {} asked to be left alone for {} more. \
-                     Nothing was sent.",
-                    v.name,
-                    humantime::format_duration(round_ms(wait))
-                ),
-                vec![Attempt::new(v.name.clone(), AttemptFailure::Throttled)],
-                None,
-            ));
-        }
-        if !v.write_gate.try_take(now) {
-            return Err(Error::with_attempts(
-                Kind::Unavailable,
-                format!(
-                    "cannot {op} secret `{name}`: this client's share of region {}'s write limit \
-                     ({} per {}) is spent. Nothing was sent.",
-                    v.name,
-                    inner.config.throttle.write_limit,
-                    humantime::format_duration(inner.config.throttle.window)
-                ),
-                vec![Attempt::new(v.name.clone(), AttemptFailure::Throttled)],
-                None,
-            ));
-        }
-        let t0 = Instant::now();
-        let limit = inner.config.timeouts.attempt;
-        let span = tracing::info_span!("kv.write", op, secret = %name, region = %v.name);
-        let res = tokio::time::timeout(limit, call(v.store.clone()))
-            .instrument(span)
-            .await
-            .unwrap_or_else(|_| {
-                Err(StoreError::new(
-                    StoreErrorKind::Timeout,
-                    format!("no answer within {}ms", limit.as_millis()),
-                ))
-            });
-        v.record_latency(t0.elapsed());
-        let method = if op == "delete" {
-            crate::metrics::Method::Delete
-        } else {
-            crate::metrics::Method::Put
-        };
-        inner
-            .metrics
-            .request(idx, method, t0.elapsed(), res.as_ref().map(|_| ()));
-        inner.settle(idx, permit, crate::engine::calls::outcome_of(&res));
-        // Sent: whatever came back (even a timeout, whose outcome is unknown), a read that began
-        // before now may hold the old value and must not be cached.
-        inner.cache.wrote(name.key());
-        res.map(|t| (idx, t)).map_err(|e| {
-            tracing::info!(region = %v.name, op, secret = %name, error = %e, "write failed");
-            if e.asks_to_wait() {
-                inner.throttled(idx, e.retry_after());
-            }
-            let kind = match e.kind() {
-                StoreErrorKind::Auth { .. } => Kind::Auth,
-                StoreErrorKind::NotFound => Kind::NotFound,
-                StoreErrorKind::Rejected { .. } => Kind::Rejected,
-                _ => Kind::Unavailable,
-            };
-            let unknown = matches!(
-                e.kind(),
-                StoreErrorKind::Timeout | StoreErrorKind::Reset | StoreErrorKind::Server { .. }
-            );
-            let err = Error::with_attempts(
-                kind,
-                format!("cannot {op} secret `{name}`"),
-                vec![Attempt::new(
-                    v.name.clone(),
-                    AttemptFailure::Store(e.clone()),
-                )],
-                Some(e),
-            );
-            if unknown {
-                err.outcome_unknown()
-            } else {
-                err
-            }
-        })
-    }
-
     /// Writes a new version of `name` to the writable primary. Not retried (each write makes
     /// a new version). Refused at once, with nothing sent, when the primary is not the active,
     /// healthy vault.
@@ -852,38 +421,14 @@ impl FailoverClient {
                 ),
             ));
         }
-        let value = Arc::new(value);
-        let sent = value.clone();
-        let n = name.clone();
-        let (idx, version) = self
-            .write("set", &name, move |s| {
-                Box::pin(async move { s.set(&n, &sent).await })
-            })
-            .await?;
-        let region = self.inner.vaults[idx].name.clone();
-        let value = Arc::try_unwrap(value).unwrap_or_else(|a| (*a).clone());
-        // Read-your-writes for secrets this client reads; a write-only name is not cached
-        // (it would be refreshed and held for nothing).
-        if self.inner.cache.get(name.key()).is_some() {
-            let entry = self
-                .inner
-                .written_entry(value, version.as_str().into(), region.clone());
-            self.inner.cache_insert(name.key(), entry);
-        }
-        Ok(Written::new(region, version))
+        self.inner.set(&name, value).await
     }
 
     /// Deletes `name` from the writable primary and forgets its cached values. Same rules as
     /// [`FailoverClient::set_secret`].
     pub async fn delete_secret(&self, name: &str) -> Result<(), Error> {
         let name = SecretName::new(name)?;
-        let n = name.clone();
-        self.write("delete", &name, move |s| {
-            Box::pin(async move { s.delete(&n).await })
-        })
-        .await?;
-        self.inner.forget(name.key());
-        Ok(())
+        self.inner.delete(&name).await
     }
 
     /// Lists secret properties (no values) from the first vault in route order that answers.
@@ -905,6 +450,21 @@ impl FailoverClient {
     /// The configuration the client runs with.
     pub fn config(&self) -> &Config {
         &self.inner.config
+    }
+
+    /// Every value the client holds (latest values and pinned versions) with its cache key:
+    /// the snapshot's export seam.
+    #[cfg(feature = "snapshot")]
+    pub(crate) fn export_held(&self) -> Vec<(Box<str>, Arc<Entry>)> {
+        self.inner.cache.all()
+    }
+
+    /// Holds a restored value under `key` unless the client already holds one: the snapshot's
+    /// import seam. Says whether it was taken.
+    #[cfg(feature = "snapshot")]
+    pub(crate) fn import_held(&self, key: &str, entry: Arc<Entry>) -> bool {
+        let at = self.inner.check_at(key, &entry);
+        self.inner.cache.insert_if_absent(key, entry, at)
     }
 
     /// How many last-known-good values the client holds.
@@ -993,57 +553,6 @@ impl FailoverClient {
     pub fn active_region(&self) -> Option<Arc<str>> {
         let route = self.inner.router.load();
         route.active().map(|i| self.inner.vaults[i].name.clone())
-    }
-
-    /// A snapshot of routes, breakers, throttling, latencies and drift.
-    pub fn health(&self) -> Health {
-        let inner = &*self.inner;
-        let route = inner.router.load();
-        let now = Instant::now();
-        let wall_now = std::time::SystemTime::now();
-        let successes = inner.config.probe.failback_successes;
-        let trusted = inner
-            .vaults
-            .iter()
-            .any(|v| v.trusted(successes, Duration::ZERO));
-        let preloaded = crate::lock(&inner.preloaded);
-        let all_held = !preloaded.is_empty()
-            && preloaded.iter().all(|k| {
-                inner.cache.get(k).is_some_and(|e| {
-                    e.age(now.into_std()) <= inner.config.staleness_cap(crate::cache::name_of(k))
-                })
-            });
-        drop(preloaded);
-        Health {
-            live: !inner.marked_recently(&inner.last_restart),
-            ready: trusted || all_held,
-            degraded: route.mode() == Mode::CacheOnly || inner.marked_recently(&inner.last_stale),
-            active: route.active().map(|i| inner.vaults[i].name.to_string()),
-            mode: route.mode(),
-            route_changes: inner.router.changes(),
-            cached_secrets: inner.cache.len(),
-            regions: inner
-                .vaults
-                .iter()
-                .map(|v| RegionHealth {
-                    name: v.name.to_string(),
-                    access: v.access,
-                    breaker: v.breaker.state(),
-                    throttled_for: v
-                        .gate
-                        .throttled_until(now.into_std())
-                        .map(|t| t - now.into_std()),
-                    probe_streak: v.probe_streak(),
-                    latency: v.latency(),
-                    replication_lag: inner.replication_lag(Some(&v.name), wall_now),
-                })
-                .collect(),
-            drift: inner
-                .drift
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone(),
-        }
     }
 }
 
