@@ -37,7 +37,7 @@
 //! in-process vault with scriptable faults for tests and the simulator.
 //!
 //! Time is read only through `tokio::time`, so the same code runs in production, under tokio's
-//! paused clock in tests ([`run_virtual`], feature `test-util`), and in the deterministic
+//! paused clock in tests (`run_virtual`, feature `test-util`), and in the deterministic
 //! simulator (the `keyvault-failover-sim` package of this workspace).
 //!
 //! # Features

@@ -1,12 +1,13 @@
-//! The engine: what a [`FailoverClient`](crate::FailoverClient) does behind the facade (all but
-//! the write path, which still lives in `client.rs`).
+//! The engine: what a [`FailoverClient`](crate::FailoverClient) does behind the facade.
 //!
 //! [`Engine`] holds the vaults (each with its breaker, gates and latency), the router, the
 //! last-known-good cache, the retry budget and the event fan-out. Its children are the call
-//! path ([`calls`]: planning a read across regions, hedging, settling outcomes) and the
-//! background ([`tasks`]: the supervisor, the probers, the refresher and the expirer). The
-//! decisions themselves (breaker, events, Retry-After) live in the core crate,
-//! `keyvault-failover-core`, which takes `now` from here.
+//! path ([`calls`]: planning a read across regions, hedging, settling outcomes), the write
+//! path (`writes`: admission to the writable primary, one attempt, settling), change hints
+//! ([`notify`]) and the background ([`tasks`]: the supervisor, the probers, the refresher and
+//! the expirer). The decisions themselves (breaker, budget and gates, route, hedge delay,
+//! outliers, probe pace, freshness) live in the core crate, `keyvault-failover-core`, which
+//! takes `now` from here (`clock::now`: tokio's clock, so paused time drives them).
 
 pub(crate) mod calls;
 pub(crate) mod notify;

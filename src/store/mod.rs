@@ -46,7 +46,7 @@ pub trait SecretStore: Send + Sync + 'static {
 
     /// The health probe once the client has read a secret (or a canary is configured): a GET
     /// of `name`, because what must be healthy is what callers do (a vault can answer its
-    /// listing while its GETs fail). A 404 counts as an answer. The default is [`get`]
+    /// listing while its GETs fail). A 404 counts as an answer. The default is [`get`](Self::get)
     /// (Self::get) with the value dropped at once.
     async fn probe_read(&self, name: &SecretName) -> Result<(), StoreError> {
         self.get(name, None).await.map(|_| ())
