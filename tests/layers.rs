@@ -7,12 +7,7 @@ use std::path::{Path, PathBuf};
 
 /// The library's layers, top first; a module not named here, or inside one named here, is in
 /// the lowest. A file may import its own layer and the ones below.
-const LAYERS: &[(&str, u8)] = &[
-    ("azure", 4),
-    ("snapshot", 4),
-    ("client", 3),
-    ("engine", 2),
-];
+const LAYERS: &[(&str, u8)] = &[("azure", 4), ("snapshot", 4), ("client", 3), ("engine", 2)];
 
 /// Each workspace package and the packages of this workspace it may depend on.
 const PACKAGES: &[(&str, &[&str])] = &[
@@ -247,7 +242,9 @@ fn no_library_file_imports_a_layer_above_its_own() {
         LAYERS
             .iter()
             .filter(|(name, _)| {
-                m == *name || m.strip_prefix(*name).is_some_and(|rest| rest.starts_with("::"))
+                m == *name
+                    || m.strip_prefix(*name)
+                        .is_some_and(|rest| rest.starts_with("::"))
             })
             .max_by_key(|(name, _)| name.len())
             .map_or(1, |(_, l)| *l)
