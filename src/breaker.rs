@@ -10,21 +10,11 @@ pub(crate) use keyvault_failover_core::breaker::{Outcome, Permit};
 pub use keyvault_failover_core::BreakerState;
 
 use crate::clock::now;
-use crate::error::Verdict;
 use crate::events::{Event, Events};
 
 /// A vault's breaker.
 #[derive(Clone)]
 pub(crate) struct Breaker(core::Breaker);
-
-impl From<Verdict> for Outcome {
-    fn from(v: Verdict) -> Self {
-        match v {
-            Verdict::Failure => Outcome::Failure,
-            Verdict::NotRecorded => Outcome::NotRecorded,
-        }
-    }
-}
 
 impl Breaker {
     pub(crate) fn new(

@@ -23,7 +23,7 @@ use crate::store::SecretStore;
 pub(crate) fn outcome_of<T>(res: &Result<T, StoreError>) -> Outcome {
     match res {
         Ok(_) => Outcome::Success,
-        Err(e) => e.kind().verdict().into(),
+        Err(e) => e.kind().verdict(),
     }
 }
 

@@ -329,7 +329,7 @@ impl Engine {
                 if e.asks_to_wait() {
                     self.throttled(idx, e.retry_after());
                 }
-                e.kind().verdict().into()
+                e.kind().verdict()
             }
             Err(_) => Outcome::Failure,
         };

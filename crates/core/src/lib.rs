@@ -29,6 +29,7 @@ pub mod budget;
 mod event;
 pub mod freshness;
 pub mod hedge;
+pub mod outcome;
 pub mod outlier;
 pub mod probe;
 pub mod retry_after;
