@@ -33,13 +33,11 @@ pub(crate) fn now() -> std::time::Instant {
     tokio::time::Instant::now().into_std()
 }
 
-/// `now + d`, never panicking: a duration from outside (a server's `Retry-After`, a setting)
-/// that would overflow the clock is cut to a year, which every caller also caps far below.
+/// `now + d` on tokio's clock, never panicking: the core's
+/// [`later`](keyvault_failover_core::time::later) (a duration that would overflow the clock is
+/// cut to a year).
 pub(crate) fn later(now: tokio::time::Instant, d: std::time::Duration) -> tokio::time::Instant {
-    const YEAR: std::time::Duration = std::time::Duration::from_secs(365 * 24 * 3600);
-    now.checked_add(d.min(YEAR))
-        .or_else(|| now.checked_add(std::time::Duration::from_secs(3600)))
-        .unwrap_or(now)
+    tokio::time::Instant::from_std(keyvault_failover_core::time::later(now.into_std(), d))
 }
 
 /// An instant kept in an atomic (lock-free to stamp and read): milliseconds after a base

@@ -564,32 +564,46 @@ mod tests {
     use crate::store::MemoryStore;
     use crate::{Access, Config, FailoverClient};
 
+    /// A two-region configuration, with `seed` if given.
+    fn two_regions(seed: Option<u64>) -> Config {
+        let mut b = Config::builder()
+            .region("weu", "https://app-weu.vault.azure.net", Access::ReadWrite)
+            .region("neu", "https://app-neu.vault.azure.net", Access::ReadOnly);
+        if let Some(s) = seed {
+            b = b.seed(s);
+        }
+        b.build().unwrap()
+    }
+
+    /// How long a client over `config` dwells before failing back (within a runtime).
+    fn dwell_of(config: Config) -> Duration {
+        FailoverClient::builder(config)
+            .store("weu", Arc::new(MemoryStore::new("weu")))
+            .store("neu", Arc::new(MemoryStore::new("neu")))
+            .build()
+            .unwrap()
+            .inner
+            .router
+            .dwell()
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap()
+    }
+
     /// A fleet's clients (each with its own seed) dwell between `failback_dwell` and half as
     /// much again before failing back, spread over that range: the recovering primary does not
     /// meet them all in the same second. Before: every client dwelt exactly 60 s.
     #[test]
     fn failback_dwell_is_spread_across_a_fleet() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .unwrap();
+        let rt = runtime();
         let _g = rt.enter();
         let base = Duration::from_secs(60);
         let dwells: Vec<Duration> = (0..50u64)
-            .map(|seed| {
-                let config = Config::builder()
-                    .region("weu", "https://app-weu.vault.azure.net", Access::ReadWrite)
-                    .region("neu", "https://app-neu.vault.azure.net", Access::ReadOnly)
-                    .seed(seed)
-                    .build()
-                    .unwrap();
-                let c = FailoverClient::builder(config)
-                    .store("weu", Arc::new(MemoryStore::new("weu")))
-                    .store("neu", Arc::new(MemoryStore::new("neu")))
-                    .build()
-                    .unwrap();
-                c.inner.router.dwell()
-            })
+            .map(|seed| dwell_of(two_regions(Some(seed))))
             .collect();
         let (lo, hi) = (dwells.iter().min().unwrap(), dwells.iter().max().unwrap());
         assert!(*lo >= base && *hi < base.mul_f64(1.5), "{lo:?}..{hi:?}");
@@ -601,29 +615,12 @@ mod tests {
     /// jittered identically. A seed set makes them equal (tests, the simulator).
     #[test]
     fn clients_without_a_seed_draw_their_own() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .unwrap();
+        let rt = runtime();
         let _g = rt.enter();
         let dwell = |seed: Option<u64>| {
-            let mut b = Config::builder()
-                .region("weu", "https://app-weu.vault.azure.net", Access::ReadWrite)
-                .region("neu", "https://app-neu.vault.azure.net", Access::ReadOnly);
-            if let Some(s) = seed {
-                b = b.seed(s);
-            }
-            let config = b.build().unwrap();
-            let text = config.to_toml();
+            let text = two_regions(seed).to_toml();
             assert_eq!(text.contains("seed"), seed.is_some(), "{text}");
-            FailoverClient::builder(Config::from_toml(&text).unwrap())
-                .store("weu", Arc::new(MemoryStore::new("weu")))
-                .store("neu", Arc::new(MemoryStore::new("neu")))
-                .build()
-                .unwrap()
-                .inner
-                .router
-                .dwell()
+            dwell_of(Config::from_toml(&text).unwrap())
         };
         let unseeded: std::collections::BTreeSet<Duration> = (0..8).map(|_| dwell(None)).collect();
         assert!(

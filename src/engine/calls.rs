@@ -285,6 +285,7 @@ impl Engine {
         }
         for idx in order.by_ref() {
             let v = &self.vaults[idx];
+            let now = crate::clock::now();
             if call.not_found & bit(idx) != 0 {
                 continue;
             }
@@ -296,13 +297,12 @@ impl Engine {
                 continue;
             };
             let admitted = if urgency.is_background() {
-                v.gate
-                    .try_take_above(cfg.refresh.reserve_for_reads, crate::clock::now())
+                v.gate.try_take_above(cfg.refresh.reserve_for_reads, now)
             } else {
-                v.gate.try_take(crate::clock::now())
+                v.gate.try_take(now)
             };
             if !admitted {
-                if let Some(t) = v.gate.throttled_until(crate::clock::now()) {
+                if let Some(t) = v.gate.throttled_until(now) {
                     let t = Instant::from_std(t);
                     call.earliest_unthrottle =
                         Some(call.earliest_unthrottle.map_or(t, |e| e.min(t)));
@@ -314,7 +314,7 @@ impl Engine {
             // adds no load to the failing vault, so it is free (at most one per region per
             // call). Same-vault retries and speculative hedges draw on the budget.
             let free = hedge || call.tried & bit(idx) == 0;
-            if call.sent > 0 && !free && !self.budget.withdraw(crate::clock::now()) {
+            if call.sent > 0 && !free && !self.budget.withdraw(now) {
                 self.metrics.budget_refused();
                 call.note(Attempt::new(
                     v.name.clone(),

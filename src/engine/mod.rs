@@ -206,9 +206,11 @@ impl Engine {
     ) -> Result<Secret, Error> {
         let cap = self.config.staleness_cap(name.key());
         let now = crate::clock::now();
-        match self.cache.get(key) {
-            Some(entry) if entry.age(now) <= cap => {
-                let age = entry.age(now);
+        let Some(entry) = self.cache.get(key) else {
+            return Err(error);
+        };
+        match entry.held().servable(cap, now) {
+            Some(age) => {
                 tracing::warn!(
                     secret = %name,
                     age_ms = age.as_millis() as u64,
@@ -222,7 +224,7 @@ impl Engine {
                 self.mark(&self.last_stale);
                 Ok(Secret::stale(entry, age, error))
             }
-            Some(entry) => Err(Error::with_attempts(
+            None => Err(Error::with_attempts(
                 Kind::Unavailable,
                 format!(
                     "no region could serve secret `{name}` and its last-known-good value is \
@@ -233,7 +235,6 @@ impl Engine {
                 error.attempts().to_vec(),
                 None,
             )),
-            None => Err(error),
         }
     }
 }
