@@ -240,6 +240,18 @@ impl Entry {
         )
     }
 
+    /// Whether a fetch begun at `started` is this value's on-time refresh: at or after its
+    /// refresh time (within `slack`), with no failed refresh before it. Anything else (a hint,
+    /// a retry after failures, a late read) is off the schedule, and its next refresh is drawn
+    /// afresh ([`keyvault_failover_core::freshness::first_refresh`]).
+    pub(crate) fn on_schedule(&self, started: Instant, slack: Duration) -> bool {
+        let at = self.refresh_at();
+        !self.restored
+            && self.refresh_failures.load(Ordering::Relaxed) == 0
+            && started >= at
+            && started <= crate::clock::later(at, slack)
+    }
+
     /// A refresh failed at `now`: try again after `base` × 2^failures (at most `cap`).
     pub(crate) fn back_off(&self, base: Duration, cap: Duration, now: Instant) {
         let n = self.refresh_failures.fetch_add(1, Ordering::Relaxed);

@@ -203,12 +203,18 @@ impl Engine {
                     }
                 }
                 self.clear_lag(name, &v.name);
+                let on_schedule = urgency.is_background()
+                    && self
+                        .cache
+                        .get(key)
+                        .is_some_and(|cur| cur.on_schedule(started, self.schedule_slack()));
                 let entry = self.entry(
                     value,
                     version.into(),
                     v.name.clone(),
                     !urgency.is_background(),
                     created,
+                    on_schedule,
                 );
                 self.cache_fetched(key, entry.clone(), started);
                 if !crate::cache::is_pinned(key) {

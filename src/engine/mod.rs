@@ -103,7 +103,10 @@ impl Engine {
         mark.within(self.born, HEALTH_WINDOW)
     }
 
-    /// A cache entry confirmed now, with its first background refresh drawn in [T/2, T].
+    /// A cache entry confirmed now. `on_schedule`: the fetch was the value's on-time refresh
+    /// ([`Entry::on_schedule`]), so the next gap is drawn in [0.7 T, 0.8 T]; otherwise its first
+    /// refresh is drawn in [0.2 T, T] so that values fetched together come back at the steady
+    /// rate ([`keyvault_failover_core::freshness::first_refresh`]).
     pub(crate) fn entry(
         &self,
         value: SecretString,
@@ -111,18 +114,31 @@ impl Engine {
         region: Arc<str>,
         read: bool,
         created: Option<std::time::SystemTime>,
+        on_schedule: bool,
     ) -> Arc<Entry> {
-        let at = self.first_refresh_ms();
+        let at = self.refresh_ms(on_schedule);
         let mut e = Entry::new(value, version, region, Instant::now(), at, read);
         e.created = created;
         Arc::new(e)
     }
 
-    /// When a new entry is first refreshed: drawn in [T/2, T] of the refresh interval.
-    fn first_refresh_ms(&self) -> u64 {
-        let t = self.config.cache.refresh_interval.as_millis() as u64;
-        let mut rng = self.rng.lock().unwrap_or_else(|p| p.into_inner());
-        rng.u64(t / 2..=t.max(1))
+    /// How long after a fetch the value is next refreshed, in ms (see [`Engine::entry`]).
+    fn refresh_ms(&self, on_schedule: bool) -> u64 {
+        use keyvault_failover_core::freshness::{first_refresh, next_refresh};
+        let t = self.config.cache.refresh_interval;
+        let draw = crate::lock(&self.rng).f64();
+        let d = if on_schedule {
+            next_refresh(t, draw)
+        } else {
+            first_refresh(t, draw)
+        };
+        (d.as_millis() as u64).max(1)
+    }
+
+    /// How late after its refresh time a fetch still counts as the on-time refresh: the
+    /// refresher's batching and concurrency, not a hint or a retry.
+    pub(crate) fn schedule_slack(&self) -> Duration {
+        self.config.cache.refresh_interval / 20
     }
 
     /// The cache entry of a value this client just wrote to the primary: newer than any copy a
@@ -133,7 +149,7 @@ impl Engine {
         version: Arc<str>,
         region: Arc<str>,
     ) -> Arc<Entry> {
-        let at = self.first_refresh_ms();
+        let at = self.refresh_ms(false);
         let mut e = Entry::new(value, version, region, Instant::now(), at, false);
         e.authoritative = true;
         Arc::new(e)

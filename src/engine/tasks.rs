@@ -11,8 +11,10 @@
 //!   properties). Results feed the breaker (a probe is the half-open trial) and the latency
 //!   record; `probe.failures_to_trip` failed probes in a row open the breaker even with no caller
 //!   traffic, and `probe.failback_successes` good ones in a row make a vault trusted again.
-//! * **Refresher** — each cached secret is refreshed at a point drawn in [T/2, T] of the refresh
-//!   interval T; a failed refresh backs off and keeps the last-known-good value. Refreshes leave
+//! * **Refresher** — a value fetched off its schedule (a first read, a preload, a hint, a retry)
+//!   is first refreshed at a point drawn in [0.2 T, T] of the refresh interval T (the core's
+//!   `freshness::first_refresh`), then every 0.7 T to 0.8 T; a failed refresh backs off and
+//!   keeps the last-known-good value. Refreshes leave
 //!   a reserve of each vault's request budget to callers' reads.
 //! * **Drift** — after a refresh, the other healthy vaults are asked for the same secret and
 //!   their contents compared through a keyed hash; differences land in `health()` and as events.
@@ -108,7 +110,7 @@ async fn prober(weak: Weak<Engine>, idx: usize, seed: u64, mut shutdown: watch::
     let mut rng = fastrand::Rng::with_seed(seed);
     let mut pacer = Pacer::default();
     loop {
-        let (wait, vouch_window) = {
+        let (wait, vouch_window, healthy) = {
             let Some(inner) = weak.upgrade() else { return };
             let p = &inner.config.probe;
             let v = &inner.vaults[idx];
@@ -122,7 +124,8 @@ async fn prober(weak: Weak<Engine>, idx: usize, seed: u64, mut shutdown: watch::
                 && !(inner.router.is_waiting_for_failback(idx)
                     && v.probe_streak() < p.failback_successes);
             // The pace is the core's (keyvault_failover_core::probe).
-            pacer.next(healthy, v.probe_failures(), &p.policy(), rng.f64())
+            let (wait, window) = pacer.next(healthy, v.probe_failures(), &p.policy(), rng.f64());
+            (wait, window, healthy)
         };
         if !pause(wait, &mut shutdown).await {
             return;
@@ -130,8 +133,10 @@ async fn prober(weak: Weak<Engine>, idx: usize, seed: u64, mut shutdown: watch::
         let Some(inner) = weak.upgrade() else { return };
         // Passive health: a healthy vault whose callers' calls succeeded within this round's
         // interval (and none failed since) needs no probe; vault load follows traffic, not
-        // the number of instances.
-        {
+        // the number of instances. Only a healthy one: a vault still proving itself gains
+        // trust from probes alone, so skipping them for callers' successes left a recovered
+        // vault untrusted for as long as callers kept calling it (health said not ready).
+        if healthy {
             let p = &inner.config.probe;
             let v = &inner.vaults[idx];
             if v.breaker.state() == BreakerState::Closed
