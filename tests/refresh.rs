@@ -34,7 +34,10 @@ fn a_rotated_secret_is_served_within_its_refresh_interval_without_a_caller_miss(
             advance(S).await;
         }
         let seen = seen.expect("the rotation was not seen within the refresh interval");
-        assert!(seen >= t / 5, "a first refresh is drawn in [0.2 T, T]: {seen:?}");
+        assert!(
+            seen >= t / 5,
+            "a first refresh is drawn in [0.2 T, T]: {seen:?}"
+        );
     })
     .unwrap();
 }
@@ -67,7 +70,10 @@ fn on_time_refreshes_keep_to_three_quarters_of_the_interval() {
         for w in at.windows(2) {
             let gap = w[1] - w[0];
             let (lo, hi) = (t.mul_f64(0.7), t.mul_f64(0.8) + S + S);
-            assert!(gap >= lo - S && gap <= hi, "gap {gap:?} outside [0.7 T, 0.8 T]: {at:?}");
+            assert!(
+                gap >= lo - S && gap <= hi,
+                "gap {gap:?} outside [0.7 T, 0.8 T]: {at:?}"
+            );
         }
     })
     .unwrap();
