@@ -55,3 +55,42 @@ fn health_follows_the_vaults_and_the_cache() {
     })
     .unwrap();
 }
+
+/// After a total outage the route comes back to the primary before the primary has proved
+/// itself, and its callers (here the refresher) call it at once. Their successes must not stand
+/// in for the proving probes: the prober skipped them while callers vouched, so the vault never
+/// became trusted and health said "not ready" for as long as callers kept calling it.
+#[test]
+fn a_vault_callers_use_after_a_total_outage_still_proves_itself() {
+    run_virtual(async {
+        let r = rig_with(2, |b| b.wait_for_recovery(false));
+        r.seed_all("a", "1");
+        r.client.get_secret("a").await.unwrap();
+        for s in &r.stores {
+            s.set_fault(Some(Fault::Refuse));
+        }
+        advance(20 * S).await;
+        assert_eq!(r.client.health().state(), HealthState::NotReady);
+        for s in &r.stores {
+            s.set_fault(None);
+        }
+        let back = tokio::time::Instant::now();
+        let mut trusted = None;
+        while back.elapsed() < 60 * S {
+            advance(S).await;
+            // A caller keeps reading: the refresher keeps calling the vault on the route.
+            r.client.get_secret("a").await.unwrap();
+            if r.client.health().is_ready() {
+                trusted = Some(back.elapsed());
+                break;
+            }
+        }
+        let weu = r.store("weu").gets();
+        assert!(weu > 10, "callers kept calling the primary: {weu} GETs");
+        assert!(
+            trusted.is_some_and(|t| t <= 20 * S),
+            "no vault trusted again within 20 s of the recovery: {trusted:?}"
+        );
+    })
+    .unwrap();
+}
