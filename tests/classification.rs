@@ -108,9 +108,7 @@ fn retries_are_bounded_by_attempts_and_budget() {
                 .wait_for_recovery(false)
         });
         r.seed_all("db", "v");
-        for s in &r.stores {
-            s.set_fault(Some(Fault::ServerError(503)));
-        }
+        r.fault_all(Some(Fault::ServerError(503)));
         let e = r.client.get_secret("db").await.unwrap_err();
         assert!(e.is_unavailable());
         let sent: u64 = r.stores.iter().map(|s| s.gets()).sum();

@@ -188,9 +188,7 @@ fn all_regions_down_serves_stale_with_its_age_then_errors_past_the_cap() {
         });
         r.seed_all("db", "lkg");
         r.client.get_secret("db").await.unwrap();
-        for s in &r.stores {
-            s.set_fault(Some(Fault::Refuse));
-        }
+        r.fault_all(Some(Fault::Refuse));
         advance(Duration::from_secs(120)).await;
         let s = r.client.get_secret("db").await.unwrap();
         assert_eq!(s.expose(), "lkg");
@@ -235,9 +233,7 @@ fn per_secret_staleness_cap_overrides_the_client_cap() {
         r.seed_all("long", "b");
         r.client.get_secret("short").await.unwrap();
         r.client.get_secret("long").await.unwrap();
-        for s in &r.stores {
-            s.set_fault(Some(Fault::Refuse));
-        }
+        r.fault_all(Some(Fault::Refuse));
         advance(Duration::from_secs(300)).await;
         assert!(r
             .client

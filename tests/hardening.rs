@@ -235,9 +235,7 @@ fn a_missing_version_does_not_evict_the_latest_value() {
             .await
             .unwrap_err();
         assert!(e.is_not_found(), "{e}");
-        for s in &r.stores {
-            s.set_fault(Some(Fault::Refuse));
-        }
+        r.fault_all(Some(Fault::Refuse));
         advance(2 * S).await; // past the refresh interval: only last-known-good can answer
         let s = r
             .client
@@ -371,9 +369,7 @@ fn errors_and_stale_values_explain_themselves() {
         let r = rig(2, |b| b);
         r.seed_all("db", "v");
         r.client.get_secret("db").await.unwrap();
-        for s in &r.stores {
-            s.set_fault(Some(Fault::ServerError(503)));
-        }
+        r.fault_all(Some(Fault::ServerError(503)));
         advance(2 * S).await;
         let s = r.client.get_secret("db").await.unwrap();
         assert!(s.is_stale());

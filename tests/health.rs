@@ -24,9 +24,7 @@ fn health_follows_the_vaults_and_the_cache() {
         assert_eq!(h.state(), HealthState::Ready);
         assert!(h.is_ready() && h.is_live() && !h.is_degraded());
 
-        for s in &r.stores {
-            s.set_fault(Some(Fault::Refuse));
-        }
+        r.fault_all(Some(Fault::Refuse));
         advance(20 * S).await; // the probes trip both breakers
         let h = r.client.health();
         assert!(h.is_ready(), "every preloaded secret is held");
@@ -37,17 +35,13 @@ fn health_follows_the_vaults_and_the_cache() {
         let r = rig_with(2, |b| b.wait_for_recovery(false));
         r.seed_all("a", "1");
         r.client.get_secret("a").await.unwrap();
-        for s in &r.stores {
-            s.set_fault(Some(Fault::Refuse));
-        }
+        r.fault_all(Some(Fault::Refuse));
         advance(20 * S).await;
         assert_eq!(r.client.health().state(), HealthState::NotReady);
         // The vaults come back: ready; the stale serve of the last minute still says degraded,
         // and a minute after it, it does not.
         assert!(r.client.get_secret("a").await.unwrap().is_stale());
-        for s in &r.stores {
-            s.set_fault(None);
-        }
+        r.fault_all(None);
         advance(20 * S).await; // good probes in a row make a vault trusted again
         assert_eq!(r.client.health().state(), HealthState::Degraded);
         advance(45 * S).await;
@@ -66,14 +60,10 @@ fn a_vault_callers_use_after_a_total_outage_still_proves_itself() {
         let r = rig_with(2, |b| b.wait_for_recovery(false));
         r.seed_all("a", "1");
         r.client.get_secret("a").await.unwrap();
-        for s in &r.stores {
-            s.set_fault(Some(Fault::Refuse));
-        }
+        r.fault_all(Some(Fault::Refuse));
         advance(20 * S).await;
         assert_eq!(r.client.health().state(), HealthState::NotReady);
-        for s in &r.stores {
-            s.set_fault(None);
-        }
+        r.fault_all(None);
         let back = tokio::time::Instant::now();
         let mut trusted = None;
         while back.elapsed() < 60 * S {

@@ -30,9 +30,7 @@ fn recovery_is_seen_at_probe_speed() {
             r.seed_all(&format!("s{i}"), "v");
         }
         r.client.get_secret("s0").await.unwrap();
-        for s in &r.stores {
-            s.set_fault(Some(Fault::Refuse));
-        }
+        r.fault_all(Some(Fault::Refuse));
         advance(20 * S).await; // the probes trip both breakers
         assert_eq!(r.breaker("weu"), BreakerState::Open);
         assert_eq!(r.breaker("neu"), BreakerState::Open);
@@ -40,9 +38,7 @@ fn recovery_is_seen_at_probe_speed() {
             r.client.get_secret("s1").await.is_err(),
             "a total outage, nothing held"
         );
-        for s in &r.stores {
-            s.set_fault(None);
-        }
+        r.fault_all(None);
         // One unhealthy interval (2 s, +20 % jitter) and a round trip.
         advance(Duration::from_millis(2500)).await;
         let s = r.client.get_secret("s2").await.expect("a vault is back");
@@ -65,9 +61,7 @@ fn a_cold_read_rides_out_a_short_outage() {
         r.seed_all("warm", "v");
         r.seed_all("cold", "c");
         r.client.get_secret("warm").await.unwrap();
-        for s in &r.stores {
-            s.set_fault(Some(Fault::Refuse));
-        }
+        r.fault_all(Some(Fault::Refuse));
         advance(10 * S).await;
         assert_ne!(r.breaker("weu"), BreakerState::Closed);
         assert_ne!(r.breaker("neu"), BreakerState::Closed);
@@ -81,9 +75,7 @@ fn a_cold_read_rides_out_a_short_outage() {
             .collect();
         advance(2 * S).await;
         let gets = r.store("weu").gets() + r.store("neu").gets();
-        for s in &r.stores {
-            s.set_fault(None);
-        }
+        r.fault_all(None);
         for t in reads {
             let s = t.await.unwrap().expect("the read waited for the vault");
             assert_eq!(s.expose(), "c");
@@ -109,9 +101,7 @@ fn a_per_call_deadline_is_kept() {
         let r = rig_with(2, |b| b.refresh_interval(Duration::from_secs(1)));
         r.seed_all("db", "v");
         r.client.get_secret("db").await.unwrap();
-        for s in &r.stores {
-            s.set_fault(Some(Fault::Hang));
-        }
+        r.fault_all(Some(Fault::Hang));
         advance(2 * S).await;
         let opts = ReadOptions::new().deadline(Duration::from_millis(200));
         let t0 = tokio::time::Instant::now();
@@ -241,9 +231,7 @@ fn a_long_wait_gives_a_bounded_error() {
                 .probe_interval(Duration::from_millis(200))
         });
         r.seed_all("db", "v");
-        for s in &r.stores {
-            s.set_fault(Some(Fault::Refuse));
-        }
+        r.fault_all(Some(Fault::Refuse));
         let e = r.client.get_secret("db").await.unwrap_err();
         assert!(e.is_unavailable());
         assert!(e.attempts().len() <= 32, "{}", e.attempts().len());

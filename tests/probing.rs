@@ -292,14 +292,10 @@ fn a_vault_a_call_failed_on_proves_itself_at_the_unhealthy_interval() {
     run_virtual(async {
         let r = rig_with(2, |b| b.background_refresh(false).wait_for_recovery(false));
         r.seed_all("s", "v");
-        for s in &r.stores {
-            s.set_fault(Some(Fault::Refuse));
-        }
+        r.fault_all(Some(Fault::Refuse));
         assert!(r.client.get_secret("s").await.is_err());
         assert!(!r.client.health().is_ready());
-        for s in &r.stores {
-            s.set_fault(None);
-        }
+        r.fault_all(None);
         let t0 = Instant::now();
         while !r.client.health().is_ready() {
             assert!(t0.elapsed() < Duration::from_secs(60), "never ready again");

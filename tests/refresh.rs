@@ -67,9 +67,9 @@ fn on_time_refreshes_keep_to_three_quarters_of_the_interval() {
         }
         assert_eq!(at.len(), 7, "refreshes seen at {at:?}");
         assert!(at[0] >= t / 5 && at[0] <= t + S, "first at {:?}", at[0]);
+        let (lo, hi) = (t.mul_f64(0.7), t.mul_f64(0.8) + S + S);
         for w in at.windows(2) {
             let gap = w[1] - w[0];
-            let (lo, hi) = (t.mul_f64(0.7), t.mul_f64(0.8) + S + S);
             assert!(
                 gap >= lo - S && gap <= hi,
                 "gap {gap:?} outside [0.7 T, 0.8 T]: {at:?}"
@@ -90,9 +90,7 @@ fn a_failed_refresh_keeps_last_known_good_and_backs_off() {
         r.seed_all("db", "kept");
         r.client.get_secret("db").await.unwrap();
         let mut rx = r.client.subscribe();
-        for s in &r.stores {
-            s.set_fault(Some(Fault::Refuse));
-        }
+        r.fault_all(Some(Fault::Refuse));
         advance(Duration::from_secs(120)).await;
         let s = r.client.get_secret("db").await.unwrap();
         assert_eq!(s.expose(), "kept");
@@ -192,9 +190,7 @@ fn refresh_now_refresh_all_and_preload() {
             );
         }
         // refresh_now when every vault is down: an error, and the value is kept.
-        for s in &r.stores {
-            s.set_fault(Some(Fault::Refuse));
-        }
+        r.fault_all(Some(Fault::Refuse));
         assert!(r
             .client
             .refresh_now("s3")
@@ -336,9 +332,7 @@ fn a_hit_stops_being_fresh_when_the_refresh_interval_ends_even_while_refreshes_h
             r.seed_all("db", "v");
             r.client.get_secret("db").await.unwrap();
             let fetched = Instant::now();
-            for s in &r.stores {
-                s.set_fault(Some(Fault::Hang));
-            }
+            r.fault_all(Some(Fault::Hang));
             advance(t - Duration::from_millis(1)).await;
             assert!(
                 r.client.get_cached("db").is_some(),

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use keyvault_failover::store::MemoryStore;
+use keyvault_failover::store::{Fault, MemoryStore};
 use keyvault_failover::{Access, BreakerState, Config, ConfigBuilder, FailoverClient};
 
 pub const REGIONS: [&str; 3] = ["weu", "neu", "swc"];
@@ -41,6 +41,13 @@ impl Rig {
     pub fn seed_all(&self, name: &str, value: &str) {
         for s in &self.stores {
             s.insert(name, value);
+        }
+    }
+
+    /// Sets the same fault in every region (`None`: every region answers again).
+    pub fn fault_all(&self, fault: Option<Fault>) {
+        for s in &self.stores {
+            s.set_fault(fault.clone());
         }
     }
 }
