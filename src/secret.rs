@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use keyvault_failover_core::freshness::{retry_wait, Held};
+use keyvault_failover_core::freshness::{on_time, retry_wait, Held};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::time::Instant;
 
@@ -240,16 +240,15 @@ impl Entry {
         )
     }
 
-    /// Whether a fetch begun at `started` is this value's on-time refresh: at or after its
-    /// refresh time (within `slack`), with no failed refresh before it. Anything else (a hint,
-    /// a retry after failures, a late read) is off the schedule, and its next refresh is drawn
-    /// afresh ([`keyvault_failover_core::freshness::first_refresh`]).
-    pub(crate) fn on_schedule(&self, started: Instant, slack: Duration) -> bool {
-        let at = self.refresh_at();
+    /// Whether a fetch begun at `started` is this value's on-time refresh under a refresh
+    /// interval of `interval` ([`keyvault_failover_core::freshness::on_time`]), with no failed
+    /// refresh before it. Anything else (a hint, a retry after failures, a late read, a
+    /// restored value) is off the schedule, and its next refresh is drawn afresh
+    /// ([`keyvault_failover_core::freshness::first_refresh`]).
+    pub(crate) fn on_schedule(&self, started: Instant, interval: Duration) -> bool {
         !self.restored
             && self.refresh_failures.load(Ordering::Relaxed) == 0
-            && started >= at
-            && started <= crate::clock::later(at, slack)
+            && on_time(self.refresh_at().into_std(), started.into_std(), interval)
     }
 
     /// A refresh failed at `now`: try again after `base` × 2^failures (at most `cap`).

@@ -204,10 +204,9 @@ impl Engine {
                 }
                 self.clear_lag(name, &v.name);
                 let on_schedule = urgency.is_background()
-                    && self
-                        .cache
-                        .get(key)
-                        .is_some_and(|cur| cur.on_schedule(started, self.schedule_slack()));
+                    && self.cache.get(key).is_some_and(|cur| {
+                        cur.on_schedule(started, self.config.cache.refresh_interval)
+                    });
                 let entry = self.entry(
                     value,
                     version.into(),

@@ -135,12 +135,6 @@ impl Engine {
         (d.as_millis() as u64).max(1)
     }
 
-    /// How late after its refresh time a fetch still counts as the on-time refresh: the
-    /// refresher's batching and concurrency, not a hint or a retry.
-    pub(crate) fn schedule_slack(&self) -> Duration {
-        self.config.cache.refresh_interval / 20
-    }
-
     /// The cache entry of a value this client just wrote to the primary: newer than any copy a
     /// secondary held before the write.
     pub(crate) fn written_entry(

@@ -84,6 +84,22 @@ pub const GAP_MIN: f64 = 0.7;
 /// The longest gap between two on-time refreshes, as a share of the refresh interval.
 pub const GAP_MAX: f64 = 0.8;
 
+/// Whether a refresh begun at `started`, for a value due at `due`, ran on time: at or after
+/// `due`, and at most a twentieth of `interval` late (the refresher's batching and
+/// concurrency; a hint comes early, a retry or a stalled refresher late).
+///
+/// ```
+/// use std::time::{Duration, Instant};
+/// use keyvault_failover_core::freshness::on_time;
+/// let (t, due) = (Duration::from_secs(900), Instant::now());
+/// assert!(on_time(due, due + Duration::from_secs(45), t));
+/// assert!(!on_time(due, due + Duration::from_secs(46), t));
+/// assert!(!on_time(due + Duration::from_secs(1), due, t), "early: a hint");
+/// ```
+pub fn on_time(due: Instant, started: Instant, interval: Duration) -> bool {
+    started >= due && started <= later(due, interval / 20)
+}
+
 /// When a value just fetched on its refresh schedule (an on-time refresh) is next refreshed:
 /// `draw` (uniform in [0, 1)) placed in [[`GAP_MIN`], [`GAP_MAX`]] × `interval`.
 pub fn next_refresh(interval: Duration, draw: f64) -> Duration {
