@@ -4,12 +4,23 @@ mod common;
 
 use std::time::Duration;
 
-use common::{advance, rig_with};
+use common::{advance, rig_with, Rig};
 use keyvault_failover::run_virtual;
 use keyvault_failover::store::Fault;
 use keyvault_failover::HealthState;
 
 const S: Duration = Duration::from_secs(1);
+
+/// One secret read, then every vault refusing for 20 s: with nothing preloaded, not ready.
+async fn down_with_nothing_preloaded() -> Rig {
+    let r = rig_with(2, |b| b.wait_for_recovery(false));
+    r.seed_all("a", "1");
+    r.client.get_secret("a").await.unwrap();
+    r.fault_all(Some(Fault::Refuse));
+    advance(20 * S).await;
+    assert_eq!(r.client.health().state(), HealthState::NotReady);
+    r
+}
 
 /// Vaults answering: ready. Every vault down with every preloaded secret held: still ready,
 /// but degraded (cache only, stale values served). Nothing preloaded: not ready.
@@ -32,12 +43,7 @@ fn health_follows_the_vaults_and_the_cache() {
         assert!(r.client.get_secret("a").await.unwrap().is_stale());
 
         // The same outage with nothing preloaded: not ready.
-        let r = rig_with(2, |b| b.wait_for_recovery(false));
-        r.seed_all("a", "1");
-        r.client.get_secret("a").await.unwrap();
-        r.fault_all(Some(Fault::Refuse));
-        advance(20 * S).await;
-        assert_eq!(r.client.health().state(), HealthState::NotReady);
+        let r = down_with_nothing_preloaded().await;
         // The vaults come back: ready; the stale serve of the last minute still says degraded,
         // and a minute after it, it does not.
         assert!(r.client.get_secret("a").await.unwrap().is_stale());
@@ -57,12 +63,7 @@ fn health_follows_the_vaults_and_the_cache() {
 #[test]
 fn a_vault_callers_use_after_a_total_outage_still_proves_itself() {
     run_virtual(async {
-        let r = rig_with(2, |b| b.wait_for_recovery(false));
-        r.seed_all("a", "1");
-        r.client.get_secret("a").await.unwrap();
-        r.fault_all(Some(Fault::Refuse));
-        advance(20 * S).await;
-        assert_eq!(r.client.health().state(), HealthState::NotReady);
+        let r = down_with_nothing_preloaded().await;
         r.fault_all(None);
         let back = tokio::time::Instant::now();
         let mut trusted = None;
