@@ -14,7 +14,12 @@ use crate::events::{Event, Events};
 
 /// A vault's breaker.
 #[derive(Clone)]
-pub(crate) struct Breaker(core::Breaker);
+pub(crate) struct Breaker {
+    core: core::Breaker,
+    /// Wakes whoever waits on it each time the breaker opens: the vault's prober, sleeping
+    /// at the healthy pace (up to `probe.interval_max`), then probes at the unhealthy one.
+    opened: Arc<tokio::sync::Notify>,
+}
 
 impl Breaker {
     pub(crate) fn new(
@@ -25,47 +30,52 @@ impl Breaker {
         seed: u64,
         events: Events,
     ) -> Self {
-        Breaker(core::Breaker::new(
-            threshold,
-            open_base,
-            open_max,
-            seed,
-            move |state| {
-                events.emit(Event::Breaker {
-                    region: region.clone(),
-                    state,
-                });
-                match state {
-                    BreakerState::Open => tracing::warn!(region = %region, "breaker opened"),
-                    BreakerState::HalfOpen => tracing::info!(region = %region, "breaker half-open"),
-                    BreakerState::Closed => tracing::info!(region = %region, "breaker closed"),
-                }
-            },
-        ))
+        let opened = Arc::new(tokio::sync::Notify::new());
+        let tell = opened.clone();
+        let core = core::Breaker::new(threshold, open_base, open_max, seed, move |state| {
+            if state == BreakerState::Open {
+                tell.notify_waiters();
+            }
+            events.emit(Event::Breaker {
+                region: region.clone(),
+                state,
+            });
+            match state {
+                BreakerState::Open => tracing::warn!(region = %region, "breaker opened"),
+                BreakerState::HalfOpen => tracing::info!(region = %region, "breaker half-open"),
+                BreakerState::Closed => tracing::info!(region = %region, "breaker closed"),
+            }
+        });
+        Breaker { core, opened }
+    }
+
+    /// Notified (`notify_waiters`) each time the breaker opens.
+    pub(crate) fn opened(&self) -> Arc<tokio::sync::Notify> {
+        self.opened.clone()
     }
 
     /// The state as last observed (no lock).
     pub(crate) fn state(&self) -> BreakerState {
-        self.0.state()
+        self.core.state()
     }
 
     /// Leave to call, if the breaker allows it. In half-open, only one permit at a time.
     pub(crate) fn try_acquire(&self) -> Option<Permit> {
-        self.0.try_acquire(now())
+        self.core.try_acquire(now())
     }
 
     /// Opens the breaker now (failed probes are decisive, whatever the call count says).
     pub(crate) fn trip(&self) {
-        self.0.trip(now())
+        self.core.trip(now())
     }
 
     /// Closes a breaker that is not closed (the vault proved itself healthy).
     pub(crate) fn recovered(&self) {
-        self.0.recovered()
+        self.core.recovered()
     }
 
     /// Records the outcome of the call `permit` allowed.
     pub(crate) fn record(&self, permit: Permit, outcome: Outcome) {
-        self.0.record(permit, outcome, now())
+        self.core.record(permit, outcome, now())
     }
 }

@@ -1,6 +1,6 @@
 //! One regional vault as the client sees it: its store, breaker, gate and latency record.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -32,6 +32,9 @@ pub(crate) struct Vault {
     probe_streak: AtomicU32,
     /// Consecutive failed probes.
     probe_failures: AtomicU32,
+    /// Consecutive successful callers' calls while this vault carried the route, since the
+    /// last failure of any call: `failback_successes` of them clear `suspect` as probes do.
+    caller_streak: AtomicU32,
     /// Hedges another vault won while this one had not answered, since its last success.
     hedges_lost: AtomicU32,
     /// When a caller's call last succeeded (cleared when a call fails): passive health,
@@ -40,8 +43,12 @@ pub(crate) struct Vault {
     /// When this vault was last probed (prober or trial read); lock-free for the hit path.
     last_probe: LastProbe,
     born: Instant,
-    /// A call or probe failed since the vault last proved itself with a run of good probes.
+    /// A call or probe failed since the vault last proved itself with a run of good probes
+    /// (or of good callers' calls while it carried the route).
     suspect: AtomicBool,
+    /// Until when the vault, just proved, is held back from taking the route back: in ms
+    /// after `born`, plus one; 0: not held.
+    failback_hold: AtomicU64,
     /// Callers' outcomes over the last one to two windows, and ejections (outlier detection).
     outcomes: Mutex<Outliers>,
 }
@@ -99,11 +106,13 @@ impl Vault {
             recent: Mutex::new(Latencies::new(now())),
             probe_streak: AtomicU32::new(0),
             probe_failures: AtomicU32::new(0),
+            caller_streak: AtomicU32::new(0),
             hedges_lost: AtomicU32::new(0),
             last_probe: LastProbe::new(now()),
             last_caller_ok: crate::clock::Mark::default(),
             born: Instant::now(),
             suspect: AtomicBool::new(false),
+            failback_hold: AtomicU64::new(0),
             outcomes: Mutex::new(Outliers::new(now())),
         }
     }
@@ -141,6 +150,7 @@ impl Vault {
     pub(crate) fn probe_failed(&self) -> u32 {
         self.suspect.store(true, Ordering::Relaxed);
         self.probe_streak.store(0, Ordering::Relaxed);
+        self.caller_streak.store(0, Ordering::Relaxed);
         self.probe_failures.fetch_add(1, Ordering::Relaxed) + 1
     }
 
@@ -158,9 +168,20 @@ impl Vault {
         self.gate.answered();
     }
 
-    /// A caller's call succeeded: the vault answers what callers ask (passive health).
-    pub(crate) fn caller_succeeded(&self) {
+    /// A caller's call succeeded: the vault answers what callers ask (passive health). On the
+    /// vault that carries the route (`carries_route`), `successes` of them in a row prove a
+    /// suspect vault as a run of good probes does. A vault whose failures never tripped its
+    /// breaker keeps the route; proving it by probes alone, every instance of a fleet whose
+    /// refreshes failed a few times in a regional outage probed the recovered primary three
+    /// times at the unhealthy pace while its refreshes already succeeded there.
+    pub(crate) fn caller_succeeded(&self, carries_route: bool, successes: u32) {
         self.last_caller_ok.set(self.born);
+        if carries_route
+            && self.suspect.load(Ordering::Relaxed)
+            && self.caller_streak.fetch_add(1, Ordering::Relaxed) + 1 >= successes
+        {
+            self.suspect.store(false, Ordering::Relaxed);
+        }
     }
 
     /// Whether a caller's call succeeded within `within`, with no failure since: a probe
@@ -174,6 +195,24 @@ impl Vault {
         self.last_caller_ok.clear();
         self.suspect.store(true, Ordering::Relaxed);
         self.probe_streak.store(0, Ordering::Relaxed);
+        self.caller_streak.store(0, Ordering::Relaxed);
+    }
+
+    /// The route may not move back to this vault for `d` (it has just proved itself).
+    pub(crate) fn hold_failback(&self, d: Duration) {
+        let until = self.born.elapsed().saturating_add(d).as_millis();
+        let ms = until.min(u128::from(u64::MAX - 1)) as u64 + 1;
+        self.failback_hold.store(ms, Ordering::Relaxed);
+    }
+
+    /// How much longer the route may not move back to this vault, if it may not.
+    pub(crate) fn failback_held(&self) -> Option<Duration> {
+        match self.failback_hold.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Duration::from_millis(ms - 1)
+                .checked_sub(self.born.elapsed())
+                .filter(|d| !d.is_zero()),
+        }
     }
 
     /// Whether traffic may move to this vault now (see [`Candidate::trusted`]).
@@ -245,6 +284,15 @@ impl Candidate for Vault {
 
     fn writable(&self) -> bool {
         self.access == Access::ReadWrite
+    }
+
+    fn settled(&self, now: std::time::Instant) -> bool {
+        match self.failback_hold.load(Ordering::Relaxed) {
+            0 => true,
+            ms => {
+                now.saturating_duration_since(self.born.into_std()) >= Duration::from_millis(ms - 1)
+            }
+        }
     }
 }
 

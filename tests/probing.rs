@@ -368,3 +368,112 @@ fn callers_success_stands_in_for_probes() {
     })
     .unwrap();
 }
+
+/// A vault whose failed calls did not trip its breaker keeps the route, and its callers'
+/// good calls prove it as probes would: three in a row and it is trusted again (ready),
+/// here with no prober at all. Before: only probes proved it, so every instance of a fleet
+/// whose refreshes failed a few times in a regional outage (breaker closed, route kept)
+/// probed the recovered primary three more times while its refreshes already succeeded
+/// there (issue 20: 4,000 of the recovery's 10,000 probes per 140 s), and without a prober
+/// the client said "not ready" for ever.
+#[test]
+fn callers_calls_prove_the_vault_that_keeps_the_route() {
+    run_virtual(async {
+        let r = rig_with(2, |b| {
+            b.probing(false)
+                .background_refresh(false)
+                .wait_for_recovery(false)
+        });
+        r.seed_all("s", "v");
+        r.fault_all(Some(Fault::Refuse));
+        assert!(r.client.get_secret("s").await.is_err());
+        assert!(!r.client.health().is_ready());
+        assert_eq!(
+            r.breaker("weu"),
+            BreakerState::Closed,
+            "one failure: no trip"
+        );
+        r.fault_all(None);
+        for i in 1..=3 {
+            assert_eq!(r.client.refresh_now("s").await.unwrap().region(), "weu");
+            assert_eq!(r.client.health().is_ready(), i == 3, "after {i} good calls");
+        }
+    })
+    .unwrap();
+}
+
+/// A prober sleeping at the healthy pace (backed off to 60 s) when callers' calls open its
+/// vault's breaker wakes and probes at the unhealthy pace (2 s ±20 %), so the recovery is
+/// seen within seconds. Before: the probe came when the healthy wait ended, up to a minute
+/// later, and a fleet's instances saw a regional recovery anywhere in the 5 minutes of their
+/// `interval_max` (issue 20: failback 4.0 min).
+#[test]
+fn a_breaker_callers_open_wakes_its_sleeping_prober() {
+    run_virtual(async {
+        let r = rig_with(2, |b| b.background_refresh(false));
+        for i in 0..10 {
+            r.seed_all(&format!("s{i}"), "v");
+        }
+        advance(600 * S).await; // idle: the healthy pace is 60 s
+        let weu = r.store("weu");
+        weu.set_fault(Some(Fault::Refuse));
+        let mut i = 0;
+        while r.breaker("weu") == BreakerState::Closed {
+            assert!(i < 10, "callers' failures never opened the breaker");
+            r.client.get_secret(&format!("s{i}")).await.unwrap();
+            i += 1;
+        }
+        weu.set_fault(None);
+        let t0 = Instant::now();
+        while r.breaker("weu") != BreakerState::Closed {
+            assert!(t0.elapsed() < Duration::from_secs(120), "never probed");
+            advance(Duration::from_millis(100)).await;
+        }
+        let took = t0.elapsed();
+        assert!(
+            took <= Duration::from_millis(2_400 + 100),
+            "the recovered vault was probed after {took:?}"
+        );
+    })
+    .unwrap();
+}
+
+/// A vault that completes its proving run takes the route back one (jittered) proving
+/// interval later, with no probe in between: by then every instance of a fleet probing at
+/// that pace has seen the recovery too, so no instance's proving probes meet the others'
+/// returning traffic. Before: the route moved at the run's last probe, and in
+/// `fleet-10k-regional-outage` the last instances' proving probes met the refreshes of those
+/// already back (issue 20: the primary at 3,381 GETs per 10 s, now 2,887).
+#[test]
+fn a_proved_vault_takes_the_route_back_one_proving_interval_later() {
+    run_virtual(async {
+        let r = rig_with(2, |b| {
+            b.background_refresh(false)
+                .probe_unhealthy_interval_max(Duration::from_secs(16))
+        });
+        let weu = r.store("weu");
+        let calls = || weu.gets() + weu.lists();
+        let mut rx = r.client.subscribe();
+        weu.set_fault(Some(Fault::Refuse));
+        route_to(&mut rx, Some("neu"), Duration::from_secs(120)).await;
+        advance(300 * S).await;
+        weu.set_fault(None);
+        let before = calls();
+        let t0 = Instant::now();
+        while calls() < before + 3 {
+            assert!(t0.elapsed() < Duration::from_secs(120), "never proved");
+            advance(Duration::from_millis(100)).await;
+        }
+        let proved = Instant::now();
+        assert_eq!(r.client.health().mode(), Mode::ReadOnly, "held back");
+        let back = route_to(&mut rx, Some("weu"), Duration::from_secs(120)).await;
+        let held = back - proved;
+        // The hold is the unjittered pace (16 s) plus the jitter (20 %).
+        assert!(
+            held >= Duration::from_millis(19_000) && held <= Duration::from_millis(19_300),
+            "failback {held:?} after the third good probe"
+        );
+        assert_eq!(calls(), before + 3, "no probe while held back");
+    })
+    .unwrap();
+}

@@ -635,7 +635,8 @@ impl Engine {
         }
         v.breaker.record(permit, outcome);
         if caller && outcome == Outcome::Success {
-            v.caller_succeeded();
+            let carries_route = self.router.load().active() == Some(idx);
+            v.caller_succeeded(carries_route, self.config.probe.failback_successes);
         }
         if caller
             && outcome != Outcome::NotRecorded
@@ -734,7 +735,7 @@ impl Engine {
                 continue;
             }
             let inner = self.clone();
-            tokio::spawn(async move { inner.probe(idx).await });
+            tokio::spawn(async move { inner.probe(idx, Duration::ZERO).await });
             return;
         }
     }

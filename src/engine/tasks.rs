@@ -10,7 +10,10 @@
 //!   It reads the canary secret (or lists one page of
 //!   properties). Results feed the breaker (a probe is the half-open trial) and the latency
 //!   record; `probe.failures_to_trip` failed probes in a row open the breaker even with no caller
-//!   traffic, and `probe.failback_successes` good ones in a row make a vault trusted again.
+//!   traffic, and `probe.failback_successes` good ones in a row make a vault trusted again (on
+//!   the vault that carries the route, callers' good calls count too). A breaker that callers'
+//!   calls open wakes its prober from a healthy wait. With backed-off proving (fleets), the
+//!   route moves back to a vault one proving interval after its last proving probe.
 //! * **Refresher** — a value fetched off its schedule (a first read, a preload, a hint, a retry)
 //!   is first refreshed at a point drawn in [0.2 T, T] of the refresh interval T (the core's
 //!   `freshness::first_refresh`), then every 0.7 T to 0.8 T; a failed refresh backs off and
@@ -97,12 +100,34 @@ where
     });
 }
 
-/// Sleeps `d`, or returns `false` at once when the client is gone.
-async fn pause(d: Duration, shutdown: &mut watch::Receiver<()>) -> bool {
+/// How a prober's pause ended.
+enum Pause {
+    /// The wait elapsed: probe.
+    Elapsed,
+    /// The vault's breaker opened during a healthy wait: choose the wait again.
+    Opened,
+    /// The client is gone.
+    Gone,
+}
+
+/// Sleeps `d`; while the vault was `healthy`, ends early when its breaker opens. Without the
+/// wake, a prober that had backed off to `probe.interval_max` (5 minutes in the fleet
+/// scenarios) slept on after callers' failures opened the breaker, and saw the vault's
+/// recovery only when that wait ended.
+async fn probe_pause(
+    d: Duration,
+    healthy: bool,
+    opened: &tokio::sync::Notify,
+    shutdown: &mut watch::Receiver<()>,
+) -> Pause {
+    // Registered from here on (`notify_waiters`), before the state that chose `d` can change
+    // on this task.
+    let opened = opened.notified();
     tokio::select! {
         biased; // no random branch order: the simulator must be reproducible
-        _ = tokio::time::sleep(d) => true,
-        _ = shutdown.changed() => false,
+        _ = tokio::time::sleep(d) => Pause::Elapsed,
+        _ = shutdown.changed() => Pause::Gone,
+        _ = opened, if healthy => Pause::Opened,
     }
 }
 
@@ -110,10 +135,12 @@ async fn prober(weak: Weak<Engine>, idx: usize, seed: u64, mut shutdown: watch::
     let mut rng = fastrand::Rng::with_seed(seed);
     let mut pacer = Pacer::default();
     loop {
-        let (wait, vouch_window, healthy) = {
+        let (wait, vouch_window, healthy, held, opened) = {
             let Some(inner) = weak.upgrade() else { return };
             let p = &inner.config.probe;
             let v = &inner.vaults[idx];
+            let waiting = inner.router.is_waiting_for_failback(idx);
+            let held = v.failback_held().filter(|_| waiting);
             // Healthy: nothing to prove. A vault a call failed on since it last passed
             // `failback_successes` probes in a row (suspect, though its breaker is closed)
             // proves itself at the unhealthy interval: at the healthy one, three good probes
@@ -121,16 +148,24 @@ async fn prober(weak: Weak<Engine>, idx: usize, seed: u64, mut shutdown: watch::
             let healthy = v.breaker.state() == BreakerState::Closed
                 && v.probe_failures() == 0
                 && v.trusted(p.failback_successes, Duration::ZERO)
-                && !(inner.router.is_waiting_for_failback(idx)
-                    && v.probe_streak() < p.failback_successes);
+                && !(waiting && (v.probe_streak() < p.failback_successes || held.is_some()));
             // The pace is the core's (keyvault_failover_core::probe).
             let (wait, window) = pacer.next(healthy, v.probe_failures(), &p.policy(), rng.f64());
-            (wait, window, healthy)
+            // A vault held back after its proving run: no probe, the route moves when the
+            // hold ends.
+            let wait = held.unwrap_or(wait);
+            (wait, window, healthy, held.is_some(), v.breaker.opened())
         };
-        if !pause(wait, &mut shutdown).await {
-            return;
+        match probe_pause(wait, healthy, &opened, &mut shutdown).await {
+            Pause::Elapsed => {}
+            Pause::Opened => continue,
+            Pause::Gone => return,
         }
         let Some(inner) = weak.upgrade() else { return };
+        if held {
+            inner.router.refresh(&inner.vaults);
+            continue;
+        }
         // Passive health: a healthy vault whose callers' calls succeeded within this round's
         // interval (and none failed since) needs no probe; vault load follows traffic, not
         // the number of instances. Only a healthy one: a vault still proving itself gains
@@ -147,7 +182,17 @@ async fn prober(weak: Weak<Engine>, idx: usize, seed: u64, mut shutdown: watch::
                 continue;
             }
         }
-        if !until_shutdown(inner.probe(idx), &mut shutdown).await {
+        // With backed-off proving (`unhealthy_interval_max` raised: fleets), a proving run that
+        // ends holds failback back for one more (jittered) interval, so that every instance
+        // probing at this pace has seen the recovery before any instance's refreshes return
+        // to the vault. By default (proving every 2 s), no hold.
+        let p = &inner.config.probe;
+        let hold = if p.unhealthy_interval_max > p.unhealthy_interval {
+            vouch_window.mul_f64(1.0 + p.jitter)
+        } else {
+            Duration::ZERO
+        };
+        if !until_shutdown(inner.probe(idx, hold), &mut shutdown).await {
             return;
         }
     }
@@ -291,7 +336,9 @@ impl Engine {
     }
 
     /// One probe of vault `idx`: canary read or a listing, under the probe timeout.
-    pub(crate) async fn probe(&self, idx: usize) {
+    /// Probes vault `idx`. A success that completes its run of `failback_successes` while
+    /// the route waits for it holds failback back for `hold`.
+    pub(crate) async fn probe(&self, idx: usize, hold: Duration) {
         let v = &self.vaults[idx];
         v.mark_probed();
         // An open breaker gates callers, not the prober: probes are cheap and are how recovery
@@ -351,7 +398,15 @@ impl Engine {
             "probe"
         );
         match outcome {
-            Outcome::Success => v.probe_succeeded(),
+            Outcome::Success => {
+                v.probe_succeeded();
+                if !hold.is_zero()
+                    && v.probe_streak() == p.failback_successes
+                    && self.router.is_waiting_for_failback(idx)
+                {
+                    v.hold_failback(hold);
+                }
+            }
             Outcome::Failure => {
                 if v.probe_failed() >= p.failures_to_trip {
                     v.breaker.trip();

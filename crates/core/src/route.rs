@@ -6,8 +6,10 @@
 //! a higher-priority vault is hysteretic: that vault must be trusted (closed,
 //! `failback_successes` consecutive successful probes since its last failure, no caller's call
 //! to it failed within the dwell), and the current route must have stood for
-//! `failback_dwell`. A flapping primary therefore cannot make the route flap faster than once
-//! per dwell.
+//! `failback_dwell`, and the vault must be settled (the engine holds a just-proved vault back
+//! for one proving interval). A flapping primary therefore cannot make the route flap faster
+//! than once per dwell. A route entered from cache-only (the first vault back after a total
+//! outage) needs no dwell: a higher vault takes it back as soon as it is trusted and settled.
 //!
 //! ```
 //! use std::time::{Duration, Instant};
@@ -46,6 +48,11 @@ pub trait Candidate {
     fn trusted(&self, successes: u32, quiet: Duration, now: Instant) -> bool;
     /// It takes writes.
     fn writable(&self) -> bool;
+    /// Once trusted, the route may move up to it at `now`: it is not held back after its
+    /// run of proving probes. By default, never held.
+    fn settled(&self, _now: Instant) -> bool {
+        true
+    }
 }
 
 /// Which vault carries the traffic, and what the client may do.
@@ -53,6 +60,8 @@ pub trait Candidate {
 pub struct Route {
     active: Option<usize>,
     mode: Mode,
+    /// Entered from cache-only: the first vault back after a total outage.
+    recovered: bool,
 }
 
 impl Route {
@@ -100,16 +109,35 @@ pub fn next<C: Candidate>(
     failback: Failback,
 ) -> Route {
     let Some(active) = prev.active else {
-        return route_to(vaults, best(vaults, failback, now));
+        let to = route_to(vaults, best(vaults, failback, now));
+        return Route {
+            recovered: to.active.is_some(),
+            ..to
+        };
     };
     if !vaults[active].closed() {
         return route_to(vaults, best(vaults, failback, now));
     }
-    if now.saturating_duration_since(since) >= failback.dwell {
+    // A route entered from cache-only was no failover away from the vaults above it: they
+    // were down too, and whichever came back first took it. A higher one that has proved
+    // itself (and settled) takes it back without the dwell, which is there to stop a flapping
+    // vault from making the route flap between it and a healthy one. (With the dwell, the
+    // primary's probe losing the race to the secondary's by a second after a 20 s total outage
+    // kept the client read-only for 84 s.)
+    let (stood, quiet) = if prev.recovered {
+        (true, Duration::ZERO)
+    } else {
+        (
+            now.saturating_duration_since(since) >= failback.dwell,
+            failback.dwell,
+        )
+    };
+    if stood {
         let better = vaults[..active]
             .iter()
-            .position(|v| v.trusted(failback.successes, failback.dwell, now));
-        if better.is_some() {
+            .position(|v| v.trusted(failback.successes, quiet, now));
+        // The first trusted vault above, once it is settled: not a lower one meanwhile.
+        if better.is_some_and(|b| vaults[b].settled(now)) {
             return route_to(vaults, better);
         }
     }
@@ -136,10 +164,12 @@ fn route_to<C: Candidate>(vaults: &[C], i: Option<usize>) -> Route {
             } else {
                 Mode::ReadOnly
             },
+            recovered: false,
         },
         None => Route {
             active: None,
             mode: Mode::CacheOnly,
+            recovered: false,
         },
     }
 }

@@ -5,7 +5,8 @@
 //!   no vault is closed;
 //! * the mode follows the active vault's access (read-write only on a writable one);
 //! * leaving a healthy route is a failback: up, to a trusted vault, and never before the route
-//!   has stood for the dwell (no flapping faster than once per dwell);
+//!   has stood for the dwell (no flapping faster than once per dwell), unless the route was
+//!   entered from cache-only;
 //! * off a failed route: to the first trusted vault, else the first closed one;
 //! * with every vault trusted and a dwell passed, the route is back on the primary.
 
@@ -69,6 +70,8 @@ proptest! {
         let mut now = t0;
         let mut route = Route::first(&vaults);
         let mut since = t0;
+        // The route was entered from cache-only (a higher vault may take it back at once).
+        let mut from_none = false;
         for s in steps {
             match s {
                 Step::Open(i) if i < n => vaults[i] = V { closed: false, trusted: false, ..vaults[i] },
@@ -99,7 +102,10 @@ proptest! {
                 (Some(p), Some(a)) if vaults[p].closed && a != p => {
                     prop_assert!(a < p, "left healthy vault {p} for lower-ranked {a}");
                     prop_assert!(vaults[a].trusted, "failed back to untrusted vault {a}");
-                    prop_assert!(now.duration_since(since) >= dwell, "failed back within the dwell");
+                    prop_assert!(
+                        from_none || now.duration_since(since) >= dwell,
+                        "failed back within the dwell"
+                    );
                 }
                 // Off a failed route (or none): the first trusted vault, else the first closed.
                 (p, a) if p.is_none_or(|p| !vaults[p].closed) => {
@@ -111,6 +117,7 @@ proptest! {
             }
             if route != prev {
                 since = now;
+                from_none = prev.active().is_none();
             }
         }
         // Everything healthy and trusted, a dwell later: back on the primary.
@@ -123,4 +130,87 @@ proptest! {
         prop_assert_eq!(r.active(), Some(0));
         prop_assert_eq!(r.mode(), Mode::ReadWrite);
     }
+}
+
+/// A trusted vault that is not yet settled (held back after its proving run) keeps the route
+/// where it is: neither it nor a lower trusted vault takes it meanwhile, and it takes the
+/// route once settled.
+#[test]
+fn an_unsettled_vault_holds_failback_where_it_is() {
+    struct H {
+        closed: bool,
+        settled: bool,
+    }
+    impl Candidate for H {
+        fn closed(&self) -> bool {
+            self.closed
+        }
+        fn trusted(&self, _successes: u32, _quiet: Duration, _now: Instant) -> bool {
+            self.closed
+        }
+        fn writable(&self) -> bool {
+            false
+        }
+        fn settled(&self, _now: Instant) -> bool {
+            self.settled
+        }
+    }
+    let fb = Failback::new(3, Duration::from_secs(60));
+    let t0 = Instant::now();
+    let later = t0 + Duration::from_secs(61);
+    let mut vaults = [(false, false), (false, true), (true, true)]
+        .map(|(closed, settled)| H { closed, settled });
+    let on_last = Route::first(&vaults);
+    assert_eq!(on_last.active(), Some(2));
+    vaults[0].closed = true;
+    vaults[1].closed = true;
+    assert_eq!(
+        next(&vaults, on_last, t0, later, fb),
+        on_last,
+        "the first trusted vault above is held back: the route stays"
+    );
+    vaults[0].settled = true;
+    assert_eq!(next(&vaults, on_last, t0, later, fb).active(), Some(0));
+}
+
+/// After a total outage the first vault back takes the route; a higher one that has proved
+/// itself takes it back at once, without the dwell (which stops a flapping vault from making
+/// the route flap) and without the quiet time since its callers' calls failed (every vault's
+/// did). Before: 84 s read-only after a 20 s total outage, when the secondary's probe won.
+#[test]
+fn a_route_entered_from_cache_only_fails_back_without_the_dwell() {
+    let fb = Failback::new(3, Duration::from_secs(60));
+    let t0 = Instant::now();
+    let mut vaults = [false, false].map(|closed| V {
+        closed,
+        trusted: closed,
+        writable: false,
+    });
+    vaults[0].writable = true;
+    let none = Route::first(&vaults);
+    assert_eq!(none.mode(), Mode::CacheOnly);
+    vaults[1] = V {
+        closed: true,
+        trusted: true,
+        ..vaults[1]
+    };
+    let on_neu = next(&vaults, none, t0, t0, fb);
+    assert_eq!(on_neu.active(), Some(1));
+    vaults[0] = V {
+        closed: true,
+        trusted: true,
+        ..vaults[0]
+    };
+    let t1 = t0 + Duration::from_secs(8);
+    assert_eq!(next(&vaults, on_neu, t0, t1, fb).mode(), Mode::ReadWrite);
+    // A failover (down from a healthy primary) still waits for the dwell.
+    let mut down = vaults;
+    down[0] = V {
+        closed: false,
+        trusted: false,
+        ..down[0]
+    };
+    let failed_over = next(&down, Route::first(&vaults), t0, t0, fb);
+    assert_eq!(failed_over.active(), Some(1));
+    assert_eq!(next(&vaults, failed_over, t0, t1, fb), failed_over);
 }
