@@ -34,7 +34,6 @@
 mod config;
 mod error;
 mod http;
-mod io;
 mod prometheus;
 #[cfg(feature = "queue")]
 mod queue;
@@ -488,6 +487,29 @@ async fn accept(l: &Listener) -> Option<Accepted> {
     }
 }
 
+/// `io` whose writes fail (and whose connection hyper then closes) after [`WRITE_STALL`]
+/// without progress: a peer that sends requests and never reads the answers would otherwise
+/// keep its connection, and its slot, as long as it likes. Reads are bounded by hyper's header
+/// timeout and the request timeout; an answer the peer reads, however slowly, keeps the
+/// connection. Boxed, so that hyper gets an `Unpin` stream.
+fn write_bounded<I>(io: I) -> TokioIo<std::pin::Pin<Box<tokio_io_timeout::TimeoutWriter<I>>>>
+where
+    I: AsyncRead + AsyncWrite,
+{
+    TokioIo::new(bounded(io, WRITE_STALL))
+}
+
+/// `io` whose writes (and flushes, and shutdown) fail with `TimedOut` after `stall` without
+/// progress.
+fn bounded<I: AsyncWrite>(
+    io: I,
+    stall: Duration,
+) -> std::pin::Pin<Box<tokio_io_timeout::TimeoutWriter<I>>> {
+    let mut w = tokio_io_timeout::TimeoutWriter::new(io);
+    w.set_timeout(Some(stall));
+    Box::pin(w)
+}
+
 async fn connection<I>(
     io: I,
     state: Arc<State>,
@@ -516,10 +538,7 @@ async fn connection<I>(
         .keep_alive(true)
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(HEADER_TIMEOUT)
-        .serve_connection(
-            TokioIo::new(io::WriteBounded::new(io, WRITE_STALL)),
-            service,
-        );
+        .serve_connection(write_bounded(io), service);
     tokio::pin!(conn);
     tokio::select! {
         _ = conn.as_mut() => {}
@@ -535,4 +554,49 @@ async fn connection<I>(
 /// Locks `m`, going on through poisoning: the guarded text is written in one step.
 pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod write_bound {
+    use std::io;
+    use std::time::Duration;
+
+    use tokio::io::AsyncWriteExt;
+
+    use super::bounded;
+
+    /// A peer that never reads: the write fails after the stall bound (paused time), where the
+    /// bare stream waits for ever.
+    #[tokio::test(start_paused = true)]
+    async fn a_write_nobody_takes_fails_after_the_bound() {
+        let (a, _b) = tokio::io::duplex(64);
+        let mut w = bounded(a, Duration::from_secs(10));
+        let start = tokio::time::Instant::now();
+        let e = w.write_all(&[0u8; 4096]).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        assert!(start.elapsed() >= Duration::from_secs(10));
+    }
+
+    /// A peer that reads, however slowly, gets the whole answer.
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_reader_gets_everything() {
+        use tokio::io::AsyncReadExt;
+        let (a, mut b) = tokio::io::duplex(64);
+        let mut w = bounded(a, Duration::from_secs(10));
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            let mut chunk = [0u8; 64];
+            loop {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                match b.read(&mut chunk).await.unwrap() {
+                    0 => return got,
+                    n => got.extend_from_slice(&chunk[..n]),
+                }
+            }
+        });
+        w.write_all(&[1u8; 1024]).await.unwrap();
+        w.shutdown().await.unwrap();
+        drop(w);
+        assert_eq!(reader.await.unwrap().len(), 1024);
+    }
 }

@@ -20,7 +20,6 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -77,7 +76,7 @@ pub(crate) async fn start(
                         let _ = hyper::server::conn::http1::Builder::new()
                             .timer(hyper_util::rt::TokioTimer::new())
                             .header_read_timeout(std::time::Duration::from_secs(10))
-                            .serve_connection(TokioIo::new(tcp), service)
+                            .serve_connection(super::server::write_bounded(tcp), service)
                             .await;
                         drop(slot);
                     });

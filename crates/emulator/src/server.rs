@@ -16,6 +16,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
+use tokio_io_timeout::TimeoutWriter;
 use tokio_rustls::TlsAcceptor;
 
 use super::data::{self, NewVersion};
@@ -28,6 +29,20 @@ use keyvault_failover::MAX_VALUE_LEN;
 const MAX_CONNECTIONS: usize = 1024;
 /// Time a client has to send a request's headers.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time a client may take no byte of an answer before its connection is cut: a peer that sends
+/// requests and never reads the answers would otherwise keep its connection and its slot.
+pub(crate) const WRITE_STALL: Duration = Duration::from_secs(10);
+
+/// `io` whose writes fail (and whose connection hyper then closes) after [`WRITE_STALL`]
+/// without progress; boxed, so that hyper gets an `Unpin` stream.
+pub(crate) fn write_bounded<I>(io: I) -> TokioIo<std::pin::Pin<Box<TimeoutWriter<I>>>>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite,
+{
+    let mut w = TimeoutWriter::new(io);
+    w.set_timeout(Some(WRITE_STALL));
+    TokioIo::new(Box::pin(w))
+}
 /// Largest request body read; anything larger answers 413 without being buffered.
 const MAX_BODY: usize = 1024 * 1024;
 /// How much of a body over [`MAX_BODY`] is read and dropped before the 413 is sent, so that a
@@ -187,7 +202,7 @@ async fn connection(
         .keep_alive(true)
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(HEADER_TIMEOUT)
-        .serve_connection(TokioIo::new(stream), service);
+        .serve_connection(write_bounded(stream), service);
     tokio::select! {
         _ = conn => {}
         // A refusing vault cuts its open connections too.
