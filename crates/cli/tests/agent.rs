@@ -671,32 +671,15 @@ fn port_of(agent: &Agent) -> u16 {
 /// the connection, and the slot is free again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_that_never_reads_loses_its_connection_slot() {
-    use tokio::io::AsyncWriteExt;
+    use keyvault_failover_emulator::peers::{first_answer, NeverReading};
     let dir = temp_dir("slowreader");
     let emu = emulator(&dir, &[]).await;
     let agent = start_agent(&emu, &dir, "max_connections = 2\n").await;
     let port = port_of(&agent);
     let request = format!("GET /healthz/live HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n");
-    let mut writers = Vec::new();
-    for _ in 0..2 {
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        // A small receive window: the answers back up into the agent at once.
-        socket.set_recv_buffer_size(4096).unwrap();
-        let mut stream = socket.connect(([127, 0, 0, 1], port).into()).await.unwrap();
-        let request = request.clone();
-        writers.push(tokio::spawn(async move {
-            // Bounded: 40,000 pipelined requests (about 10 MB of answers) or 60 s.
-            let _ = tokio::time::timeout(Duration::from_secs(60), async {
-                for _ in 0..40_000 {
-                    if stream.write_all(request.as_bytes()).await.is_err() {
-                        return;
-                    }
-                }
-            })
-            .await;
-            stream
-        }));
-    }
+    let peers = NeverReading::connect(([127, 0, 0, 1], port).into(), 2, &request)
+        .await
+        .unwrap();
     let c = reqwest::Client::builder()
         .timeout(Duration::from_secs(2))
         .no_proxy()
@@ -704,31 +687,20 @@ async fn a_peer_that_never_reads_loses_its_connection_slot() {
         .unwrap();
     let live = format!("{}/healthz/live", agent.base);
     // Both slots are taken: a third connection is closed at once.
-    tokio::time::timeout(Duration::from_secs(10), async {
-        while c.get(&live).send().await.is_ok() {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await
-    .expect("the two readers-who-never-read hold both slots");
+    assert!(
+        peers
+            .refuse_others(&c, &live, Duration::from_secs(10))
+            .await,
+        "the two readers-who-never-read hold both slots"
+    );
     // Within the write bound (10 s) and some slack, a slot is free again.
-    let freed = tokio::time::timeout(Duration::from_secs(40), async {
-        loop {
-            if let Ok(r) = c.get(&live).send().await {
-                return r.status().as_u16();
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    })
-    .await;
+    let freed = first_answer(&c, &live, Duration::from_secs(40)).await;
     assert_eq!(
-        freed.ok(),
+        freed,
         Some(200),
         "a peer that never reads still holds its slot"
     );
-    for w in writers {
-        w.abort();
-    }
+    drop(peers);
     drop(agent);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -32,6 +32,7 @@ mod admin;
 mod data;
 mod error;
 mod events;
+pub mod peers;
 mod server;
 
 use std::collections::BTreeMap;

@@ -686,7 +686,7 @@ async fn an_oversized_body_always_gets_its_answer() {
 /// with no token (a 401 is an answer to write too).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_that_never_reads_loses_its_admin_connection_slot() {
-    use tokio::io::AsyncWriteExt;
+    use keyvault_failover_emulator::peers::{first_answer, NeverReading};
     let emu = Emulator::builder()
         .vault("weu")
         .admin(true)
@@ -698,26 +698,7 @@ async fn a_peer_that_never_reads_loses_its_admin_connection_slot() {
         "GET /vaults HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n\r\n",
         admin.port()
     );
-    let mut writers = Vec::new();
-    for _ in 0..64 {
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        // A small receive window: the answers back up into the emulator at once.
-        socket.set_recv_buffer_size(4096).unwrap();
-        let mut stream = socket.connect(admin).await.unwrap();
-        let request = request.clone();
-        writers.push(tokio::spawn(async move {
-            // Bounded: 20,000 pipelined requests or 60 s.
-            let _ = tokio::time::timeout(Duration::from_secs(60), async {
-                for _ in 0..20_000 {
-                    if stream.write_all(request.as_bytes()).await.is_err() {
-                        return;
-                    }
-                }
-            })
-            .await;
-            stream
-        }));
-    }
+    let peers = NeverReading::connect(admin, 64, &request).await.unwrap();
     let c = reqwest::Client::builder()
         .timeout(Duration::from_secs(2))
         .no_proxy()
@@ -725,30 +706,17 @@ async fn a_peer_that_never_reads_loses_its_admin_connection_slot() {
         .unwrap();
     let url = format!("http://{admin}/vaults");
     // Every slot is taken: another connection is dropped at accept.
-    tokio::time::timeout(Duration::from_secs(10), async {
-        while c.get(&url).send().await.is_ok() {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await
-    .expect("the peers that never read hold every slot");
+    assert!(
+        peers.refuse_others(&c, &url, Duration::from_secs(10)).await,
+        "the peers that never read hold every slot"
+    );
     // Within the write bound (10 s) and some slack, slots are free again: the admin
     // endpoint answers (401 without the token).
-    let freed = tokio::time::timeout(Duration::from_secs(40), async {
-        loop {
-            if let Ok(r) = c.get(&url).send().await {
-                return r.status().as_u16();
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    })
-    .await;
+    let freed = first_answer(&c, &url, Duration::from_secs(40)).await;
     assert_eq!(
-        freed.ok(),
+        freed,
         Some(401),
         "a peer that never reads still holds its slot"
     );
-    for w in writers {
-        w.abort();
-    }
+    drop(peers);
 }
