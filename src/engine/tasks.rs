@@ -335,9 +335,9 @@ impl Engine {
         refresh
     }
 
-    /// One probe of vault `idx`: canary read or a listing, under the probe timeout.
-    /// Probes vault `idx`. A success that completes its run of `failback_successes` while
-    /// the route waits for it holds failback back for `hold`.
+    /// One probe of vault `idx`: canary read or a listing, under the probe timeout. A success
+    /// that completes its run of `failback_successes` while the route waits for the vault
+    /// holds failback back for `hold` (zero: no hold).
     pub(crate) async fn probe(&self, idx: usize, hold: Duration) {
         let v = &self.vaults[idx];
         v.mark_probed();
