@@ -46,12 +46,33 @@ pub(crate) fn later(now: tokio::time::Instant, d: std::time::Duration) -> tokio:
 pub(crate) struct Mark(std::sync::atomic::AtomicU64);
 
 impl Mark {
+    /// The stored form of an instant `since_base` after the base.
+    fn encode(since_base: std::time::Duration) -> u64 {
+        since_base.as_millis().min(u128::from(u64::MAX - 1)) as u64 + 1
+    }
+
     /// Stamps now; skips the store when the millisecond has not changed.
     pub(crate) fn set(&self, base: tokio::time::Instant) {
         use std::sync::atomic::Ordering;
-        let ms = base.elapsed().as_millis().min(u128::from(u64::MAX - 1)) as u64 + 1;
+        let ms = Self::encode(base.elapsed());
         if self.0.load(Ordering::Relaxed) != ms {
             self.0.store(ms, Ordering::Relaxed);
+        }
+    }
+
+    /// Stamps `d` from now (a deadline rather than an event).
+    pub(crate) fn set_after(&self, base: tokio::time::Instant, d: std::time::Duration) {
+        let ms = Self::encode(base.elapsed().saturating_add(d));
+        self.0.store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How far the stamp lies ahead of the instant `since_base` after the base, if it does.
+    pub(crate) fn ahead_of(&self, since_base: std::time::Duration) -> Option<std::time::Duration> {
+        match self.0.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => None,
+            ms => std::time::Duration::from_millis(ms - 1)
+                .checked_sub(since_base)
+                .filter(|d| !d.is_zero()),
         }
     }
 

@@ -1,6 +1,6 @@
 //! One regional vault as the client sees it: its store, breaker, gate and latency record.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -46,9 +46,8 @@ pub(crate) struct Vault {
     /// A call or probe failed since the vault last proved itself with a run of good probes
     /// (or of good callers' calls while it carried the route).
     suspect: AtomicBool,
-    /// Until when the vault, just proved, is held back from taking the route back: in ms
-    /// after `born`, plus one; 0: not held.
-    failback_hold: AtomicU64,
+    /// Until when the vault, just proved, is held back from taking the route back.
+    failback_hold: crate::clock::Mark,
     /// Callers' outcomes over the last one to two windows, and ejections (outlier detection).
     outcomes: Mutex<Outliers>,
 }
@@ -112,7 +111,7 @@ impl Vault {
             last_caller_ok: crate::clock::Mark::default(),
             born: Instant::now(),
             suspect: AtomicBool::new(false),
-            failback_hold: AtomicU64::new(0),
+            failback_hold: crate::clock::Mark::default(),
             outcomes: Mutex::new(Outliers::new(now())),
         }
     }
@@ -200,19 +199,12 @@ impl Vault {
 
     /// The route may not move back to this vault for `d` (it has just proved itself).
     pub(crate) fn hold_failback(&self, d: Duration) {
-        let until = self.born.elapsed().saturating_add(d).as_millis();
-        let ms = until.min(u128::from(u64::MAX - 1)) as u64 + 1;
-        self.failback_hold.store(ms, Ordering::Relaxed);
+        self.failback_hold.set_after(self.born, d);
     }
 
     /// How much longer the route may not move back to this vault, if it may not.
     pub(crate) fn failback_held(&self) -> Option<Duration> {
-        match self.failback_hold.load(Ordering::Relaxed) {
-            0 => None,
-            ms => Duration::from_millis(ms - 1)
-                .checked_sub(self.born.elapsed())
-                .filter(|d| !d.is_zero()),
-        }
+        self.failback_hold.ahead_of(self.born.elapsed())
     }
 
     /// Whether traffic may move to this vault now (see [`Candidate::trusted`]).
@@ -287,12 +279,8 @@ impl Candidate for Vault {
     }
 
     fn settled(&self, now: std::time::Instant) -> bool {
-        match self.failback_hold.load(Ordering::Relaxed) {
-            0 => true,
-            ms => {
-                now.saturating_duration_since(self.born.into_std()) >= Duration::from_millis(ms - 1)
-            }
-        }
+        let since_born = now.saturating_duration_since(self.born.into_std());
+        self.failback_hold.ahead_of(since_born).is_none()
     }
 }
 

@@ -31,18 +31,7 @@ const MAX_CONNECTIONS: usize = 1024;
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time a client may take no byte of an answer before its connection is cut: a peer that sends
 /// requests and never reads the answers would otherwise keep its connection and its slot.
-pub(crate) const WRITE_STALL: Duration = Duration::from_secs(10);
-
-/// `io` whose writes fail (and whose connection hyper then closes) after [`WRITE_STALL`]
-/// without progress; boxed, so that hyper gets an `Unpin` stream.
-pub(crate) fn write_bounded<I>(io: I) -> TokioIo<std::pin::Pin<Box<TimeoutWriter<I>>>>
-where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite,
-{
-    let mut w = TimeoutWriter::new(io);
-    w.set_timeout(Some(WRITE_STALL));
-    TokioIo::new(Box::pin(w))
-}
+const WRITE_STALL: Duration = Duration::from_secs(10);
 /// Largest request body read; anything larger answers 413 without being buffered.
 const MAX_BODY: usize = 1024 * 1024;
 /// How much of a body over [`MAX_BODY`] is read and dropped before the 413 is sent, so that a
@@ -172,6 +161,18 @@ pub(crate) async fn serve(
 async fn until(state: &VaultState, pred: impl Fn(&VaultFault) -> bool) {
     let mut rx = state.fault.subscribe();
     let _ = rx.wait_for(|f| pred(f)).await;
+}
+
+/// `io` whose writes fail (and whose connection hyper then closes) after [`WRITE_STALL`]
+/// without progress; boxed, so that hyper gets an `Unpin` stream. The vault and the admin
+/// endpoints both serve through it.
+pub(crate) fn write_bounded<I>(io: I) -> TokioIo<std::pin::Pin<Box<TimeoutWriter<I>>>>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite,
+{
+    let mut w = TimeoutWriter::new(io);
+    w.set_timeout(Some(WRITE_STALL));
+    TokioIo::new(Box::pin(w))
 }
 
 async fn connection(
