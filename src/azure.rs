@@ -157,10 +157,23 @@ pub fn http_client(timeout: Duration) -> Result<reqwest::Client, Error> {
 /// into memory, so a larger one is cut off here and the answer counts as malformed.
 pub const MAX_RESPONSE_BODY: usize = 1024 * 1024;
 
-/// The transport, with every response body bounded to [`MAX_RESPONSE_BODY`].
+/// The transport, with every response body bounded to `max` bytes ([`MAX_RESPONSE_BODY`] for
+/// the vaults).
 #[derive(Debug)]
 struct Bounded {
     inner: Arc<reqwest::Client>,
+    max: usize,
+}
+
+/// A transport for any Azure SDK client over `http`, with every response body bounded to
+/// `max` bytes: a larger one is cut off and the answer fails as `DataConversion` (the SDKs
+/// read any body whole into memory). What the vault clients use, with
+/// [`MAX_RESPONSE_BODY`]; the agent's Storage-queue client uses it too.
+pub fn bounded_transport(http: reqwest::Client, max: usize) -> Transport {
+    Transport::new(Arc::new(Bounded {
+        inner: Arc::new(http),
+        max,
+    }))
 }
 
 #[async_trait]
@@ -173,15 +186,14 @@ impl azure_core::http::HttpClient for Bounded {
         let rsp = azure_core::http::HttpClient::execute_request(&*self.inner, request).await?;
         let (status, headers, body) = rsp.deconstruct();
         let mut seen = 0usize;
+        let max = self.max;
         let bounded = body.map(move |chunk| {
             let chunk = chunk?;
             seen = seen.saturating_add(chunk.len());
-            if seen > MAX_RESPONSE_BODY {
+            if seen > max {
                 return Err(azure_core::Error::with_message(
                     ErrorKind::DataConversion,
-                    format!(
-                        "response body larger than {MAX_RESPONSE_BODY} bytes: not read further"
-                    ),
+                    format!("response body larger than {max} bytes: not read further"),
                 ));
             }
             Ok(chunk)
@@ -219,9 +231,7 @@ impl AzureStore {
         let options = SecretClientOptions {
             client_options: ClientOptions {
                 retry: RetryOptions::none(),
-                transport: Some(Transport::new(Arc::new(Bounded {
-                    inner: Arc::new(http),
-                }))),
+                transport: Some(bounded_transport(http, MAX_RESPONSE_BODY)),
                 ..Default::default()
             },
             ..Default::default()
@@ -390,21 +400,23 @@ impl SecretStore for AzureStore {
             .ok_or_else(|| malformed("answer without a version id"))?;
         // A replicator's copy is as old as its source: its provenance tag carries the
         // source's `created` (the copy's own is when it was copied, later than the original),
-        // so versions are ordered across regions by the source's time.
-        let created = secret
+        // so versions are ordered across regions by the source's time, where the claim is
+        // believable (`replicate::ordering_time`).
+        let own = secret
+            .attributes
+            .as_ref()
+            .and_then(|a| a.created)
+            .and_then(|t| u64::try_from(t.unix_timestamp()).ok())
+            .and_then(|s| std::time::UNIX_EPOCH.checked_add(Duration::from_secs(s)));
+        let tag = secret
             .tags
             .as_ref()
-            .and_then(|t| t.get(crate::replicate::PROVENANCE_TAG))
-            .and_then(|t| crate::replicate::Provenance::parse(t))
-            .and_then(|p| p.created_time())
-            .or_else(|| {
-                secret
-                    .attributes
-                    .as_ref()
-                    .and_then(|a| a.created)
-                    .and_then(|t| u64::try_from(t.unix_timestamp()).ok())
-                    .and_then(|s| std::time::UNIX_EPOCH.checked_add(Duration::from_secs(s)))
-            });
+            .and_then(|t| t.get(crate::replicate::PROVENANCE_TAG));
+        let created = crate::replicate::ordering_time(
+            tag.map(String::as_str),
+            own,
+            std::time::SystemTime::now(),
+        );
         let value = secret
             .value
             .ok_or_else(|| malformed("answer without a value"))?;

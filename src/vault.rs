@@ -50,6 +50,9 @@ pub(crate) struct Vault {
     failback_hold: crate::clock::Mark,
     /// Callers' outcomes over the last one to two windows, and ejections (outlier detection).
     outcomes: Mutex<Outliers>,
+    /// Told when a call fails: its prober, in a healthy wait, must choose its pace again (the
+    /// vault has to prove itself).
+    suspected: Arc<tokio::sync::Notify>,
 }
 
 /// Latency percentiles of one vault, from the attempts this client made.
@@ -113,6 +116,7 @@ impl Vault {
             suspect: AtomicBool::new(false),
             failback_hold: crate::clock::Mark::default(),
             outcomes: Mutex::new(Outliers::new(now())),
+            suspected: Arc::new(tokio::sync::Notify::new()),
         }
     }
 
@@ -195,6 +199,12 @@ impl Vault {
         self.suspect.store(true, Ordering::Relaxed);
         self.probe_streak.store(0, Ordering::Relaxed);
         self.caller_streak.store(0, Ordering::Relaxed);
+        self.suspected.notify_waiters();
+    }
+
+    /// Told each time a call to this vault fails (see [`call_failed`](Self::call_failed)).
+    pub(crate) fn suspected(&self) -> Arc<tokio::sync::Notify> {
+        self.suspected.clone()
     }
 
     /// The route may not move back to this vault for `d` (it has just proved itself).

@@ -392,3 +392,35 @@ fn regression_a_read_racing_a_write_with_late_answers() {
     .unwrap()
     .unwrap();
 }
+
+/// A debugging hook: `MODEL_TRACE=1` prints the client's log for the regression cases.
+fn trace() {
+    if std::env::var_os("MODEL_TRACE").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("debug")
+            .with_test_writer()
+            .try_init();
+    }
+}
+
+#[test]
+fn regression_d4_s0_never_recovers() {
+    trace();
+    use Op::*;
+    run_virtual(run(vec![
+        Advance(8280),
+        RacingWrite(0, 1),
+        SetLatency(0, 400),
+        RacingWrite(0, 2),
+        Advance(10875),
+        ConcurrentReads(2, 2),
+        Read(0),
+        Write(0),
+        SetLatency(0, 400),
+        Read(1),
+        Advance(10866),
+        Advance(6099),
+    ]))
+    .unwrap()
+    .unwrap();
+}

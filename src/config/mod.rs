@@ -170,6 +170,11 @@ impl Config {
         self.cache.staleness_cap
     }
 
+    /// The timeout of one whole listing, every page (`timeouts.list`).
+    pub fn list_timeout(&self) -> Duration {
+        self.timeouts.list
+    }
+
     /// The timeout of one vault call (`timeouts.attempt`).
     pub fn attempt_timeout(&self) -> Duration {
         self.timeouts.attempt

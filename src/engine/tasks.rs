@@ -104,30 +104,47 @@ where
 enum Pause {
     /// The wait elapsed: probe.
     Elapsed,
-    /// The vault's breaker opened during a healthy wait: choose the wait again.
-    Opened,
+    /// During a healthy wait the vault's breaker opened, or (above the route) a call to it
+    /// failed: choose the wait again.
+    Woken,
     /// The client is gone.
     Gone,
 }
 
-/// Sleeps `d`; while the vault was `healthy`, ends early when its breaker opens. Without the
-/// wake, a prober that had backed off to `probe.interval_max` (5 minutes in the fleet
-/// scenarios) slept on after callers' failures opened the breaker, and saw the vault's
-/// recovery only when that wait ended.
+/// What may end a prober's healthy wait early.
+struct Wakes {
+    /// The vault's breaker opened.
+    opened: Arc<tokio::sync::Notify>,
+    /// A call to the vault failed while it was trusted; heeded only while the vault waits to
+    /// take the route back (`waiting`).
+    suspected: Arc<tokio::sync::Notify>,
+    waiting: bool,
+}
+
+/// Sleeps `d`; while the vault was `healthy`, ends early when its breaker opens, or when a
+/// call to it fails while it waits above the route. Without the first wake, a prober that
+/// had backed off to `probe.interval_max` (5 minutes in the fleet scenarios) slept on after
+/// callers' failures opened the breaker, and saw the vault's recovery only when that wait
+/// ended. Without the second, a proved primary that a hedge or drift check then found slow
+/// was suspect again, with a closed breaker, while its prober slept its healthy wait (70 s in
+/// the model test): nothing proved it, the route stayed on the secondary, and a value this
+/// client wrote to the primary could be read nowhere (the secondary's copy is older).
 async fn probe_pause(
     d: Duration,
     healthy: bool,
-    opened: &tokio::sync::Notify,
+    wakes: &Wakes,
     shutdown: &mut watch::Receiver<()>,
 ) -> Pause {
     // Registered from here on (`notify_waiters`), before the state that chose `d` can change
     // on this task.
-    let opened = opened.notified();
+    let opened = wakes.opened.notified();
+    let suspected = wakes.suspected.notified();
     tokio::select! {
         biased; // no random branch order: the simulator must be reproducible
         _ = tokio::time::sleep(d) => Pause::Elapsed,
         _ = shutdown.changed() => Pause::Gone,
-        _ = opened, if healthy => Pause::Opened,
+        _ = opened, if healthy => Pause::Woken,
+        _ = suspected, if healthy && wakes.waiting => Pause::Woken,
     }
 }
 
@@ -135,7 +152,7 @@ async fn prober(weak: Weak<Engine>, idx: usize, seed: u64, mut shutdown: watch::
     let mut rng = fastrand::Rng::with_seed(seed);
     let mut pacer = Pacer::default();
     loop {
-        let (wait, vouch_window, healthy, held, opened) = {
+        let (wait, vouch_window, healthy, held, wakes) = {
             let Some(inner) = weak.upgrade() else { return };
             let p = &inner.config.probe;
             let v = &inner.vaults[idx];
@@ -154,11 +171,16 @@ async fn prober(weak: Weak<Engine>, idx: usize, seed: u64, mut shutdown: watch::
             // A vault held back after its proving run: no probe, the route moves when the
             // hold ends.
             let wait = held.unwrap_or(wait);
-            (wait, window, healthy, held.is_some(), v.breaker.opened())
+            let wakes = Wakes {
+                opened: v.breaker.opened(),
+                suspected: v.suspected(),
+                waiting,
+            };
+            (wait, window, healthy, held.is_some(), wakes)
         };
-        match probe_pause(wait, healthy, &opened, &mut shutdown).await {
+        match probe_pause(wait, healthy, &wakes, &mut shutdown).await {
             Pause::Elapsed => {}
-            Pause::Opened => continue,
+            Pause::Woken => continue,
             Pause::Gone => return,
         }
         let Some(inner) = weak.upgrade() else { return };

@@ -6,12 +6,31 @@ use std::fmt;
 
 use secrecy::SecretString;
 
-/// The tag every copy carries: where it was copied from (`created:version:region`).
+/// The tag every copy carries: where it was copied from (`created/read:version:region`).
 ///
-/// Source created time (unix seconds), source version id and source region: enough to tell
-/// from a listing alone whether a copy is of the primary's current version. It never holds
-/// anything derived from the value (tags are readable by anyone who may list).
+/// Source created time (unix seconds), when the replicator's read of that version was sent
+/// (unix seconds, its own clock), source version id and source region: enough to tell from a
+/// listing alone whether a copy is of the primary's current version. It never holds anything
+/// derived from the value (tags are readable by anyone who may list). A tag without the read
+/// time (`created:version:region`, written before it was recorded) is read as unsettled.
 pub const PROVENANCE_TAG: &str = "kvf-source";
+
+/// How far ahead of this machine's clock a copy's provenance time may be and still be
+/// believed (the vaults' clocks and this one's differ a little).
+pub const MAX_CLOCK_SKEW: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The time a reading client orders a version by: a replicator's copy is as old as its
+/// source, so a believable provenance tag (`tag`, see [`Provenance::trusted_time`]) gives
+/// the source's `created`; anything else, the version's own `created` (`own`).
+pub fn ordering_time(
+    tag: Option<&str>,
+    own: Option<std::time::SystemTime>,
+    now: std::time::SystemTime,
+) -> Option<std::time::SystemTime> {
+    tag.and_then(Provenance::parse)
+        .and_then(|p| p.trusted_time(own, now))
+        .or(own)
+}
 
 /// Key Vault's limit on a secret's tags.
 pub const MAX_TAGS: usize = 15;
@@ -265,6 +284,7 @@ impl fmt::Debug for ReadVersion {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Provenance {
     created: i64,
+    read: Option<i64>,
     version: String,
     region: String,
 }
@@ -274,22 +294,52 @@ impl Provenance {
     pub fn new(region: impl Into<String>, version: impl Into<String>, created: i64) -> Self {
         Provenance {
             created,
+            read: None,
             version: version.into(),
             region: region.into(),
         }
     }
-    /// Parses a tag value; `None` unless it is `created:version:region` with a numeric time
-    /// and a non-empty version and region.
+    /// The same copy, of a version whose read was sent at `read` (unix seconds).
+    pub fn with_read(mut self, read: i64) -> Self {
+        self.read = Some(read);
+        self
+    }
+    /// Parses a tag value; `None` unless it is `created[/read]:version:region` with numeric
+    /// times and a non-empty version and region.
     pub fn parse(tag: &str) -> Option<Provenance> {
         let mut parts = tag.splitn(3, ':');
-        let created = parts.next()?.parse::<i64>().ok()?;
+        let times = parts.next()?;
+        let (created, read) = match times.split_once('/') {
+            Some((c, r)) => (c.parse::<i64>().ok()?, Some(r.parse::<i64>().ok()?)),
+            None => (times.parse::<i64>().ok()?, None),
+        };
         let version = parts.next().filter(|v| !v.is_empty())?;
         let region = parts.next().filter(|r| !r.is_empty())?;
-        Some(Provenance::new(region, version, created))
+        Some(Provenance {
+            read,
+            ..Provenance::new(region, version, created)
+        })
     }
     /// The tag value.
     pub fn encode(&self) -> String {
-        format!("{}:{}:{}", self.created, self.version, self.region)
+        match self.read {
+            Some(read) => format!("{}/{read}:{}:{}", self.created, self.version, self.region),
+            None => format!("{}:{}:{}", self.created, self.version, self.region),
+        }
+    }
+    /// When the replicator's read of the copied version was sent (unix seconds), if the tag
+    /// says.
+    pub fn read(&self) -> Option<i64> {
+        self.read
+    }
+    /// Whether a listing alone can tell this copy is of the source's current version: the
+    /// version was read at least [`SETTLE_SECS`](super::SETTLE_SECS) after the second it was
+    /// created in, so any later version has a later `created`. Key Vault's times are whole
+    /// seconds: a version read within its creation second may have been followed by another
+    /// in that same second, which a listing cannot tell apart.
+    pub fn settled(&self) -> bool {
+        self.read
+            .is_some_and(|r| r >= self.created.saturating_add(super::SETTLE_SECS))
     }
     /// The source's creation time of the version copied (unix seconds).
     pub fn created(&self) -> i64 {
@@ -300,6 +350,21 @@ impl Provenance {
         u64::try_from(self.created)
             .ok()
             .and_then(|s| std::time::UNIX_EPOCH.checked_add(std::time::Duration::from_secs(s)))
+    }
+    /// The time a reading client orders this copy by: the source's creation time, when the
+    /// claim is possible. A real copy is made after its source, so its provenance time is
+    /// never later than the copy's own `created` (`own`), nor later than `now` plus
+    /// [`MAX_CLOCK_SKEW`]. A copy that claims otherwise is not the replicator's (a value
+    /// planted with a `kvf-source` time in the year 5138 was served after a failover and
+    /// made every later genuine version look older): it is ordered by its own `created`.
+    pub fn trusted_time(
+        &self,
+        own: Option<std::time::SystemTime>,
+        now: std::time::SystemTime,
+    ) -> Option<std::time::SystemTime> {
+        let claimed = self.created_time()?;
+        let latest = now.checked_add(MAX_CLOCK_SKEW).unwrap_or(now);
+        (own.is_some_and(|own| claimed <= own) && claimed <= latest).then_some(claimed)
     }
     /// The source's version id.
     pub fn version(&self) -> &str {

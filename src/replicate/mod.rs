@@ -55,8 +55,8 @@ use async_trait::async_trait;
 use secrecy::SecretString;
 
 pub use item::{
-    Listed, Properties, Provenance, ReadVersion, MAX_CONTENT_TYPE_LEN, MAX_TAGS, MAX_TAG_NAME_LEN,
-    MAX_TAG_VALUE_LEN, PROVENANCE_TAG,
+    ordering_time, Listed, Properties, Provenance, ReadVersion, MAX_CLOCK_SKEW,
+    MAX_CONTENT_TYPE_LEN, MAX_TAGS, MAX_TAG_NAME_LEN, MAX_TAG_VALUE_LEN, PROVENANCE_TAG,
 };
 pub use plan::{CopyReason, Filter, Planned, SkipReason, Step, UpdateReason, SETTLE_SECS};
 pub use report::{Calls, Outcome, OutcomeKind, Report, SecondaryReport};
@@ -89,6 +89,47 @@ pub trait ReplicaStore: Send + Sync + 'static {
     async fn recover(&self, name: &SecretName) -> Result<(), StoreError>;
 }
 
+/// Which of `config`'s regions is the replicator's source: the one region that is
+/// `read-write`, wherever it stands in the list. A file with none, or with more than one, is
+/// refused: taking the first region whatever its access, a file that listed a read-only copy
+/// first had that stale copy compared and written over the writable vault.
+///
+/// ```
+/// use keyvault_failover::{replicate, Access, Config};
+/// let config = Config::builder()
+///     .region("neu", "https://app-neu.vault.azure.net", Access::ReadOnly)
+///     .region("weu", "https://app-weu.vault.azure.net", Access::ReadWrite)
+///     .build()
+///     .unwrap();
+/// assert_eq!(replicate::primary_index(&config).unwrap(), 1);
+/// ```
+pub fn primary_index(config: &crate::Config) -> Result<usize, Error> {
+    let writable: Vec<usize> = config
+        .regions()
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.access() == crate::Access::ReadWrite)
+        .map(|(i, _)| i)
+        .collect();
+    match writable[..] {
+        [i] => Ok(i),
+        [] => Err(Error::config(
+            "no region is read-write: the replicator copies from the one read-write region              (the primary) into the read-only ones",
+        )),
+        _ => {
+            let names: Vec<&str> = writable
+                .iter()
+                .map(|&i| config.regions()[i].name())
+                .collect();
+            Err(Error::config(format!(
+                "{} regions are read-write ({}): the replicator copies from exactly one                  read-write region (the primary); mark the others read-only",
+                names.len(),
+                names.join(", ")
+            )))
+        }
+    }
+}
+
 /// The primary as the replicator holds it: listings and reads, nothing else.
 struct ReadOnly(Arc<dyn ReplicaStore>);
 
@@ -114,10 +155,15 @@ pub struct ReplicatorBuilder {
     budget_fraction: f64,
     concurrency: usize,
     attempt_timeout: Duration,
+    list_timeout: Duration,
     max_retry_after: Duration,
     default_retry_after: Duration,
     seed: u64,
+    wall_clock: WallClock,
 }
+
+/// The wall clock a replicator stamps its reads with (see [`ReplicatorBuilder::wall_clock`]).
+pub type WallClock = Arc<dyn Fn() -> std::time::SystemTime + Send + Sync>;
 
 impl ReplicatorBuilder {
     /// The vault copied from (never written).
@@ -160,6 +206,7 @@ impl ReplicatorBuilder {
         self.max_retry_after = t.max_retry_after;
         self.default_retry_after = t.default_retry_after;
         self.attempt_timeout = config.attempt_timeout();
+        self.list_timeout = config.list_timeout();
         self
     }
     /// Calls in flight per secondary (default 8, 1 to 64).
@@ -170,6 +217,22 @@ impl ReplicatorBuilder {
     /// The timeout of one call (default 10 s).
     pub fn attempt_timeout(mut self, timeout: Duration) -> Self {
         self.attempt_timeout = timeout;
+        self
+    }
+    /// The timeout of one whole listing, every page (default 5 min, as `timeouts.list`). Each
+    /// page is bounded by the store's own per-request timeout (the HTTP client's: the attempt
+    /// timeout for the Azure stores). With the attempt timeout on the whole listing, a vault
+    /// whose listing takes longer than one attempt (12 pages of 250 ms against 2 s) could
+    /// never be replicated: every pass failed "timed out".
+    pub fn list_timeout(mut self, timeout: Duration) -> Self {
+        self.list_timeout = timeout;
+        self
+    }
+    /// The wall clock that dates each read of the primary in a copy's provenance (default:
+    /// the system's). It must agree with the vaults' clock to within a second; the simulator
+    /// gives its virtual one.
+    pub fn wall_clock(mut self, now: WallClock) -> Self {
+        self.wall_clock = now;
         self
     }
     /// The seed of the backoff jitter (default: from the process's RNG).
@@ -213,6 +276,12 @@ impl ReplicatorBuilder {
         if self.attempt_timeout.is_zero() || self.attempt_timeout > Duration::from_secs(300) {
             return Err(Error::config("the attempt timeout must be in (0, 5 min]"));
         }
+        if self.list_timeout < self.attempt_timeout || self.list_timeout > Duration::from_secs(3600)
+        {
+            return Err(Error::config(
+                "the list timeout must be at least the attempt timeout and at most an hour",
+            ));
+        }
         Ok(Replicator {
             primary_region,
             primary: ReadOnly(primary),
@@ -224,9 +293,11 @@ impl ReplicatorBuilder {
             window: self.window,
             concurrency: self.concurrency,
             attempt_timeout: self.attempt_timeout,
+            list_timeout: self.list_timeout,
             max_retry_after: self.max_retry_after,
             default_retry_after: self.default_retry_after,
             seed: self.seed,
+            wall_clock: self.wall_clock,
             metrics: metrics::ReplicateMetrics::new(),
         })
     }
@@ -244,9 +315,11 @@ pub struct Replicator {
     window: Duration,
     concurrency: usize,
     attempt_timeout: Duration,
+    list_timeout: Duration,
     max_retry_after: Duration,
     default_retry_after: Duration,
     seed: u64,
+    wall_clock: WallClock,
     metrics: metrics::ReplicateMetrics,
 }
 
@@ -278,9 +351,11 @@ impl Replicator {
             budget_fraction: 0.8,
             concurrency: 8,
             attempt_timeout: Duration::from_secs(10),
+            list_timeout: Duration::from_secs(300),
             max_retry_after: Duration::from_secs(60),
             default_retry_after: Duration::from_secs(1),
             seed: fastrand::u64(..),
+            wall_clock: Arc::new(std::time::SystemTime::now),
         }
     }
 

@@ -7,10 +7,14 @@ use std::fmt;
 use super::item::{Listed, Properties, Provenance, ReadVersion};
 use crate::name::SecretName;
 
-/// A copy whose secondary version was created less than this many seconds after its source
-/// version is not trusted from listings alone: Key Vault's times are whole seconds, so the
-/// primary may have made a newer version within the same second after the copy read it. One
-/// read of the primary settles it (its version id against the provenance's).
+/// A copy whose source version was read less than this many seconds after that version's
+/// `created` is not trusted from listings alone: Key Vault's times are whole seconds, so the
+/// primary may have made a newer version within the same second after the read. One read of
+/// the primary settles it (its version id against the provenance's). What counts is the read
+/// the copy was made from (its provenance's read time), never the copy's own `created`: that
+/// is when it was written, which can come seconds after the read (the write budget, a
+/// `Retry-After` hold, retries, a recover), and taking it for the read lost a rotation made in
+/// the read's second for ever.
 pub const SETTLE_SECS: i64 = 2;
 
 /// Which names a run covers: every name, or those matching any of the patterns (globs with
@@ -268,8 +272,9 @@ fn plan_one(primary_region: &str, p: &Listed, s: Option<&Listed>) -> Planned {
         return skip(SkipReason::Managed);
     }
     // Whether a copy could carry its provenance (tag count, region name length): the same for
-    // any version, so a placeholder version stands in.
-    let cannot_tag = pp.copy_problem(&Provenance::new(primary_region, "0", 0));
+    // any version, so a placeholder version (and the longest times) stands in.
+    let cannot_tag =
+        pp.copy_problem(&Provenance::new(primary_region, "0", i64::MAX).with_read(i64::MAX));
     let Some(s) = s else {
         if !pp.enabled() {
             return skip(SkipReason::DisabledAbsent);
@@ -308,10 +313,7 @@ fn plan_one(primary_region: &str, p: &Listed, s: Option<&Listed>) -> Planned {
     if created < prov.created() {
         return Planned::new(name, Step::Copy(CopyReason::Differs));
     }
-    let settled = s
-        .created()
-        .is_some_and(|c| c >= prov.created().saturating_add(SETTLE_SECS));
-    if !settled {
+    if !prov.settled() {
         return Planned::new(name, Step::Check);
     }
     same_version(name, pp, sp, &prov)
@@ -343,15 +345,20 @@ pub(crate) enum AfterRead {
     Write,
 }
 
-/// Decides a [`Step::Check`] or [`Step::Compare`] once the primary's `read` is in hand;
-/// `same_value` says, for a compare, whether the secondary's value equals the read one.
+/// Decides a [`Step::Check`] or [`Step::Compare`] once the primary's `read` (sent at
+/// `read_at`, unix seconds) is in hand; `same_value` says, for a compare, whether the
+/// secondary's value equals the read one. A check that finds the copy of the current version
+/// and now reads it settled records that in the copy's provenance (one property update), so
+/// later runs settle it from the listings.
 pub(crate) fn after_read(
     primary_region: &str,
     read: &ReadVersion,
+    read_at: i64,
     secondary: &Properties,
     same_value: Option<bool>,
 ) -> AfterRead {
-    let prov = Provenance::new(primary_region, read.version(), read.created().unwrap_or(0));
+    let prov = Provenance::new(primary_region, read.version(), read.created().unwrap_or(0))
+        .with_read(read_at);
     let same = match same_value {
         Some(same) => same,
         None => secondary
@@ -362,7 +369,11 @@ pub(crate) fn after_read(
         return AfterRead::Write;
     }
     let target = read.properties().for_copy(&prov);
-    if same_value.is_none() && secondary.matches(read.properties()) {
+    let held_settled = secondary.provenance().is_some_and(|p| p.settled());
+    if same_value.is_none()
+        && secondary.matches(read.properties())
+        && (held_settled || !prov.settled())
+    {
         AfterRead::Nothing
     } else if secondary.patchable_to(read.properties()) {
         AfterRead::Update(target)
@@ -380,9 +391,10 @@ mod tests {
         Listed::new(name, props).with_created(Some(created))
     }
 
-    fn copy_of(name: &str, src_created: i64, copied_at: i64, version: &str) -> Listed {
-        let prov = Provenance::new("weu", version, src_created);
-        listed(name, copied_at, Properties::default().for_copy(&prov))
+    /// A copy of `version` (created at `src_created`), read at `read_at`.
+    fn copy_of(name: &str, src_created: i64, read_at: i64, version: &str) -> Listed {
+        let prov = Provenance::new("weu", version, src_created).with_read(read_at);
+        listed(name, read_at + 1, Properties::default().for_copy(&prov))
     }
 
     fn steps(primary: &[Listed], secondary: &[Listed], prune: bool) -> Vec<(String, Step)> {
@@ -404,11 +416,26 @@ mod tests {
             Step::Copy(CopyReason::Newer)
         );
         assert_eq!(steps(&p, &[], false)[0].1, Step::Copy(CopyReason::Missing));
-        // Copied within the source version's second (or the next): a read settles it.
+        // Read within the source version's second (or the next): a read settles it.
         assert_eq!(
             steps(&p, &[copy_of("a", 100, 101, "v1")], false)[0].1,
             Step::Check
         );
+        // Read in the source's second and written seconds later (a Retry-After hold): the
+        // copy's own `created` says nothing of what was read. Settled by that, a newer
+        // version made in the read's second was lost for ever.
+        let late = {
+            let prov = Provenance::new("weu", "v1", 100).with_read(100);
+            listed("a", 104, Properties::default().for_copy(&prov))
+        };
+        assert_eq!(steps(&p, &[late], false)[0].1, Step::Check);
+        // A tag written before read times were recorded: unsettled.
+        let old = listed(
+            "a",
+            105,
+            Properties::default().for_copy(&Provenance::new("weu", "v1", 100)),
+        );
+        assert_eq!(steps(&p, &[old], false)[0].1, Step::Check);
         // A copy claiming a newer source than the primary holds.
         assert_eq!(
             steps(&p, &[copy_of("a", 200, 205, "v9")], false)[0].1,
@@ -524,17 +551,36 @@ mod tests {
             Some(100),
             Properties::default(),
         );
-        let copy_v1 = Properties::default().for_copy(&Provenance::new("weu", "v1", 100));
-        let copy_v2 = Properties::default().for_copy(&Provenance::new("weu", "v2", 100));
-        assert_eq!(after_read("weu", &read, &copy_v1, None), AfterRead::Write);
-        assert_eq!(after_read("weu", &read, &copy_v2, None), AfterRead::Nothing);
+        let prov = |v: &str| Provenance::new("weu", v, 100);
+        let copy_v1 = Properties::default().for_copy(&prov("v1").with_read(105));
+        let copy_v2 = Properties::default().for_copy(&prov("v2").with_read(105));
+        assert_eq!(
+            after_read("weu", &read, 200, &copy_v1, None),
+            AfterRead::Write
+        );
+        assert_eq!(
+            after_read("weu", &read, 200, &copy_v2, None),
+            AfterRead::Nothing
+        );
+        // The copy of the current version, read in its creation second: this read, later,
+        // settles it and records so (a property update, no new version).
+        let unsettled = Properties::default().for_copy(&prov("v2").with_read(100));
+        assert!(matches!(
+            after_read("weu", &read, 200, &unsettled, None),
+            AfterRead::Update(p) if p.provenance().unwrap().settled()
+        ));
+        // Still within the settle time: nothing yet.
+        assert_eq!(
+            after_read("weu", &read, 101, &unsettled, None),
+            AfterRead::Nothing
+        );
         let foreign = Properties::default();
         assert_eq!(
-            after_read("weu", &read, &foreign, Some(false)),
+            after_read("weu", &read, 200, &foreign, Some(false)),
             AfterRead::Write
         );
         assert!(matches!(
-            after_read("weu", &read, &foreign, Some(true)),
+            after_read("weu", &read, 200, &foreign, Some(true)),
             AfterRead::Update(p) if p.provenance().unwrap().version() == "v2"
         ));
     }

@@ -44,6 +44,12 @@ struct Ctx<'a> {
     rng: Mutex<fastrand::Rng>,
 }
 
+/// A wall-clock time in unix seconds (0 before 1970).
+fn unix(t: std::time::SystemTime) -> i64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
 fn transient(e: &StoreError) -> bool {
     matches!(
         e.kind(),
@@ -85,7 +91,13 @@ impl Ctx<'_> {
                 CallKind::Write => &self.calls.writes,
             };
             counter.fetch_add(1, Ordering::Relaxed);
-            let e = match tokio::time::timeout(self.r.attempt_timeout, f()).await {
+            // A listing is many pages, each bounded by the store's per-request timeout; the
+            // whole by the list timeout.
+            let limit = match kind {
+                CallKind::List => self.r.list_timeout,
+                CallKind::Read | CallKind::Write => self.r.attempt_timeout,
+            };
+            let e = match tokio::time::timeout(limit, f()).await {
                 Ok(Ok(v)) => return Ok(v),
                 Ok(Err(e)) => e,
                 Err(_) => StoreError::new(StoreErrorKind::Timeout, "the call timed out"),
@@ -114,11 +126,18 @@ impl Ctx<'_> {
         }
     }
 
-    async fn read_primary(&self, name: &SecretName) -> Result<ReadVersion, StoreError> {
-        self.call(&self.primary_reads, CallKind::Read, || {
-            self.r.primary.read(name)
-        })
-        .await
+    /// Reads the primary's latest version of `name`; with it, when the attempt that answered
+    /// was sent (unix seconds, the replicator's wall clock, rounded down): the version was the latest
+    /// at some moment after that.
+    async fn read_primary(&self, name: &SecretName) -> Result<(ReadVersion, i64), StoreError> {
+        let sent = std::sync::atomic::AtomicI64::new(0);
+        let read = self
+            .call(&self.primary_reads, CallKind::Read, || {
+                sent.store(unix((self.r.wall_clock)()), Ordering::Relaxed);
+                self.r.primary.read(name)
+            })
+            .await?;
+        Ok((read, sent.load(Ordering::Relaxed)))
     }
 
     /// Writes `read` into the target as a new version, recovering a soft-deleted name first.
@@ -128,12 +147,14 @@ impl Ctx<'_> {
         p: &Planned,
         name: &SecretName,
         read: &ReadVersion,
+        read_at: i64,
     ) -> Outcome {
         let prov = Provenance::new(
             &self.r.primary_region,
             read.version(),
             read.created().unwrap_or(0),
-        );
+        )
+        .with_read(read_at);
         if let Some(why) = read.properties().copy_problem(&prov) {
             return Outcome::failed(p, why);
         }
@@ -191,7 +212,7 @@ impl Ctx<'_> {
                 Err(e) => Outcome::failed(p, format!("soft delete: {}", describe(&e))),
             },
             Step::Copy(_) | Step::Check | Step::Compare => {
-                let read = match self.read_primary(&name).await {
+                let (read, read_at) = match self.read_primary(&name).await {
                     Ok(r) => r,
                     // Deleted or disabled since the listing: the next run plans it anew.
                     Err(e)
@@ -207,7 +228,7 @@ impl Ctx<'_> {
                 let decision = match p.step() {
                     Step::Copy(_) => AfterRead::Write,
                     Step::Check => {
-                        plan::after_read(&self.r.primary_region, &read, &secondary, None)
+                        plan::after_read(&self.r.primary_region, &read, read_at, &secondary, None)
                     }
                     _ => {
                         let here = self
@@ -216,13 +237,19 @@ impl Ctx<'_> {
                         let same = here.is_ok_and(|h| {
                             h.value().expose_secret() == read.value().expose_secret()
                         });
-                        plan::after_read(&self.r.primary_region, &read, &secondary, Some(same))
+                        plan::after_read(
+                            &self.r.primary_region,
+                            &read,
+                            read_at,
+                            &secondary,
+                            Some(same),
+                        )
                     }
                 };
                 match decision {
                     AfterRead::Nothing => Outcome::new(p, OutcomeKind::Nothing),
                     AfterRead::Update(target) => self.update(t, p, &name, &target).await,
-                    AfterRead::Write => self.write_copy(t, p, &name, &read).await,
+                    AfterRead::Write => self.write_copy(t, p, &name, &read, read_at).await,
                 }
             }
         }

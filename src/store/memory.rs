@@ -438,11 +438,12 @@ impl SecretStore for MemoryStore {
         if !v.props.enabled() {
             return Err(disabled());
         }
-        // A replicator's copy is as old as its source (see `AzureStore`).
+        // A replicator's copy is as old as its source, where it believably says so (see
+        // `AzureStore`).
         let created = v
             .props
             .provenance()
-            .and_then(|p| p.created_time())
+            .and_then(|p| p.trusted_time(Some(v.created), std::time::SystemTime::now()))
             .unwrap_or(v.created);
         Ok(StoredSecret::new(v.value.clone(), v.id.clone()).with_created(created))
     }

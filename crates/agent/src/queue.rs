@@ -9,10 +9,9 @@
 //! hints are idempotent anyway). A message that is not an event (not JSON, not Key Vault's)
 //! is deleted and counted by the client's metrics, never retried for ever.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use azure_core::http::{ClientOptions, RetryOptions, Transport, Url};
+use azure_core::http::{ClientOptions, RetryOptions, Url};
 use azure_storage_queue::models::QueueClientReceiveMessagesOptions;
 use azure_storage_queue::{QueueClient, QueueClientOptions};
 use base64::Engine as _;
@@ -23,6 +22,10 @@ use crate::error::{Error, Kind};
 
 /// The most messages one receive takes (the Storage API's limit).
 const BATCH: i32 = 32;
+/// The largest receive answer read: 32 messages of at most 64 KiB each (the Storage limit),
+/// Base64 and XML around them, with room to spare. A larger one is cut off (and the receive
+/// fails), as the vault clients' answers are bounded.
+const MAX_RECEIVE_BODY: usize = 4 * 1024 * 1024;
 /// The longest wait between receives while the queue is empty or failing: a hint waits at most
 /// this long in the queue (a receive a second is 86,400 storage transactions a day per agent,
 /// a few cents a month).
@@ -66,6 +69,15 @@ impl QueueSource {
         if !matches!(parsed.scheme(), "https" | "http") || parsed.cannot_be_a_base() {
             return Err(bad("url must be an http(s) queue URL"));
         }
+        // The SAS goes on every receive and delete: in clear text only to this machine (the
+        // Azurite emulator), never across a network.
+        if parsed.scheme() == "http" && !is_loopback(&parsed) {
+            return Err(bad(
+                "url is http:// to a host that is not the loopback: the SAS token would cross \
+                 the network in clear text on every receive; use https:// (http:// is only for \
+                 an emulator on 127.0.0.1, ::1 or localhost)",
+            ));
+        }
         let label = format!("{}{}", parsed.host_str().unwrap_or_default(), parsed.path());
         let sas = sas.expose_secret().trim().trim_start_matches('?');
         if sas.is_empty() || !sas.contains("sig=") {
@@ -78,7 +90,10 @@ impl QueueSource {
             client_options: ClientOptions {
                 // One attempt per receive: the loop below paces and retries.
                 retry: RetryOptions::none(),
-                transport: Some(Transport::new(Arc::new(http))),
+                transport: Some(keyvault_failover::azure::bounded_transport(
+                    http,
+                    MAX_RECEIVE_BODY,
+                )),
                 ..Default::default()
             },
             ..Default::default()
@@ -120,13 +135,29 @@ impl QueueSource {
             visibility_timeout: Some(self.visibility.as_secs().clamp(1, 600) as i32),
             ..Default::default()
         };
-        let got = self
+        let answer = self
             .client
             .receive_messages(Some(options))
             .await
-            .map_err(|e| describe(&e))?
-            .into_model()
             .map_err(|e| describe(&e))?;
+        let raw = answer.body().as_ref().to_vec();
+        let got = match answer.into_model() {
+            Ok(got) => got,
+            // A batch the SDK cannot decode would come back every visibility timeout for ever:
+            // its messages are malformed, counted as such and deleted by the receipts the
+            // answer holds.
+            Err(e) => {
+                let receipts = receipts(&raw);
+                tracing::warn!(queue = %self.label, error = %describe(&e), messages = receipts.len(), "event queue: a batch that does not decode; deleting its messages");
+                for (id, receipt) in &receipts {
+                    let _ = client.notify_events(b"not an event");
+                    if let Err(e) = self.client.delete_message(id, receipt, None).await {
+                        tracing::warn!(queue = %self.label, error = %describe(&e), "event queue: delete failed (the message comes back)");
+                    }
+                }
+                return Ok(receipts.len());
+            }
+        };
         let messages = got.items.unwrap_or_default();
         for m in &messages {
             if let Some(text) = &m.message_text {
@@ -147,6 +178,35 @@ impl QueueSource {
         }
         Ok(messages.len())
     }
+}
+
+/// Whether `url`'s host is this machine: a loopback address or `localhost`.
+fn is_loopback(url: &Url) -> bool {
+    let host = url.host_str().unwrap_or_default();
+    let ip = host.trim_start_matches('[').trim_end_matches(']');
+    match ip.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.is_loopback(),
+        Err(_) => host.eq_ignore_ascii_case("localhost"),
+    }
+}
+
+/// The `(MessageId, PopReceipt)` pairs of a receive answer that the SDK could not decode,
+/// taken from its text as Storage writes it (`<QueueMessage>` elements, each with one
+/// `<MessageId>` and one `<PopReceipt>`); at most one batch's worth.
+fn receipts(raw: &[u8]) -> Vec<(String, String)> {
+    let text = String::from_utf8_lossy(raw);
+    let inner = |m: &str, tag: &str| -> Option<String> {
+        let open = format!("<{tag}>");
+        let start = m.find(&open)? + open.len();
+        let len = m[start..].find(&format!("</{tag}>"))?;
+        let v = m[start..start + len].trim();
+        (!v.is_empty() && v.len() <= 1024).then(|| v.to_string())
+    };
+    text.split("<QueueMessage>")
+        .skip(1)
+        .filter_map(|m| Some((inner(m, "MessageId")?, inner(m, "PopReceipt")?)))
+        .take(BATCH as usize)
+        .collect()
 }
 
 /// A message's body: Event Grid writes the event's JSON, which a queue may hold as is or
@@ -177,6 +237,38 @@ mod tests {
         let b64 = base64::engine::general_purpose::STANDARD.encode(br#"{"a":1}"#);
         assert_eq!(decode(&b64).unwrap(), br#"{"a":1}"#);
         assert!(decode("not an event!").is_none());
+    }
+
+    #[test]
+    fn an_undecodable_batch_still_yields_its_receipts() {
+        let raw = br#"<?xml version="1.0"?><QueueMessagesList><QueueMessage><MessageId>a1</MessageId><InsertionTime>not a date</InsertionTime><PopReceipt>r1</PopReceipt><MessageText>&bad;</MessageText></QueueMessage><QueueMessage><MessageId>a2</MessageId><PopReceipt>r2</PopReceipt></QueueMessage><QueueMessage><MessageId>no receipt</MessageId></QueueMessage></QueueMessagesList>"#;
+        assert_eq!(
+            receipts(raw),
+            [("a1".into(), "r1".into()), ("a2".into(), "r2".into())]
+        );
+        assert!(receipts(b"\xff\x00 garbage").is_empty());
+    }
+
+    #[test]
+    fn http_carries_the_sas_only_to_the_loopback() {
+        let sas = SecretString::from("sv=2018-11-09&sig=abc".to_string());
+        let d = Duration::from_secs(1);
+        for url in [
+            "http://acct.queue.core.windows.net/q",
+            "http://10.0.0.5/acct/q",
+            "http://127.0.0.1.example.com/acct/q",
+        ] {
+            let e = QueueSource::new(url, &sas, d, d, d).unwrap_err();
+            assert!(e.to_string().contains("clear text"), "{url}: {e}");
+        }
+        for url in [
+            "http://127.0.0.1:10001/acct/q",
+            "http://[::1]:10001/acct/q",
+            "http://localhost:10001/acct/q",
+            "https://acct.queue.core.windows.net/q",
+        ] {
+            assert!(QueueSource::new(url, &sas, d, d, d).is_ok(), "{url}");
+        }
     }
 
     #[test]

@@ -237,8 +237,11 @@ fn print_report(report: &Report) {
 fn build(config: &Config, opts: &Options) -> Result<Replicator, Box<dyn std::error::Error>> {
     let regions = config.regions();
     if regions.len() < 2 {
-        return Err("replication needs at least two regions (the first is the primary)".into());
+        return Err(
+            "replication needs at least two regions (the read-write one is the primary)".into(),
+        );
     }
+    let primary = keyvault_failover::replicate::primary_index(config)?;
     let filter = Filter::only(&opts.only)?;
     let stores = azure::stores_for(config)?;
     let mut b = Replicator::builder()
@@ -247,7 +250,7 @@ fn build(config: &Config, opts: &Options) -> Result<Replicator, Box<dyn std::err
         .prune(opts.prune);
     for (i, (region, store)) in stores.into_iter().enumerate() {
         let store: Arc<dyn ReplicaStore> = store;
-        b = if i == 0 {
+        b = if i == primary {
             b.primary(&region, store)
         } else {
             b.secondary(&region, store)

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use keyvault_failover::azure::{self, AzureStore};
-use keyvault_failover::replicate::{Listed, ReplicaStore, SETTLE_SECS};
+use keyvault_failover::replicate::{Listed, ReplicaStore};
 use keyvault_failover::{Config, SecretName, SecretStore};
 use serde::Serialize;
 
@@ -68,10 +68,9 @@ fn from_listing(primary_region: &str, p: &Listed, s: &Listed, now: i64) -> Optio
     if created < prov.created() {
         return Some(copy("differs", None));
     }
-    let settled = s
-        .created()
-        .is_some_and(|c| c >= prov.created().saturating_add(SETTLE_SECS));
-    if !settled {
+    // Settled by when the copy's source was read, never by when the copy was written (the
+    // replicator's settle rule, `Provenance::settled`).
+    if !prov.settled() {
         return None;
     }
     let same = s.properties().matches(p.properties());
@@ -131,7 +130,11 @@ pub(crate) fn verify_replication(
         .enable_all()
         .build()?;
     let checks = rt.block_on(async {
-        let stores = azure::stores_for(&config)?;
+        // The primary (the read-write region, wherever the file lists it) first.
+        let mut stores = azure::stores_for(&config)?;
+        let primary = keyvault_failover::replicate::primary_index(&config)?;
+        let p = stores.remove(primary);
+        stores.insert(0, p);
         let timeout = config.attempt_timeout();
         let (primary_region, _) = stores.first().ok_or("no region configured")?;
         let now = crate::cli::unix_now();

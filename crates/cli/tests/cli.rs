@@ -498,3 +498,78 @@ fn kill_term(pid: u32) {
         .unwrap();
     assert!(ok.success());
 }
+
+/// Rewrites the emulator's client file as an operator may write it by hand: its regions in
+/// another order, another access.
+fn rewrite(from: &Path, to: &Path, edit: impl FnOnce(&mut toml::Table)) {
+    let mut doc: toml::Table = toml::from_str(&std::fs::read_to_string(from).unwrap()).unwrap();
+    edit(&mut doc);
+    std::fs::write(to, toml::to_string(&doc).unwrap()).unwrap();
+}
+
+fn regions(doc: &mut toml::Table) -> &mut Vec<toml::Value> {
+    doc.get_mut("regions")
+        .and_then(toml::Value::as_array_mut)
+        .expect("a regions array")
+}
+
+/// The primary is the read-write region wherever the file lists it. Taking the first region
+/// as the primary, a file listing the read-only copy first had that stale copy written into
+/// the writable vault ("1 compare / 1 copied"). A file with no read-write region, or two, is
+/// refused with a clear error and nothing is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicate_copies_from_the_read_write_region_whatever_the_order() {
+    let dir = temp_dir("replicate-order");
+    let emu = emulator(&dir).await;
+    emu.insert("neu", "db-password", "old-secret-value");
+    emu.insert("weu", "db-password", "new-secret-value");
+    let config = emu.write_client_config().unwrap();
+    let reversed = dir.join("reversed.toml");
+    rewrite(&config, &reversed, |d| regions(d).reverse());
+    let reversed = reversed.to_str().unwrap();
+
+    let out = cli(&["replicate", "--config", reversed]).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("primary weu"), "{text}");
+    assert_eq!(emu.writes("weu"), 0, "the primary is never written");
+    assert_eq!(
+        emu.current("weu", "db-password").unwrap().0,
+        "new-secret-value"
+    );
+    assert_eq!(
+        emu.current("neu", "db-password").unwrap().0,
+        "new-secret-value",
+        "the read-only copy is brought up to the primary"
+    );
+    let out = cli(&["verify-replication", "--config", reversed, "db-password"]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    for (tag, access, expect) in [
+        ("none", "read-only", "no region is read-write"),
+        ("two", "read-write", "2 regions are read-write"),
+    ] {
+        let file = dir.join(format!("{tag}.toml"));
+        rewrite(&config, &file, |d| {
+            for region in regions(d).iter_mut() {
+                region["access"] = toml::Value::String(access.into());
+            }
+            d.insert("allow_multiple_writable".into(), toml::Value::Boolean(true));
+        });
+        let file = file.to_str().unwrap();
+        for args in [
+            &["replicate", "--config", file][..],
+            &["verify-replication", "--config", file, "db-password"][..],
+        ] {
+            let out = cli(args).await;
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{args:?} {tag}: {err}");
+            assert!(err.contains(expect), "{args:?} {tag}: {err}");
+        }
+    }
+    assert_eq!(emu.writes("weu"), 0);
+}

@@ -79,8 +79,9 @@ impl Iterator for JitterBackoff {
     type Item = Duration;
     fn next(&mut self) -> Option<Duration> {
         let d = self.next.min(self.max);
-        self.next = (self.next * 2).min(self.max);
-        let half = (d.as_millis() as u64 / 2).max(1);
+        self.next = self.next.saturating_mul(2).min(self.max);
+        let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let half = (ms / 2).max(1);
         Some(Duration::from_millis(half + self.rng.u64(0..=half)).min(self.max))
     }
 }
@@ -125,7 +126,8 @@ impl Shared {
     }
 
     fn open(&self, m: &mut Machine, delay: Duration, now: Instant) {
-        let until = now.checked_add(delay).unwrap_or(now);
+        // Capped, never `now`: an interval past the clock's end must not let calls through.
+        let until = crate::time::later(now, delay);
         self.enter(m, State::Open { until, delay });
     }
 

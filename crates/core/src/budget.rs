@@ -20,7 +20,7 @@ use std::time::Duration;
 use std::time::Instant;
 
 use crate::lock;
-use crate::time::later;
+use crate::time::{later, scale, unit};
 
 /// Retries allowed as a share of first attempts, over a sliding window.
 pub struct RetryBudget {
@@ -50,7 +50,8 @@ impl RetryBudget {
                 withdrawn: VecDeque::new(),
             }),
             deposit_milli: (ratio * 1000.0).round() as u64,
-            floor_milli: u64::from(min_per_sec) * window.as_millis() as u64,
+            floor_milli: u64::from(min_per_sec)
+                .saturating_mul(u64::try_from(window.as_millis()).unwrap_or(u64::MAX)),
             window,
         }
     }
@@ -61,7 +62,7 @@ impl RetryBudget {
                 break;
             }
             st.deposits.pop_front();
-            st.deposited -= d;
+            st.deposited = st.deposited.saturating_sub(d);
         }
         while let Some(&t) = st.withdrawn.front() {
             if now.duration_since(t) < self.window {
@@ -79,12 +80,12 @@ impl RetryBudget {
         let mut st = lock(&self.inner);
         self.expire(&mut st, now);
         st.deposits.push_back((now, self.deposit_milli));
-        st.deposited += self.deposit_milli;
+        st.deposited = st.deposited.saturating_add(self.deposit_milli);
         // Bound memory under very high rates: fold into the newest slot past 100k entries.
         if st.deposits.len() > 100_000 {
             if let Some((_, d)) = st.deposits.pop_front() {
                 if let Some(back) = st.deposits.back_mut() {
-                    back.1 += d;
+                    back.1 = back.1.saturating_add(d);
                 }
             }
         }
@@ -94,8 +95,11 @@ impl RetryBudget {
     pub fn withdraw(&self, now: Instant) -> bool {
         let mut st = lock(&self.inner);
         self.expire(&mut st, now);
-        let allowed = st.deposited + self.floor_milli;
-        if (st.withdrawn.len() as u64 + 1) * 1000 <= allowed {
+        let allowed = st.deposited.saturating_add(self.floor_milli);
+        let wanted = (st.withdrawn.len() as u64)
+            .saturating_add(1)
+            .saturating_mul(1000);
+        if wanted <= allowed {
             st.withdrawn.push_back(now);
             true
         } else {
@@ -185,7 +189,7 @@ impl VaultGate {
             .fetch_add(1, Ordering::Relaxed)
             .saturating_add(1);
         let ceiling = asked.saturating_mul(1 << (n - 1).min(16)).min(cap);
-        let wait = ceiling.mul_f64(0.5 + 0.5 * draw.clamp(0.0, 1.0)).max(asked);
+        let wait = scale(ceiling, 0.5 + 0.5 * unit(draw)).max(asked);
         let until = later(now, wait);
         let mut st = lock(&self.inner);
         st.throttled_until = Some(st.throttled_until.map_or(until, |t| t.max(until)));

@@ -19,7 +19,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::time::later;
+use crate::time::{later, scale, unit};
 
 /// When a held value was fetched, and how old it already was then.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,7 +103,7 @@ pub fn on_time(due: Instant, started: Instant, interval: Duration) -> bool {
 /// When a value just fetched on its refresh schedule (an on-time refresh) is next refreshed:
 /// `draw` (uniform in [0, 1)) placed in [[`GAP_MIN`], [`GAP_MAX`]] × `interval`.
 pub fn next_refresh(interval: Duration, draw: f64) -> Duration {
-    interval.mul_f64(GAP_MIN + (GAP_MAX - GAP_MIN) * draw.clamp(0.0, 1.0))
+    scale(interval, GAP_MIN + (GAP_MAX - GAP_MIN) * unit(draw))
 }
 
 /// When a value fetched off its refresh schedule (a first read, a preload, a hinted or late
@@ -124,7 +124,7 @@ pub fn next_refresh(interval: Duration, draw: f64) -> Duration {
 /// assert_eq!(next_refresh(t, 0.5), Duration::from_secs(675));
 /// ```
 pub fn first_refresh(interval: Duration, draw: f64) -> Duration {
-    let u = draw.clamp(0.0, 1.0);
+    let u = unit(draw);
     let start = 1.0 - GAP_MAX;
     // The residual life of U[a, b]: flat on [0, a] (mass a / mean), then falling to 0 at b.
     let flat = GAP_MIN / ((GAP_MIN + GAP_MAX) / 2.0);
@@ -134,7 +134,7 @@ pub fn first_refresh(interval: Duration, draw: f64) -> Duration {
         let w = ((u - flat) / (1.0 - flat)).clamp(0.0, 1.0);
         start + GAP_MAX - (GAP_MAX - GAP_MIN) * (1.0 - w).sqrt()
     };
-    interval.mul_f64(share.min(1.0))
+    scale(interval, share.min(1.0))
 }
 
 #[cfg(test)]

@@ -69,7 +69,8 @@ impl Default for HedgePolicy {
 
 impl HedgePolicy {
     /// The `percentile` of recent latencies within `[floor, ceiling]`; `default_delay` until
-    /// `min_samples` are known.
+    /// `min_samples` are known. A `ceiling` below `floor` is raised to it, and a `percentile`
+    /// outside [0, 1] (or NaN) is held to it (NaN: the median), so no policy can panic a read.
     pub fn new(
         default_delay: Duration,
         floor: Duration,
@@ -80,8 +81,12 @@ impl HedgePolicy {
         HedgePolicy {
             default_delay,
             floor,
-            ceiling,
-            percentile,
+            ceiling: ceiling.max(floor),
+            percentile: if percentile.is_nan() {
+                0.5
+            } else {
+                percentile.clamp(0.0, 1.0)
+            },
             min_samples,
         }
     }

@@ -35,7 +35,8 @@ pub struct ProbePolicy {
 impl ProbePolicy {
     /// A healthy vault is probed every `interval`, doubling with each healthy round up to
     /// `interval_max`; an unhealthy one every `unhealthy_interval`, doubling with each failed
-    /// probe past `failures_to_trip` up to `unhealthy_interval_max`; each wait ± `jitter`.
+    /// probe past `failures_to_trip` up to `unhealthy_interval_max`; each wait ± `jitter`
+    /// (held to [0, 1]; NaN: none).
     pub fn new(
         interval: Duration,
         interval_max: Duration,
@@ -49,7 +50,7 @@ impl ProbePolicy {
             interval_max,
             unhealthy_interval,
             unhealthy_interval_max,
-            jitter,
+            jitter: crate::time::unit(jitter),
             failures_to_trip,
         }
     }
@@ -103,7 +104,10 @@ impl Pacer {
             }
             self.unhealthy_wait = wait;
         }
-        (wait.mul_f64(1.0 + p.jitter * (2.0 * draw - 1.0)), wait)
+        (
+            crate::time::scale(wait, 1.0 + p.jitter * (2.0 * crate::time::unit(draw) - 1.0)),
+            wait,
+        )
     }
 }
 

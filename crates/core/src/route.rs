@@ -108,7 +108,8 @@ pub fn next<C: Candidate>(
     now: Instant,
     failback: Failback,
 ) -> Route {
-    let Some(active) = prev.active else {
+    // An index past the vaults (a route kept across a change of the vault list) is no route.
+    let Some(active) = prev.active.filter(|&a| a < vaults.len()) else {
         let to = route_to(vaults, best(vaults, failback, now));
         return Route {
             recovered: to.active.is_some(),

@@ -62,6 +62,8 @@ pub(crate) struct NewVersion {
     pub(crate) enabled: bool,
     pub(crate) exp: Option<i64>,
     pub(crate) nbf: Option<i64>,
+    /// Set by tests through the admin API only (see `SecretSpec::created`); a write is now.
+    pub(crate) created: Option<i64>,
 }
 
 impl NewVersion {
@@ -73,6 +75,7 @@ impl NewVersion {
             enabled: self.enabled,
             exp: self.exp,
             nbf: self.nbf,
+            created: self.created,
         }
     }
 }
@@ -174,7 +177,7 @@ impl Data {
                 versions: Vec::new(),
                 managed: false,
             });
-        let now = unix_now();
+        let now = v.created.unwrap_or_else(unix_now);
         rec.versions.push(Version {
             id,
             value: v.value,

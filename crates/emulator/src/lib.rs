@@ -123,6 +123,9 @@ pub struct SecretSpec {
     pub expires: Option<i64>,
     /// `attributes.nbf`, unix seconds.
     pub not_before: Option<i64>,
+    /// `attributes.created`, unix seconds (default: now): for tests of what whole-second
+    /// times cannot tell apart, such as two versions made within one second.
+    pub created: Option<i64>,
 }
 
 impl Default for SecretSpec {
@@ -133,6 +136,7 @@ impl Default for SecretSpec {
             enabled: true,
             expires: None,
             not_before: None,
+            created: None,
         }
     }
 }
@@ -614,6 +618,7 @@ impl Emulator {
                     enabled: spec.enabled,
                     exp: spec.expires,
                     nbf: spec.not_before,
+                    created: spec.created,
                 },
             )
             .id

@@ -653,6 +653,7 @@ async fn route(
                 enabled: attrs.and_then(|a| a.enabled).unwrap_or(true),
                 exp: attrs.and_then(|a| a.exp),
                 nbf: attrs.and_then(|a| a.nbf),
+                created: None,
             };
             let body = {
                 let mut data = state.data();

@@ -340,3 +340,146 @@ async fn a_copy_is_ordered_by_its_sources_time_after_a_failover() {
     let s = client.get_secret("db").await.unwrap();
     assert_eq!(s.expose(), "v2", "the older copy was served");
 }
+
+/// The secondary as a replicator writes it, except that its first write answers 429 with
+/// `Retry-After: 3`, and, as that write is refused, the primary makes a new version in the
+/// same second as the one the replicator read.
+struct LateFirstWrite<'a> {
+    inner: Arc<AzureStore>,
+    emu: &'a Emulator,
+    created: i64,
+    refused: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl ReplicaStore for LateFirstWrite<'static> {
+    async fn list_items(
+        &self,
+    ) -> Result<Vec<keyvault_failover::replicate::Listed>, keyvault_failover::StoreError> {
+        self.inner.list_items().await
+    }
+    async fn read(
+        &self,
+        name: &SecretName,
+    ) -> Result<keyvault_failover::replicate::ReadVersion, keyvault_failover::StoreError> {
+        ReplicaStore::read(&*self.inner, name).await
+    }
+    async fn write(
+        &self,
+        name: &SecretName,
+        value: &secrecy::SecretString,
+        properties: &keyvault_failover::replicate::Properties,
+    ) -> Result<String, keyvault_failover::StoreError> {
+        if !self.refused.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            let spec = SecretSpec {
+                created: Some(self.created),
+                ..SecretSpec::default()
+            };
+            self.emu.insert_with("weu", "rotated", "v2-secret", spec);
+            return Err(keyvault_failover::StoreError::new(
+                keyvault_failover::StoreErrorKind::Throttled {
+                    retry_after: Some(Duration::from_secs(3)),
+                },
+                "Too many requests. Reason: VaultRequestTypeLimitReached",
+            ));
+        }
+        self.inner.write(name, value, properties).await
+    }
+    async fn update(
+        &self,
+        name: &SecretName,
+        properties: &keyvault_failover::replicate::Properties,
+    ) -> Result<(), keyvault_failover::StoreError> {
+        self.inner.update(name, properties).await
+    }
+    async fn soft_delete(&self, name: &SecretName) -> Result<(), keyvault_failover::StoreError> {
+        self.inner.soft_delete(name).await
+    }
+    async fn recover(&self, name: &SecretName) -> Result<(), keyvault_failover::StoreError> {
+        self.inner.recover(name).await
+    }
+}
+
+/// A rotation in the same second as the version the replicator read is not lost. The copy's
+/// write came 3 s after its read (a `Retry-After` hold); the settle rule took the copy's own
+/// `created` for the moment its source was read, so the listings (both versions created in
+/// the same second) said "in step" for ever, and after two more clean runs the secondary
+/// still held the old value. Now the copy says when its source was read, and a read within
+/// the source's second is settled by reading the primary's version id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotation_in_the_second_of_the_copied_read_is_not_lost() {
+    let emu: &'static Emulator = Box::leak(Box::new(emulator().await));
+    let created = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let spec = SecretSpec {
+        created: Some(created),
+        ..SecretSpec::default()
+    };
+    emu.insert_with("weu", "rotated", "v1-secret", spec);
+    let neu = Arc::new(LateFirstWrite {
+        inner: store(emu, "neu"),
+        emu,
+        created,
+        refused: std::sync::atomic::AtomicBool::new(false),
+    });
+    let r = Replicator::builder()
+        .primary("weu", store(emu, "weu"))
+        .secondary("neu", neu)
+        .attempt_timeout(ATTEMPT)
+        .seed(7)
+        .build()
+        .unwrap();
+    let (_, _, writes) = run(&r).await;
+    assert_eq!(writes, 2, "one refused write, then the copy of v1");
+    assert_eq!(emu.current("neu", "rotated").unwrap().0, "v1-secret");
+    for _ in 0..2 {
+        run(&r).await;
+    }
+    assert_eq!(
+        emu.current("neu", "rotated").unwrap().0,
+        "v2-secret",
+        "the rotation made in the read's second reached the copy"
+    );
+    let (outcomes, in_step, writes) = run(&r).await;
+    assert!(in_step, "{outcomes:?}");
+    assert_eq!(
+        (step_of(&outcomes, "rotated"), writes),
+        (&Step::InStep, 0),
+        "settled from the listings"
+    );
+}
+
+/// A listing is bounded per page (the HTTP client's per-request timeout) and by the list
+/// timeout as a whole, as the client's own listing is. With the attempt timeout on the whole
+/// listing, a primary whose 12 pages take 250 ms each could never be planned: every pass
+/// failed "timed out" after the retries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listing_longer_than_one_attempt_is_planned() {
+    let emu = emulator().await;
+    for i in 0..300 {
+        emu.insert("weu", &format!("s{i:03}"), "v");
+    }
+    emu.set_fault("weu", VaultFault::Delay { ms: 250 });
+    let r = builder(&emu)
+        .list_timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let plan = tokio::time::timeout(Duration::from_secs(60), r.plan())
+        .await
+        .expect("bounded")
+        .expect("the primary lists in 12 pages of 250 ms, longer than one 2 s attempt");
+    assert_eq!(plan.primary_listed(), 300);
+    // The whole listing is still bounded.
+    let short = builder(&emu)
+        .attempt_timeout(Duration::from_millis(500))
+        .list_timeout(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let e = tokio::time::timeout(Duration::from_secs(60), short.plan())
+        .await
+        .expect("bounded")
+        .expect_err("3 s of pages against a 1 s list timeout");
+    assert_eq!(*e.kind(), keyvault_failover::StoreErrorKind::Timeout, "{e}");
+}

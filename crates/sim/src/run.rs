@@ -445,7 +445,11 @@ pub(crate) async fn run(
                 Duration::from_secs(10),
                 spec.budget_fraction,
             )
-            .seed(s.seed ^ 0x5EED_0000_0000_0021);
+            .seed(s.seed ^ 0x5EED_0000_0000_0021)
+            // Reads dated on the vaults' virtual wall clock, as their `created` is.
+            .wall_clock(std::sync::Arc::new(move || {
+                crate::vault::wall(Instant::now() - start)
+            }));
         for (v, r) in vaults.iter().zip(&s.regions).skip(1) {
             b = b.secondary(&r.name, v.clone());
         }

@@ -87,7 +87,7 @@ pub(crate) struct SimVault {
 }
 
 /// The wall-clock time the simulated vaults stamp at virtual `t` after the run's start.
-fn wall(t: Duration) -> SystemTime {
+pub(crate) fn wall(t: Duration) -> SystemTime {
     // Whole seconds, as Key Vault's `created`; 2027-01-15 as the run's start.
     SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000 + t.as_secs())
 }
@@ -113,8 +113,10 @@ impl SimVault {
         for i in 0..secrets.saturating_sub(r.unreplicated) {
             let tags = match copied_from {
                 Some(primary) => {
+                    // Copied long before the run by a replicator that dated its read: settled.
                     let source =
-                        Provenance::new(primary, format!("{primary}-{i:08x}"), BEFORE_RUN as i64);
+                        Provenance::new(primary, format!("{primary}-{i:08x}"), BEFORE_RUN as i64)
+                            .with_read(BEFORE_RUN as i64 + 60);
                     BTreeMap::from([(
                         keyvault_failover::replicate::PROVENANCE_TAG.to_string(),
                         source.encode(),
@@ -359,13 +361,17 @@ impl SimVault {
             Some(id) => versions.iter().find(|v| v.id == id),
         }
         .ok_or_else(|| not_found(name))?;
-        // A replicator's copy is as old as its source (as `AzureStore` reads it).
-        let created = v
-            .tags
-            .get(keyvault_failover::replicate::PROVENANCE_TAG)
-            .and_then(|t| Provenance::parse(t))
-            .and_then(|p| p.created_time())
-            .unwrap_or(v.created);
+        // A replicator's copy is as old as its source, where it believably says so (as
+        // `AzureStore` reads it, on the virtual wall clock).
+        let now = wall(Instant::now() - self.start);
+        let created = keyvault_failover::replicate::ordering_time(
+            v.tags
+                .get(keyvault_failover::replicate::PROVENANCE_TAG)
+                .map(String::as_str),
+            Some(v.created),
+            now,
+        )
+        .unwrap_or(v.created);
         Ok(StoredSecret::new(v.value.clone(), v.id.clone()).with_created(created))
     }
 
