@@ -6,9 +6,11 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use keyvault_failover::replicate::{Properties, Replicator};
+use keyvault_failover::replicate::{
+    Listed, OutcomeKind, Properties, ReadVersion, ReplicaStore, Replicator,
+};
 use keyvault_failover::store::{Fault, MemoryStore};
-use keyvault_failover::{SecretName, SecretStore};
+use keyvault_failover::{SecretName, SecretStore, StoreError, StoreErrorKind};
 use proptest::prelude::*;
 use secrecy::ExposeSecret;
 
@@ -69,6 +71,8 @@ fn replicator(weu: &Arc<MemoryStore>, neu: &Arc<MemoryStore>) -> Replicator {
         .primary("weu", weu.clone())
         .secondary("neu", neu.clone())
         .prune(true)
+        // Convergence is the property here: the prune guard (tested on its own) is off.
+        .max_prune_share(1.0)
         .seed(1)
         .build()
         .unwrap()
@@ -179,5 +183,76 @@ proptest! {
             .build()
             .unwrap();
         rt.block_on(check(ops))?;
+    }
+}
+
+/// The primary's secret reads answer with one 403 and message; listings answer.
+struct ForbiddenReads {
+    inner: Arc<MemoryStore>,
+    message: &'static str,
+}
+
+#[async_trait::async_trait]
+impl ReplicaStore for ForbiddenReads {
+    async fn list_items(&self) -> Result<Vec<Listed>, StoreError> {
+        self.inner.list_items().await
+    }
+    async fn read(&self, _: &SecretName) -> Result<ReadVersion, StoreError> {
+        Err(StoreError::new(
+            StoreErrorKind::Auth { status: 403 },
+            self.message,
+        ))
+    }
+    async fn write(
+        &self,
+        n: &SecretName,
+        v: &secrecy::SecretString,
+        p: &Properties,
+    ) -> Result<String, StoreError> {
+        self.inner.write(n, v, p).await
+    }
+    async fn update(&self, n: &SecretName, p: &Properties) -> Result<(), StoreError> {
+        self.inner.update(n, p).await
+    }
+    async fn soft_delete(&self, n: &SecretName) -> Result<(), StoreError> {
+        self.inner.soft_delete(n).await
+    }
+    async fn recover(&self, n: &SecretName) -> Result<(), StoreError> {
+        self.inner.recover(n).await
+    }
+}
+
+/// Only Key Vault's answer for a disabled secret defers a copy to the next run. A 403 such as
+/// "public network access is disabled" is a failure the pass reports (a substring match on
+/// "isabled" took it for a disabled secret, and the pass said nothing was wrong).
+#[test]
+fn a_forbidden_read_is_a_failure_unless_the_secret_is_disabled() {
+    for (message, kind) in [
+        (
+            "ForbiddenByConnection: Public network access is disabled and request is not from a trusted service",
+            OutcomeKind::Failed,
+        ),
+        (
+            "Forbidden: Operation get is not allowed on a disabled secret.",
+            OutcomeKind::Deferred,
+        ),
+    ] {
+        keyvault_failover::run_virtual(async move {
+            let weu = Arc::new(MemoryStore::new("weu"));
+            weu.insert("db", "value");
+            let neu = Arc::new(MemoryStore::new("neu"));
+            let r = Replicator::builder()
+                .primary("weu", Arc::new(ForbiddenReads { inner: weu, message }))
+                .secondary("neu", neu.clone())
+                .seed(1)
+                .build()
+                .unwrap();
+            let plan = r.plan().await.unwrap();
+            let report = r.run(&plan, &|_, _| {}).await;
+            let o = &report.secondaries()[0].outcomes()[0];
+            assert_eq!(o.kind(), kind, "{message}");
+            assert!(!report.in_step(), "{message}");
+        })
+        .unwrap();
     }
 }

@@ -149,6 +149,7 @@ pub struct ReplicatorBuilder {
     secondaries: Vec<(String, Arc<dyn ReplicaStore>)>,
     filter: Filter,
     prune: bool,
+    max_prune_share: f64,
     write_limit: u32,
     read_limit: u32,
     window: Duration,
@@ -184,6 +185,13 @@ impl ReplicatorBuilder {
     /// Soft-delete copies whose source the primary no longer has (default: report them).
     pub fn prune(mut self, prune: bool) -> Self {
         self.prune = prune;
+        self
+    }
+    /// The prune guard: a pass that would soft-delete more than this share of a secondary's
+    /// copies (at least one may always go), or any copy while the primary lists nothing,
+    /// prunes none and says so (exit 1). `[0, 1]`, default 0.1; 1 turns the guard off.
+    pub fn max_prune_share(mut self, share: f64) -> Self {
+        self.max_prune_share = share;
         self
     }
     /// Each vault's limits: writes and GETs per window (Key Vault: 300 and 4,000 per 10 s),
@@ -273,6 +281,12 @@ impl ReplicatorBuilder {
                 self.concurrency
             )));
         }
+        if !(0.0..=1.0).contains(&self.max_prune_share) {
+            return Err(Error::config(format!(
+                "max prune share {} must be 0 to 1",
+                self.max_prune_share
+            )));
+        }
         if self.attempt_timeout.is_zero() || self.attempt_timeout > Duration::from_secs(300) {
             return Err(Error::config("the attempt timeout must be in (0, 5 min]"));
         }
@@ -288,6 +302,7 @@ impl ReplicatorBuilder {
             secondaries: self.secondaries,
             filter: self.filter,
             prune: self.prune,
+            max_prune_share: self.max_prune_share,
             writes_per_window: share(self.write_limit),
             reads_per_window: share(self.read_limit),
             window: self.window,
@@ -310,6 +325,7 @@ pub struct Replicator {
     secondaries: Vec<(String, Arc<dyn ReplicaStore>)>,
     filter: Filter,
     prune: bool,
+    max_prune_share: f64,
     writes_per_window: usize,
     reads_per_window: usize,
     window: Duration,
@@ -345,6 +361,7 @@ impl Replicator {
             secondaries: Vec::new(),
             filter: Filter::all(),
             prune: false,
+            max_prune_share: 0.1,
             write_limit: 300,
             read_limit: 4000,
             window: Duration::from_secs(10),

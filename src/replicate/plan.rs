@@ -96,6 +96,18 @@ pub enum SkipReason {
     DeletedInPrimary,
     /// Only in the secondary and not a copy from the primary: never touched.
     NotOurs,
+    /// Disabled in the primary, and the secondary's secret of that name is not a copy from
+    /// the primary: never touched (the replicator disables only what it wrote).
+    DisabledNotOurs,
+    /// Deleted in the primary, but this pass would soft-delete more of the secondary's
+    /// copies than the prune guard allows (`would` of `copies`; an empty primary listing
+    /// would prune them all): nothing is pruned, and the pass says so (exit 1).
+    PruneHeld {
+        /// Copies this pass would have pruned.
+        would: usize,
+        /// The secondary's copies from the primary.
+        copies: usize,
+    },
     /// The name is not one Key Vault accepts.
     InvalidName,
     /// A copy cannot carry its provenance (too many tags, too long a region name).
@@ -107,7 +119,10 @@ impl SkipReason {
     pub fn is_failure(&self) -> bool {
         matches!(
             self,
-            SkipReason::ManagedInSecondary | SkipReason::InvalidName | SkipReason::CannotTag(_)
+            SkipReason::ManagedInSecondary
+                | SkipReason::InvalidName
+                | SkipReason::CannotTag(_)
+                | SkipReason::PruneHeld { .. }
         )
     }
 }
@@ -178,6 +193,14 @@ impl fmt::Display for Step {
                     f.write_str("skip: deleted in the primary (--prune soft-deletes it)")
                 }
                 SkipReason::NotOurs => f.write_str("skip: only here, not a copy of the primary"),
+                SkipReason::DisabledNotOurs => {
+                    f.write_str("skip: disabled in the primary; not a copy here, left as it is")
+                }
+                SkipReason::PruneHeld { would, copies } => write!(
+                    f,
+                    "skip: deleted in the primary, but pruning {would} of {copies} copies is past \
+                     the prune guard (--max-prune-share): nothing pruned"
+                ),
                 SkipReason::InvalidName => f.write_str("skip: not a valid Key Vault name"),
                 SkipReason::CannotTag(why) => write!(f, "skip: {why}"),
             },
@@ -221,13 +244,17 @@ impl Planned {
     }
 }
 
-/// What one secondary needs, name by name (in name order).
+/// What one secondary needs, name by name (in name order). With `prune`, copies whose source
+/// the primary no longer lists are soft-deleted, unless that is more than `max_prune_share`
+/// of the secondary's copies (at least one may always go), or the primary lists nothing at
+/// all: then none is, and each says why.
 pub(crate) fn plan(
     primary_region: &str,
     primary: &[Listed],
     secondary: &[Listed],
     filter: &Filter,
     prune: bool,
+    max_prune_share: f64,
 ) -> Vec<Planned> {
     let key = |n: &str| n.to_ascii_lowercase();
     let here: HashMap<String, &Listed> = secondary.iter().map(|s| (key(s.name()), s)).collect();
@@ -257,8 +284,54 @@ pub(crate) fn plan(
             ..Planned::new(s.name(), step)
         });
     }
+    hold_mass_prune(
+        &mut out,
+        primary.is_empty(),
+        secondary,
+        primary_region,
+        max_prune_share,
+    );
     out.sort_by_key(|p| key(&p.name));
     out
+}
+
+/// The prune guard: an empty or truncated primary listing (a wrong vault, a permissions
+/// change, a listing that lost pages) must not soft-delete every copy.
+fn hold_mass_prune(
+    out: &mut [Planned],
+    primary_empty: bool,
+    secondary: &[Listed],
+    primary_region: &str,
+    max_share: f64,
+) {
+    let would = out.iter().filter(|p| p.step == Step::Prune).count();
+    if would == 0 {
+        return;
+    }
+    let copies = secondary
+        .iter()
+        .filter(|s| {
+            s.properties()
+                .provenance()
+                .is_some_and(|p| p.region() == primary_region)
+        })
+        .count();
+    let share = if max_share.is_nan() {
+        0.0
+    } else {
+        max_share.clamp(0.0, 1.0)
+    };
+    let allowed = ((copies as f64 * share).floor() as usize).max(1);
+    let held = if share >= 1.0 {
+        false
+    } else {
+        primary_empty || would > allowed
+    };
+    if held {
+        for p in out.iter_mut().filter(|p| p.step == Step::Prune) {
+            p.step = Step::Skip(SkipReason::PruneHeld { would, copies });
+        }
+    }
 }
 
 fn plan_one(primary_region: &str, p: &Listed, s: Option<&Listed>) -> Planned {
@@ -289,9 +362,13 @@ fn plan_one(primary_region: &str, p: &Listed, s: Option<&Listed>) -> Planned {
         return skip(SkipReason::ManagedInSecondary);
     }
     if !pp.enabled() {
-        // No value can be read: copy the disabled state onto whatever the copy holds.
+        // No value can be read: copy the disabled state onto whatever the copy holds, if it
+        // is a copy: a same-named secret the replicator never wrote is not its to disable.
         if !sp.enabled() {
             return Planned::new(name, Step::InStep);
+        }
+        if sp.provenance().is_none_or(|v| v.region() != primary_region) {
+            return skip(SkipReason::DisabledNotOurs);
         }
         return Planned {
             target: Some(sp.clone().with_enabled(false)),
@@ -398,7 +475,7 @@ mod tests {
     }
 
     fn steps(primary: &[Listed], secondary: &[Listed], prune: bool) -> Vec<(String, Step)> {
-        plan("weu", primary, secondary, &Filter::all(), prune)
+        plan("weu", primary, secondary, &Filter::all(), prune, 1.0)
             .into_iter()
             .map(|p| (p.name, p.step))
             .collect()
@@ -469,6 +546,60 @@ mod tests {
     }
 
     #[test]
+    fn a_pass_that_would_prune_past_the_guard_prunes_nothing() {
+        let copies: Vec<Listed> = (0..20)
+            .map(|i| copy_of(&format!("c{i:02}"), 1, 5, "v"))
+            .collect();
+        let listed_all: Vec<Listed> = (0..20)
+            .map(|i| listed(&format!("c{i:02}"), 1, Properties::default()))
+            .collect();
+        let run = |primary: &[Listed], share: f64| -> Vec<Step> {
+            plan("weu", primary, &copies, &Filter::all(), true, share)
+                .into_iter()
+                .map(|p| p.step)
+                .collect()
+        };
+        // Two of twenty deleted in the primary: within 10 %.
+        let prunes = run(&listed_all[2..], 0.1);
+        assert_eq!(prunes.iter().filter(|s| **s == Step::Prune).count(), 2);
+        // Three of twenty: past it, and nothing is pruned.
+        let held = run(&listed_all[3..], 0.1);
+        assert!(held.iter().all(|s| *s != Step::Prune));
+        let reason = Step::Skip(SkipReason::PruneHeld {
+            would: 3,
+            copies: 20,
+        });
+        assert_eq!(held.iter().filter(|s| **s == reason).count(), 3);
+        assert!(matches!(&held[0], Step::Skip(r) if r.is_failure()));
+        // An empty primary listing prunes nothing, even of one copy.
+        assert!(run(&[], 0.1).iter().all(|s| *s != Step::Prune));
+        // Told otherwise (a share of 1), it prunes.
+        assert_eq!(
+            run(&[], 1.0).iter().filter(|s| **s == Step::Prune).count(),
+            20
+        );
+    }
+
+    #[test]
+    fn a_secret_the_replicator_never_wrote_is_not_disabled() {
+        let off = Properties::default().with_enabled(false);
+        let p = [listed("a", 100, off)];
+        let foreign = listed("a", 100, Properties::default());
+        assert_eq!(
+            steps(&p, &[foreign], false)[0].1,
+            Step::Skip(SkipReason::DisabledNotOurs)
+        );
+        let elsewhere = {
+            let prov = Provenance::new("eus", "v1", 90).with_read(95);
+            listed("a", 96, Properties::default().for_copy(&prov))
+        };
+        assert_eq!(
+            steps(&p, &[elsewhere], false)[0].1,
+            Step::Skip(SkipReason::DisabledNotOurs)
+        );
+    }
+
+    #[test]
     fn disabled_primary_disables_the_copy_and_copies_no_value() {
         let off = Properties::default().with_enabled(false);
         let p = [listed("a", 100, off)];
@@ -478,6 +609,7 @@ mod tests {
             &[copy_of("a", 90, 95, "v0")],
             &Filter::all(),
             false,
+            0.1,
         );
         assert_eq!(planned[0].step, Step::Update(UpdateReason::Disable));
         assert!(!planned[0].target().unwrap().enabled());
@@ -509,6 +641,7 @@ mod tests {
             &[copy_of("a", 100, 105, "v1")],
             &Filter::all(),
             false,
+            0.1,
         );
         assert_eq!(planned[0].step, Step::Update(UpdateReason::Properties));
         let target = planned[0].target().unwrap();
@@ -537,7 +670,7 @@ mod tests {
         let all = steps(&p, &[], false);
         assert_eq!(all[0].1, Step::Skip(SkipReason::Managed));
         assert!(matches!(all[2].1, Step::Skip(SkipReason::CannotTag(_))));
-        let only = plan("weu", &p, &[], &Filter::only(&["KE*"]).unwrap(), false);
+        let only = plan("weu", &p, &[], &Filter::only(&["KE*"]).unwrap(), false, 0.1);
         assert_eq!(only.len(), 1);
         assert_eq!(only[0].name(), "keep");
         assert!(Filter::only(&["[x"]).unwrap_err().is_config());

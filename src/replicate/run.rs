@@ -50,6 +50,14 @@ fn unix(t: std::time::SystemTime) -> i64 {
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
+/// Key Vault's 403 for a read of a disabled secret (code `Forbidden`, inner code
+/// `SecretDisabled`, "Operation get is not allowed on a disabled secret.").
+fn is_disabled_secret(e: &StoreError) -> bool {
+    let m = e.message();
+    e.kind().status() == Some(403)
+        && (m.contains("SecretDisabled") || m.contains("not allowed on a disabled secret"))
+}
+
 fn transient(e: &StoreError) -> bool {
     matches!(
         e.kind(),
@@ -214,12 +222,11 @@ impl Ctx<'_> {
             Step::Copy(_) | Step::Check | Step::Compare => {
                 let (read, read_at) = match self.read_primary(&name).await {
                     Ok(r) => r,
-                    // Deleted or disabled since the listing: the next run plans it anew.
-                    Err(e)
-                        if *e.kind() == StoreErrorKind::NotFound
-                            || e.kind().status() == Some(403)
-                                && e.message().contains("isabled") =>
-                    {
+                    // Deleted or disabled since the listing: the next run plans it anew. Only
+                    // Key Vault's answer for a disabled secret (403, "… not allowed on a
+                    // disabled secret"): a 403 such as "public network access is disabled" is
+                    // a failure to report, never a deferral.
+                    Err(e) if *e.kind() == StoreErrorKind::NotFound || is_disabled_secret(&e) => {
                         return Outcome::new(p, OutcomeKind::Deferred)
                     }
                     Err(e) => return Outcome::failed(p, format!("read primary: {}", describe(&e))),
@@ -325,6 +332,7 @@ impl Replicator {
                             &listed,
                             &self.filter,
                             self.prune,
+                            self.max_prune_share,
                         ),
                         listing_error: None,
                     },

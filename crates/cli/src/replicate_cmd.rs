@@ -26,6 +26,11 @@ pub(crate) struct Options {
     /// Soft-delete copies whose source the primary no longer has (never purged).
     #[arg(long)]
     pub(crate) prune: bool,
+    /// With --prune: a pass that would soft-delete more than this share of a secondary's
+    /// copies (at least one may always go), or any while the primary lists nothing, prunes
+    /// none and exits 1 saying so; 1 turns the guard off.
+    #[arg(long, default_value_t = 0.1, value_parser = share)]
+    pub(crate) max_prune_share: f64,
     /// Only names matching this glob (`*`, `?`, `[..]`, case-insensitive); repeatable.
     #[arg(long = "only", value_name = "PATTERN")]
     pub(crate) only: Vec<String>,
@@ -234,6 +239,14 @@ fn print_report(report: &Report) {
     );
 }
 
+/// A share in [0, 1].
+fn share(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        _ => Err(format!("{s:?} is not a share from 0 to 1")),
+    }
+}
+
 fn build(config: &Config, opts: &Options) -> Result<Replicator, Box<dyn std::error::Error>> {
     let regions = config.regions();
     if regions.len() < 2 {
@@ -247,7 +260,8 @@ fn build(config: &Config, opts: &Options) -> Result<Replicator, Box<dyn std::err
     let mut b = Replicator::builder()
         .limits_from(config)
         .filter(filter)
-        .prune(opts.prune);
+        .prune(opts.prune)
+        .max_prune_share(opts.max_prune_share);
     for (i, (region, store)) in stores.into_iter().enumerate() {
         let store: Arc<dyn ReplicaStore> = store;
         b = if i == primary {

@@ -1,6 +1,11 @@
 //! `replicate --every --metrics ADDR`: `/metrics` (the replicator's instruments, and the
 //! clients', as Prometheus text) and `/healthz` (200 while the last pass left every secondary in
 //! step and finished recently, 503 otherwise) on a loopback address, for an orchestrator.
+//!
+//! With the agent's protections: a `Host` that does not name the loopback is refused (a web
+//! page whose name was rebound to 127.0.0.1 sends its own), a peer that sends no request
+//! within 2 s or never reads its answer loses its connection and its slot, and an accept error
+//! pauses the loop instead of spinning it.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -19,8 +24,14 @@ pub(crate) struct Health {
     pub(crate) finished: AtomicI64,
 }
 
-/// The longest a request may take, reading included.
+/// The longest a connection may last, reading included.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest a peer may take to send a request's headers.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(2);
+/// The longest a write may wait for a peer that does not read.
+const WRITE_STALL: Duration = Duration::from_secs(5);
+/// Connections served at once; past this, a new one is closed at once.
+const SLOTS: usize = 64;
 
 /// Binds `addr` (loopback only) and serves until the task is dropped. `stale_after`: a last
 /// pass older than this is unhealthy (a stuck replicator).
@@ -38,11 +49,17 @@ pub(crate) async fn serve(
     }
     let listener = tokio::net::TcpListener::bind(addr).await?;
     println!("metrics on http://{}/metrics", listener.local_addr()?);
-    let slots = Arc::new(tokio::sync::Semaphore::new(16));
+    let slots = Arc::new(tokio::sync::Semaphore::new(SLOTS));
     Ok(tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of descriptors, a reset before accept: a pause, not a spin.
+                    eprintln!("metrics: accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
             };
             let Ok(slot) = slots.clone().try_acquire_owned() else {
                 continue;
@@ -59,8 +76,12 @@ pub(crate) async fn serve(
                             )
                         }
                     });
+                let mut io = tokio_io_timeout::TimeoutWriter::new(stream);
+                io.set_timeout(Some(WRITE_STALL));
                 let conn = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(HEADER_TIMEOUT)
+                    .serve_connection(hyper_util::rt::TokioIo::new(Box::pin(io)), service);
                 let _ = tokio::time::timeout(REQUEST_TIMEOUT, conn).await;
             });
         }
@@ -80,6 +101,13 @@ async fn answer(
             .body(Full::new(Bytes::from(body)))
             .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
     };
+    if !host_is_loopback(req) {
+        return reply(
+            StatusCode::FORBIDDEN,
+            "the Host header must name this machine's loopback address\n".into(),
+            "text/plain",
+        );
+    }
     if req.method() != hyper::Method::GET {
         return reply(StatusCode::METHOD_NOT_ALLOWED, String::new(), "text/plain");
     }
@@ -110,5 +138,58 @@ async fn answer(
             reply(status, body, "application/json")
         }
         _ => reply(StatusCode::NOT_FOUND, String::new(), "text/plain"),
+    }
+}
+
+/// Whether the request's `Host` (if any) names the loopback: `localhost`, `127.x.x.x` or
+/// `[::1]`, with any port.
+fn host_is_loopback<B>(req: &Request<B>) -> bool {
+    let Some(h) = req.headers().get(hyper::header::HOST) else {
+        return true;
+    };
+    let Ok(h) = h.to_str() else { return false };
+    let host = match h.rsplit_once(':') {
+        Some((host, port)) if !host.ends_with(':') && port.chars().all(|c| c.is_ascii_digit()) => {
+            host
+        }
+        _ => h,
+    };
+    let ip = host.trim_start_matches('[').trim_end_matches(']');
+    match ip.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.is_loopback(),
+        Err(_) => host.eq_ignore_ascii_case("localhost"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_hosts_are_answered() {
+        let with = |h: &str| {
+            Request::builder()
+                .header(hyper::header::HOST, h)
+                .body(())
+                .unwrap()
+        };
+        for ok in [
+            "127.0.0.1:9465",
+            "localhost",
+            "LOCALHOST:1",
+            "[::1]:9465",
+            "127.1.2.3",
+        ] {
+            assert!(host_is_loopback(&with(ok)), "{ok}");
+        }
+        for bad in [
+            "evil.example:9465",
+            "127.0.0.1.evil.example",
+            "10.0.0.1:9465",
+            "[::2]:1",
+        ] {
+            assert!(!host_is_loopback(&with(bad)), "{bad}");
+        }
+        assert!(host_is_loopback(&Request::new(())), "no Host: a local tool");
     }
 }

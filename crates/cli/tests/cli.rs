@@ -477,6 +477,40 @@ async fn replicate_every_serves_health_and_metrics() {
         "{text}"
     );
     assert!(!text.contains("payments-db-password") && !text.contains("secret-value"));
+
+    // A page whose name was rebound to 127.0.0.1 sends its own name: refused.
+    let r = http
+        .get(format!("{base}/healthz"))
+        .header("host", "rebound.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+    // Peers that connect and never send hold no slot for long: 64 of them fill every slot,
+    // and the probe is answered again once they are cut (2 s without a request). Before,
+    // 16 slots were each held for 10 s.
+    let idle: Vec<std::net::TcpStream> = (0..64)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).unwrap())
+        .collect();
+    let fresh = reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(6);
+    loop {
+        match fresh.get(format!("{base}/healthz")).send().await {
+            Ok(r) if r.status().as_u16() == 200 => break,
+            _ => {}
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "idle peers still hold every slot"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(idle);
     kill_term(child.id());
     let status = tokio::time::timeout(
         Duration::from_secs(20),

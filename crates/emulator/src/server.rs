@@ -616,7 +616,11 @@ async fn route(
             if !data.update(name, version, patch) {
                 return not_found(name);
             }
-            let body = data.get(name, version).map(|(r, v)| data::item(base, r, v));
+            // Key Vault answers the updated version's bundle: its id names the version (the
+            // SDKs report the version from it), and no value.
+            let body = data
+                .get(name, version)
+                .map(|(r, v)| data::version_item(base, r, v));
             drop(data);
             full(StatusCode::OK, body.unwrap_or(Value::Null))
         }

@@ -199,6 +199,7 @@ async fn rotation_disable_and_property_changes_reach_the_copy() {
 async fn deletions_are_reported_pruned_only_when_asked_and_never_purged() {
     let emu = emulator().await;
     emu.insert("weu", "gone", "g");
+    emu.insert("weu", "kept", "k");
     emu.insert("neu", "local-only", "l");
     let r = builder(&emu).build().unwrap();
     run(&r).await;
@@ -224,6 +225,21 @@ async fn deletions_are_reported_pruned_only_when_asked_and_never_purged() {
         "soft-deleted, recoverable"
     );
     assert!(emu.current("neu", "local-only").is_some(), "not ours: kept");
+
+    // The prune guard: a primary that lists nothing (its last secret deleted, or a wrong
+    // vault, or lost permissions) does not take every copy with it.
+    assert!(emu.soft_delete("weu", "kept"));
+    let (outcomes, in_step, writes) = run(&pruning).await;
+    assert_eq!(
+        step_of(&outcomes, "kept"),
+        &Step::Skip(SkipReason::PruneHeld {
+            would: 1,
+            copies: 1
+        })
+    );
+    assert!(!in_step, "a held prune is reported as a failure");
+    assert_eq!(writes, 0);
+    assert!(emu.current("neu", "kept").is_some(), "nothing pruned");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
