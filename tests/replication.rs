@@ -256,3 +256,79 @@ fn a_forbidden_read_is_a_failure_unless_the_secret_is_disabled() {
         .unwrap();
     }
 }
+
+/// A value planted under a genuine copy's tags (tags are readable by whoever may list, and
+/// writable by whoever may write) looked in step for ever: the listings match. With a MAC key
+/// the copy's provenance binds its value; a deep pass reads each copy, finds the planted one
+/// (its MAC does not match its value) and rewrites it; disable and prune leave a copy whose
+/// MAC does not match alone and say so. Without a key, a deep pass compares the values.
+#[test]
+fn a_value_planted_under_a_copys_tags_is_found_by_a_deep_pass() {
+    for keyed in [true, false] {
+        keyvault_failover::run_virtual(async move {
+            let weu = Arc::new(MemoryStore::new("weu"));
+            let neu = Arc::new(MemoryStore::new("neu"));
+            for n in ["db", "api", "old"] {
+                weu.insert(n, &format!("{n}-genuine"));
+            }
+            let mut b = Replicator::builder()
+                .primary("weu", weu.clone())
+                .secondary("neu", neu.clone())
+                .prune(true)
+                .max_prune_share(1.0)
+                .seed(1);
+            if keyed {
+                b = b.mac_key(keyvault_failover::replicate::MacKey::new(vec![9u8; 32]).unwrap());
+            }
+            let r = b.build().unwrap();
+            run(&r).await;
+            let tag = neu.properties("db").unwrap().provenance().unwrap();
+            assert_eq!(tag.mac().is_some(), keyed, "{tag:?}");
+            // Planted: new values under the genuine copies' tags.
+            for n in ["db", "api", "old"] {
+                let props = neu.properties(n).unwrap();
+                neu.insert_with(n, "planted", props);
+            }
+            weu.set_enabled("api", false);
+            let old = SecretName::new("old").unwrap();
+            weu.delete(&old).await.unwrap();
+            let plan = r.plan().await.unwrap();
+            let report = r.run(&plan, &|_, _| {}).await;
+            let outcome = |name: &str| {
+                report.secondaries()[0]
+                    .outcomes()
+                    .iter()
+                    .find(|o| o.name() == name)
+                    .map(|o| o.kind())
+            };
+            assert_eq!(
+                neu.current("db").unwrap().1.expose_secret(),
+                "planted",
+                "a listing cannot see it"
+            );
+            if keyed {
+                assert_eq!(
+                    outcome("api"),
+                    Some(OutcomeKind::Failed),
+                    "not disabled: not ours"
+                );
+                assert_eq!(
+                    outcome("old"),
+                    Some(OutcomeKind::Failed),
+                    "not pruned: not ours"
+                );
+                assert!(neu.properties("api").unwrap().enabled());
+                assert!(neu.current("old").is_some());
+            }
+            r.set_deep(true);
+            let plan = r.plan().await.unwrap();
+            r.run(&plan, &|_, _| {}).await;
+            assert_eq!(
+                neu.current("db").unwrap().1.expose_secret(),
+                "db-genuine",
+                "keyed {keyed}: the deep pass rewrote the planted value"
+            );
+        })
+        .unwrap();
+    }
+}

@@ -285,6 +285,9 @@ impl fmt::Debug for ReadVersion {
 pub struct Provenance {
     created: i64,
     read: Option<i64>,
+    /// The replicator's keyed MAC over the name, this provenance and the value (hex), when it
+    /// has a key ([`MacKey`](super::MacKey)).
+    mac: Option<String>,
     version: String,
     region: String,
 }
@@ -295,6 +298,7 @@ impl Provenance {
         Provenance {
             created,
             read: None,
+            mac: None,
             version: version.into(),
             region: region.into(),
         }
@@ -304,28 +308,56 @@ impl Provenance {
         self.read = Some(read);
         self
     }
-    /// Parses a tag value; `None` unless it is `created[/read]:version:region` with numeric
-    /// times and a non-empty version and region.
+    /// The same copy with `mac` (hex), as [`MacKey::seal`](super::MacKey::seal) makes it.
+    pub fn with_mac(mut self, mac: String) -> Self {
+        self.mac = Some(mac);
+        self
+    }
+    /// Parses a tag value; `None` unless it is `created[/read[/mac]]:version:region` with
+    /// numeric times, a hex MAC of 32 digits, and a non-empty version and region.
     pub fn parse(tag: &str) -> Option<Provenance> {
         let mut parts = tag.splitn(3, ':');
-        let times = parts.next()?;
-        let (created, read) = match times.split_once('/') {
-            Some((c, r)) => (c.parse::<i64>().ok()?, Some(r.parse::<i64>().ok()?)),
-            None => (times.parse::<i64>().ok()?, None),
+        let mut times = parts.next()?.split('/');
+        let created = times.next()?.parse::<i64>().ok()?;
+        let read = match times.next() {
+            Some(r) => Some(r.parse::<i64>().ok()?),
+            None => None,
         };
+        let mac = match times.next() {
+            Some(m)
+                if m.len() == super::seal::MAC_HEX_LEN
+                    && m.bytes().all(|b| b.is_ascii_hexdigit()) =>
+            {
+                Some(m.to_ascii_lowercase())
+            }
+            Some(_) => return None,
+            None => None,
+        };
+        if times.next().is_some() {
+            return None;
+        }
         let version = parts.next().filter(|v| !v.is_empty())?;
         let region = parts.next().filter(|r| !r.is_empty())?;
         Some(Provenance {
             read,
+            mac,
             ..Provenance::new(region, version, created)
         })
     }
     /// The tag value.
     pub fn encode(&self) -> String {
-        match self.read {
-            Some(read) => format!("{}/{read}:{}:{}", self.created, self.version, self.region),
-            None => format!("{}:{}:{}", self.created, self.version, self.region),
+        let mut times = self.created.to_string();
+        if let Some(read) = self.read {
+            times.push_str(&format!("/{read}"));
+            if let Some(mac) = &self.mac {
+                times.push_str(&format!("/{mac}"));
+            }
         }
+        format!("{times}:{}:{}", self.version, self.region)
+    }
+    /// The copy's provenance MAC (hex), if it carries one.
+    pub fn mac(&self) -> Option<&str> {
+        self.mac.as_deref()
     }
     /// When the replicator's read of the copied version was sent (unix seconds), if the tag
     /// says.

@@ -47,6 +47,7 @@ mod metrics;
 mod plan;
 mod report;
 mod run;
+mod seal;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -60,6 +61,7 @@ pub use item::{
 };
 pub use plan::{CopyReason, Filter, Planned, SkipReason, Step, UpdateReason, SETTLE_SECS};
 pub use report::{Calls, Outcome, OutcomeKind, Report, SecondaryReport};
+pub use seal::{MacKey, MIN_MAC_KEY_LEN};
 
 use crate::error::{Error, StoreError};
 use crate::name::SecretName;
@@ -161,6 +163,8 @@ pub struct ReplicatorBuilder {
     default_retry_after: Duration,
     seed: u64,
     wall_clock: WallClock,
+    mac_key: Option<MacKey>,
+    deep: bool,
 }
 
 /// The wall clock a replicator stamps its reads with (see [`ReplicatorBuilder::wall_clock`]).
@@ -243,6 +247,18 @@ impl ReplicatorBuilder {
         self.wall_clock = now;
         self
     }
+    /// Seal every copy's provenance with a keyed MAC over its value (see [`MacKey`]), and
+    /// disable or prune only copies whose MAC matches their value (default: no key; the
+    /// provenance tag's region alone says a copy is the replicator's).
+    pub fn mac_key(mut self, key: MacKey) -> Self {
+        self.mac_key = Some(key);
+        self
+    }
+    /// Deep passes (see [`Replicator::set_deep`]) from the start (default: off).
+    pub fn deep(mut self, deep: bool) -> Self {
+        self.deep = deep;
+        self
+    }
     /// The seed of the backoff jitter (default: from the process's RNG).
     pub fn seed(mut self, seed: u64) -> Self {
         self.seed = seed;
@@ -313,6 +329,8 @@ impl ReplicatorBuilder {
             default_retry_after: self.default_retry_after,
             seed: self.seed,
             wall_clock: self.wall_clock,
+            mac_key: self.mac_key,
+            deep: std::sync::atomic::AtomicBool::new(self.deep),
             metrics: metrics::ReplicateMetrics::new(),
         })
     }
@@ -336,6 +354,9 @@ pub struct Replicator {
     default_retry_after: Duration,
     seed: u64,
     wall_clock: WallClock,
+    mac_key: Option<MacKey>,
+    /// Whether runs prove the copies the listings call in step (a read of each).
+    deep: std::sync::atomic::AtomicBool,
     metrics: metrics::ReplicateMetrics,
 }
 
@@ -373,7 +394,18 @@ impl Replicator {
             default_retry_after: Duration::from_secs(1),
             seed: fastrand::u64(..),
             wall_clock: Arc::new(std::time::SystemTime::now),
+            mac_key: None,
+            deep: false,
         }
+    }
+
+    /// Makes the next runs deep, or not: a deep run also reads each copy the listings call in
+    /// step and proves it the replicator's (with a MAC key, by its MAC: one read of the copy;
+    /// without, by comparing its value with the primary's: two reads), and rewrites one that is
+    /// not. A listing cannot show a value planted under a genuine copy's tags; a deep pass
+    /// does. Costs a read per copy: run one now and then (`replicate --deep-every`).
+    pub fn set_deep(&self, deep: bool) {
+        self.deep.store(deep, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The primary's region.

@@ -346,8 +346,11 @@ fn plan_one(primary_region: &str, p: &Listed, s: Option<&Listed>) -> Planned {
     }
     // Whether a copy could carry its provenance (tag count, region name length): the same for
     // any version, so a placeholder version (and the longest times) stands in.
-    let cannot_tag =
-        pp.copy_problem(&Provenance::new(primary_region, "0", i64::MAX).with_read(i64::MAX));
+    let cannot_tag = pp.copy_problem(
+        &Provenance::new(primary_region, "0", i64::MAX)
+            .with_read(i64::MAX)
+            .with_mac("0".repeat(32)),
+    );
     let Some(s) = s else {
         if !pp.enabled() {
             return skip(SkipReason::DisabledAbsent);

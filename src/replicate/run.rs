@@ -11,7 +11,7 @@ use tokio::time::Instant;
 
 use super::budget::Budget;
 use super::item::{Provenance, ReadVersion};
-use super::plan::{self, AfterRead, Planned, Step};
+use super::plan::{self, AfterRead, Planned, Step, UpdateReason};
 use super::report::{Calls, Outcome, OutcomeKind, Report, SecondaryReport};
 use super::{Plan, ReplicaStore, Replicator, SecondaryPlan};
 use crate::error::{StoreError, StoreErrorKind};
@@ -163,6 +163,10 @@ impl Ctx<'_> {
             read.created().unwrap_or(0),
         )
         .with_read(read_at);
+        let prov = match &self.r.mac_key {
+            Some(key) => key.seal(name.as_str(), &prov, read.value().expose_secret()),
+            None => prov,
+        };
         if let Some(why) = read.properties().copy_problem(&prov) {
             return Outcome::failed(p, why);
         }
@@ -196,11 +200,99 @@ impl Ctx<'_> {
         }
     }
 
+    /// `props` (a copy's) with its provenance sealed by the replicator's MAC key over `value`,
+    /// when it has a key.
+    fn sealed(
+        &self,
+        name: &SecretName,
+        props: super::Properties,
+        value: &secrecy::SecretString,
+    ) -> super::Properties {
+        match (&self.r.mac_key, props.provenance()) {
+            (Some(key), Some(prov)) => {
+                props.for_copy(&key.seal(name.as_str(), &prov, value.expose_secret()))
+            }
+            _ => props,
+        }
+    }
+
+    /// What proves a copy the replicator's before the plan acts on it, or trusts it. Disable
+    /// and prune act only on a copy the replicator can prove it wrote: with a MAC key, one
+    /// whose provenance MAC matches its value (read first). A deep pass proves every copy the
+    /// listings call in step (with a key, by the MAC; without, by comparing the values) and
+    /// rewrites one that is not what the replicator wrote: a value planted under a genuine
+    /// copy's tags. `None`: go on with the plan.
+    async fn prove(&self, t: &Target<'_>, p: &Planned, name: &SecretName) -> Option<Outcome> {
+        let destructive = matches!(p.step(), Step::Prune | Step::Update(UpdateReason::Disable));
+        let deep = self.r.deep.load(Ordering::Relaxed)
+            && matches!(
+                p.step(),
+                Step::InStep | Step::Check | Step::Update(UpdateReason::Properties)
+            );
+        if !(deep || destructive && self.r.mac_key.is_some()) {
+            return None;
+        }
+        let here = match self
+            .call(&t.reads, CallKind::Read, || t.store.read(name))
+            .await
+        {
+            Ok(h) => h,
+            Err(e) if *e.kind() == StoreErrorKind::NotFound => {
+                return Some(Outcome::new(p, OutcomeKind::Nothing))
+            }
+            Err(e) => {
+                return Some(Outcome::failed(
+                    p,
+                    format!("read the copy: {}", describe(&e)),
+                ))
+            }
+        };
+        let proved = self.r.mac_key.as_ref().map(|key| {
+            here.properties()
+                .provenance()
+                .filter(|v| v.region() == self.r.primary_region)
+                .is_some_and(|v| key.verifies(name.as_str(), &v, here.value().expose_secret()))
+        });
+        if destructive {
+            return (proved == Some(false)).then(|| {
+                Outcome::failed(
+                    p,
+                    "left alone: the replicator cannot prove it wrote this copy (its provenance \
+                     MAC does not match its value)"
+                        .to_string(),
+                )
+            });
+        }
+        if proved == Some(true) {
+            return Some(Outcome::new(p, OutcomeKind::Nothing))
+                .filter(|_| *p.step() == Step::InStep);
+        }
+        let (read, read_at) = match self.read_primary(name).await {
+            Ok(r) => r,
+            Err(e) => {
+                return Some(Outcome::failed(
+                    p,
+                    format!("read primary: {}", describe(&e)),
+                ))
+            }
+        };
+        if proved.is_none() && here.value().expose_secret() == read.value().expose_secret() {
+            // The same value (no key: compared): the plan goes on.
+            return Some(Outcome::new(p, OutcomeKind::Nothing))
+                .filter(|_| *p.step() == Step::InStep);
+        }
+        tracing::warn!(secret = %name, region = %t.region, "a copy is not what the replicator wrote: rewriting it");
+        Some(self.write_copy(t, p, name, &read, read_at).await)
+    }
+
     async fn apply(&self, t: &Target<'_>, p: &Planned) -> Outcome {
         let name = match SecretName::new(p.name()) {
             Ok(n) => n,
             Err(_) => return Outcome::new(p, OutcomeKind::Nothing),
         };
+        if let Some(done) = self.prove(t, p, &name).await {
+            return done;
+        }
         match p.step() {
             Step::InStep | Step::Skip(_) => Outcome::new(p, OutcomeKind::Nothing),
             Step::Update(_) => {
@@ -255,7 +347,10 @@ impl Ctx<'_> {
                 };
                 match decision {
                     AfterRead::Nothing => Outcome::new(p, OutcomeKind::Nothing),
-                    AfterRead::Update(target) => self.update(t, p, &name, &target).await,
+                    AfterRead::Update(target) => {
+                        let target = self.sealed(&name, target, read.value());
+                        self.update(t, p, &name, &target).await
+                    }
                     AfterRead::Write => self.write_copy(t, p, &name, &read, read_at).await,
                 }
             }

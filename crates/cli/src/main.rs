@@ -151,8 +151,13 @@ enum Command {
         /// JSON for scripts instead of text.
         #[arg(long)]
         json: bool,
+        /// Read and compare every copy's value (by a keyed hash), even where the provenance
+        /// tags settle it from the listings: a value planted under a genuine copy's tags
+        /// looks in step in a listing.
+        #[arg(long)]
+        deep: bool,
     },
-    /// Copy the primary's secrets (the first region) into every secondary where they differ:
+    /// Copy the primary's secrets (the read-write region) into every secondary where they differ:
     /// the plan, then the run; exit 0 when every secondary is in step, 1 when something could
     /// not be copied (with --dry-run: when a run has work to do), 2 on bad input.
     Replicate(replicate_cmd::Options),
@@ -527,7 +532,8 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             names,
             limit,
             json,
-        } => verify::verify_replication(&config, &names, limit, json),
+            deep,
+        } => verify::verify_replication(&config, &names, limit, json, deep),
         Command::Replicate(options) => replicate_cmd::run(options),
         Command::Agent { config } => agent_cmd::run(&config),
         Command::CheckConfig { file } => {

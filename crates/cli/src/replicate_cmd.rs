@@ -1,5 +1,5 @@
 //! `replicate`: keeps every secondary region of a configuration in step with its primary (the
-//! first region). The plan first, then the run with a progress bar, then what was done.
+//! one read-write region). The plan first, then the run with a progress bar, then what was done.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -50,6 +50,19 @@ pub(crate) struct Options {
     /// loopback address, e.g. `127.0.0.1:9465`.
     #[arg(long, value_name = "ADDR")]
     pub(crate) metrics: Option<std::net::SocketAddr>,
+    /// Seal each copy's provenance with an HMAC-SHA256 over its value under the key in this
+    /// file (at least 32 bytes, private to its owner: `head -c 32 /dev/urandom > KEY`); disable
+    /// and prune then act only on copies whose MAC matches.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) mac_key_file: Option<PathBuf>,
+    /// Deep passes: also read each copy the listings call in step and prove it the
+    /// replicator's (with --mac-key-file by its MAC, else by comparing values), rewriting one
+    /// that is not (a value planted under a copy's tags).
+    #[arg(long)]
+    pub(crate) deep: bool,
+    /// With --every: every Nth pass is deep (see --deep).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) deep_every: Option<u32>,
 }
 
 /// The shortest `--every`: a run lists every vault, so more often than this is polling.
@@ -261,7 +274,11 @@ fn build(config: &Config, opts: &Options) -> Result<Replicator, Box<dyn std::err
         .limits_from(config)
         .filter(filter)
         .prune(opts.prune)
-        .max_prune_share(opts.max_prune_share);
+        .max_prune_share(opts.max_prune_share)
+        .deep(opts.deep);
+    if let Some(path) = &opts.mac_key_file {
+        b = b.mac_key(keyvault_failover::replicate::MacKey::from_file(path)?);
+    }
     for (i, (region, store)) in stores.into_iter().enumerate() {
         let store: Arc<dyn ReplicaStore> = store;
         b = if i == primary {
@@ -377,6 +394,9 @@ pub(crate) fn run(opts: Options) -> Result<ExitCode, Box<dyn std::error::Error>>
             .into());
         }
     }
+    if opts.deep_every.is_some() && opts.every.is_none() {
+        return Err("--deep-every goes with --every".into());
+    }
     if opts.metrics.is_some() && opts.every.is_none() {
         return Err("--metrics goes with --every".into());
     }
@@ -417,7 +437,11 @@ pub(crate) fn run(opts: Options) -> Result<ExitCode, Box<dyn std::error::Error>>
         };
         let stop = crate::cli::stop_signal();
         tokio::pin!(stop);
-        loop {
+        for n in 0u64.. {
+            if let Some(k) = opts.deep_every {
+                // The first pass and every k-th after it are deep.
+                replicator.set_deep(opts.deep || n % u64::from(k) == 0);
+            }
             let outcome = pass(&replicator, &opts).await;
             *health.in_step.lock().unwrap_or_else(|p| p.into_inner()) =
                 Some(matches!(outcome, Ok((true, _))));
@@ -438,6 +462,7 @@ pub(crate) fn run(opts: Options) -> Result<ExitCode, Box<dyn std::error::Error>>
                 _ = &mut stop => return Ok(ExitCode::SUCCESS),
             }
         }
+        Ok(ExitCode::SUCCESS)
     })
 }
 

@@ -123,6 +123,7 @@ pub(crate) fn verify_replication(
     names: &[String],
     limit: usize,
     json: bool,
+    deep: bool,
 ) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let config = Config::from_file(config)?;
     let key = std::collections::hash_map::RandomState::new();
@@ -187,7 +188,7 @@ pub(crate) fn verify_replication(
                         hash: None,
                         error: Some("not-found".into()),
                     }),
-                    (Some(p), Some(Some(s))) => from_listing(primary_region, p, s, now),
+                    (Some(p), Some(Some(s))) if !deep => from_listing(primary_region, p, s, now),
                     _ => None,
                 };
                 let copy = match settled {

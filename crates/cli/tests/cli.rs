@@ -607,3 +607,104 @@ async fn replicate_copies_from_the_read_write_region_whatever_the_order() {
     }
     assert_eq!(emu.writes("weu"), 0);
 }
+
+/// A value planted in the secondary under a genuine copy's tags (which anyone who may list can
+/// read and copy) is in step by the listings. `verify-replication --deep` compares the values
+/// and finds it; `replicate --deep` with the MAC key rewrites it; without `--deep`, neither
+/// sees it. The key file must be private to its owner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_planted_value_is_found_by_deep_verification_and_repaired_by_a_deep_pass() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = temp_dir("replicate-deep");
+    let emu = emulator(&dir).await;
+    emu.insert("weu", "db-password", "genuine-secret-value");
+    let config = emu.write_client_config().unwrap();
+    let config = config.to_str().unwrap();
+    let key = dir.join("replicator.key");
+    std::fs::write(&key, [7u8; 32]).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let key = key.to_str().unwrap();
+    let out = cli(&["replicate", "--config", config, "--mac-key-file", key]).await;
+    assert_eq!(out.status.code(), Some(2), "a shared key file is refused");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("private"));
+    std::fs::set_permissions(key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = cli(&["replicate", "--config", config, "--mac-key-file", key]).await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let tags = emu.current_tags("neu", "db-password").unwrap();
+    let tag = &tags[keyvault_failover::replicate::PROVENANCE_TAG];
+    assert_eq!(
+        tag.split(':').next().unwrap().split('/').count(),
+        3,
+        "sealed: {tag}"
+    );
+    assert!(!tag.contains("genuine"), "no value in a tag");
+
+    // Planted under the genuine copy's tags.
+    emu.insert_with(
+        "neu",
+        "db-password",
+        "planted-secret-value",
+        keyvault_failover_emulator::SecretSpec {
+            tags,
+            ..Default::default()
+        },
+    );
+    let out = cli(&[
+        "verify-replication",
+        "--config",
+        config,
+        "--deep",
+        "--json",
+        "db-password",
+    ])
+    .await;
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v[0]["copies"][1]["state"], "differs", "{v}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("planted"));
+
+    let out = cli(&[
+        "replicate",
+        "--config",
+        config,
+        "--mac-key-file",
+        key,
+        "--deep",
+    ])
+    .await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(
+        emu.current("neu", "db-password").unwrap().0,
+        "genuine-secret-value",
+        "the deep pass rewrote the planted value"
+    );
+    assert_eq!(emu.writes("weu"), 0);
+    let out = cli(&[
+        "verify-replication",
+        "--config",
+        config,
+        "--deep",
+        "db-password",
+    ])
+    .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}

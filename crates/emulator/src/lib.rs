@@ -660,6 +660,14 @@ impl Emulator {
             .map(|(_, v)| (v.value.clone(), v.id.clone()))
     }
 
+    /// The tags of `name`'s current version in `region`.
+    pub fn current_tags(&self, region: &str, name: &str) -> Option<BTreeMap<String, String>> {
+        self.state(region)
+            .data()
+            .get(name, None)
+            .map(|(_, v)| v.tags.clone())
+    }
+
     /// HTTP requests that reached `region`'s vault (challenges and refusals included).
     pub fn requests(&self, region: &str) -> u64 {
         self.state(region).counters.requests.load(Ordering::Relaxed)
