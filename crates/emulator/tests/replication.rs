@@ -357,6 +357,45 @@ async fn a_copy_is_ordered_by_its_sources_time_after_a_failover() {
     assert_eq!(s.expose(), "v2", "the older copy was served");
 }
 
+/// Through the real SDK: a copy claiming a source from the year 5138 (a value planted with a
+/// made-up provenance) is ordered by its own `created`, so a later genuine version in that
+/// vault (an operator's rotation during the primary's outage) is served, not refused as "an
+/// older copy" for as long as the planted claim stands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provenance_from_the_future_is_not_believed_through_the_sdk() {
+    use keyvault_failover::{azure, Access, Config};
+    let emu = emulator().await;
+    emu.insert("weu", "db", "genuine-1");
+    emu.insert("neu", "db", "genuine-1");
+    let config = Config::builder()
+        .region("weu", &emu.url("weu"), Access::ReadWrite)
+        .region("neu", &emu.url("neu"), Access::ReadOnly)
+        .attempt_timeout(Duration::from_millis(800))
+        .deadline(Duration::from_secs(3))
+        .build()
+        .unwrap();
+    let client = azure::connect(
+        config,
+        Arc::new(StaticCredential),
+        Some(emu.http_client(Duration::from_millis(800)).unwrap()),
+    )
+    .unwrap();
+    assert_eq!(client.get_secret("db").await.unwrap().expose(), "genuine-1");
+    emu.insert_copy("neu", "db", "planted", "weu", 100_000_000_000);
+    emu.apply_fault("weu", VaultFault::Refuse).await.unwrap();
+    let _ = client.refresh_now("db").await;
+    emu.insert("neu", "db", "emergency-rotation");
+    let s = client
+        .refresh_now("db")
+        .await
+        .expect("the secondary answers");
+    assert_eq!(
+        (s.expose(), s.region()),
+        ("emergency-rotation", "neu"),
+        "the later genuine version is served"
+    );
+}
+
 /// The secondary as a replicator writes it, except that its first write answers 429 with
 /// `Retry-After: 3`, and, as that write is refused, the primary makes a new version in the
 /// same second as the one the replicator read.
