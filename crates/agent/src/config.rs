@@ -64,6 +64,8 @@ pub struct AgentConfig {
     snapshot: Option<SnapshotConfig>,
     #[serde(default)]
     queue: Option<QueueConfig>,
+    #[serde(default)]
+    vault_api: Option<VaultApiConfig>,
     /// The configuration file's directory: relative paths are taken from it.
     #[serde(skip)]
     base: PathBuf,
@@ -99,6 +101,55 @@ struct QueueConfig {
     /// The wait between receives once the queue is empty, doubling to 5 s (default 1 s).
     #[serde(default = "one_second", with = "humantime_serde")]
     poll: Duration,
+}
+
+/// `[agent.vault_api]`: Key Vault's own REST API over HTTPS, for Microsoft's SDKs unchanged.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VaultApiConfig {
+    /// Where it listens (default `127.0.0.1:2781`; loopback unless `allow_non_loopback`).
+    #[serde(default = "vault_api_listen")]
+    listen: SocketAddr,
+    /// The certificate chain (PEM) and its key; without them, a local CA and a leaf for
+    /// `localhost`, `127.0.0.1` and `::1` are generated in `tls_dir`.
+    #[serde(default)]
+    cert_file: Option<PathBuf>,
+    #[serde(default)]
+    key_file: Option<PathBuf>,
+    /// Where the generated CA is kept (default `agent-tls` beside the configuration file).
+    #[serde(default)]
+    tls_dir: Option<PathBuf>,
+    /// The tenant the bearer challenge names (default `common`).
+    #[serde(default = "common_tenant")]
+    tenant: String,
+}
+
+fn vault_api_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], DEFAULT_VAULT_API_PORT))
+}
+
+fn common_tenant() -> String {
+    "common".into()
+}
+
+/// The Key Vault API's default port.
+pub const DEFAULT_VAULT_API_PORT: u16 = 2781;
+
+/// Where the Key Vault API's certificate comes from.
+#[derive(Debug, Clone)]
+pub(crate) enum TlsSource {
+    /// The operator's chain and key (PEM files).
+    Files { cert: PathBuf, key: PathBuf },
+    /// A local CA kept in this private directory, and a leaf made at each start.
+    Generated { dir: PathBuf },
+}
+
+/// `[agent.vault_api]`, resolved.
+#[derive(Debug, Clone)]
+pub(crate) struct VaultApiSettings {
+    pub(crate) listen: SocketAddr,
+    pub(crate) tls: TlsSource,
+    pub(crate) tenant: String,
 }
 
 fn one_second() -> Duration {
@@ -180,6 +231,31 @@ impl AgentConfig {
             }
             _ => {}
         }
+        if let Some(v) = &a.vault_api {
+            if !v.listen.ip().is_loopback() && !a.allow_non_loopback {
+                return Err(config_error(format!(
+                    "[agent.vault_api] listen {} is not a loopback address; set \
+                     allow_non_loopback = true to serve secrets beyond this machine",
+                    v.listen
+                )));
+            }
+            if v.cert_file.is_some() != v.key_file.is_some() {
+                return Err(config_error(
+                    "[agent.vault_api] cert_file and key_file go together".into(),
+                ));
+            }
+            let t = &v.tenant;
+            if t.is_empty()
+                || t.len() > 64
+                || !t
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+            {
+                return Err(config_error(format!(
+                    "[agent.vault_api] tenant {t:?}: a tenant id or domain (letters, digits, '-', '.')"
+                )));
+            }
+        }
         if let Some(addr) = a.listen {
             if !addr.ip().is_loopback() && !a.allow_non_loopback {
                 return Err(config_error(format!(
@@ -209,6 +285,25 @@ impl AgentConfig {
             self.listen
                 .unwrap_or(SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT))),
         )
+    }
+
+    /// `[agent.vault_api]`, with its paths taken from the configuration file's directory.
+    pub(crate) fn vault_api(&self) -> Option<VaultApiSettings> {
+        let v = self.vault_api.as_ref()?;
+        let tls = match (&v.cert_file, &v.key_file) {
+            (Some(c), Some(k)) => TlsSource::Files {
+                cert: self.at_base(c),
+                key: self.at_base(k),
+            },
+            _ => TlsSource::Generated {
+                dir: self.at_base(v.tls_dir.as_deref().unwrap_or(Path::new("agent-tls"))),
+            },
+        };
+        Some(VaultApiSettings {
+            listen: v.listen,
+            tls,
+            tenant: v.tenant.clone(),
+        })
     }
 
     pub(crate) fn preload(&self) -> &[String] {

@@ -12,7 +12,7 @@ use super::State;
 use keyvault_failover::{Error, FailoverClient, Freshness, HealthState, ReadOptions};
 
 /// A response body holding a secret value: its bytes are zeroed when the body is dropped.
-struct Wiped(Vec<u8>);
+pub(crate) struct Wiped(pub(crate) Vec<u8>);
 
 impl AsRef<[u8]> for Wiped {
     fn as_ref(&self) -> &[u8] {
@@ -27,7 +27,11 @@ impl Drop for Wiped {
     }
 }
 
-fn respond(status: StatusCode, body: Bytes, content_type: &str) -> Response<Full<Bytes>> {
+pub(crate) fn respond(
+    status: StatusCode,
+    body: Bytes,
+    content_type: &str,
+) -> Response<Full<Bytes>> {
     Response::builder()
         .status(status)
         .header("content-type", content_type)
@@ -48,7 +52,7 @@ pub(crate) fn error(status: StatusCode, code: &str, message: &str) -> Response<F
 const LOGGED_PATH: usize = 128;
 
 /// `s` cut to at most `max` bytes, on a character boundary.
-fn cut(s: &str, max: usize) -> &str {
+pub(crate) fn cut(s: &str, max: usize) -> &str {
     if s.len() <= max {
         return s;
     }
@@ -101,19 +105,19 @@ fn health(client: &FailoverClient) -> serde_json::Value {
 }
 
 /// Compares without an early exit, so the time taken says nothing about the token.
-fn same(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
 }
 
 /// `s` as a JSON string literal (quotes and escapes), appended to `out`.
-fn push_json_str(out: &mut Vec<u8>, s: &str) {
+pub(crate) fn push_json_str(out: &mut Vec<u8>, s: &str) {
     // serde_json writes straight into `out`: no intermediate copy of the value.
     let _ = serde_json::to_writer(&mut *out, s);
 }
 
 /// Whether the request's `Host` (if any: a browser always sends one) is one the agent
 /// answers to.
-fn host_allowed<B>(state: &State, req: &Request<B>) -> bool {
+pub(crate) fn host_allowed<B>(state: &State, req: &Request<B>) -> bool {
     let Some(hosts) = &state.hosts else {
         return true;
     };
@@ -270,7 +274,7 @@ pub(crate) async fn handle(state: Arc<State>, req: Request<Incoming>) -> Respons
 
 /// How many bytes `s` can take as a JSON string literal: quotes, and every byte that may be
 /// escaped counted as its longest escape (`\u00XX`).
-fn json_len(s: &str) -> usize {
+pub(crate) fn json_len(s: &str) -> usize {
     2 + s
         .bytes()
         .map(|b| {

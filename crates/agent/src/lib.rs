@@ -24,6 +24,10 @@
 //!   before the request is cut), and each write of an answer (a peer that takes no byte for
 //!   10 s loses its connection and its slot); on shutdown it stops accepting and lets requests
 //!   in flight finish (at most 30 s).
+//! * Optional Key Vault REST API over HTTPS (`[agent.vault_api]`, the `vault_api` module):
+//!   Microsoft's SDKs unchanged but for the vault URL and a static-token credential carrying
+//!   the agent's token; a generated local CA (kept in a private directory) or the operator's
+//!   certificate.
 //! * Optional sealed snapshot ([`Snapshot`]): restored before the agent listens, saved every
 //!   `interval` and at shutdown, so a restart during an outage still serves what it held. Its
 //!   directory must exist and be writable at start; a snapshot refused at start is moved aside
@@ -37,6 +41,8 @@ mod http;
 mod prometheus;
 #[cfg(feature = "queue")]
 mod queue;
+mod tls;
+mod vault_api;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -52,7 +58,7 @@ use crate::error::Kind;
 use keyvault_failover::FailoverClient;
 use keyvault_failover::Snapshot;
 
-pub use config::{AgentConfig, Listen, DEFAULT_PORT};
+pub use config::{AgentConfig, Listen, DEFAULT_PORT, DEFAULT_VAULT_API_PORT};
 pub use error::Error;
 pub use prometheus::PrometheusReader;
 
@@ -213,10 +219,28 @@ impl Agent {
             #[cfg(unix)]
             Listen::Unix(path) => Listener::Unix(bind_unix(&path)?, path),
         };
+        let vault = match self.config.vault_api() {
+            None => None,
+            Some(v) => {
+                let tls = tls::server_tls(&v.tls)?;
+                let l = tokio::net::TcpListener::bind(v.listen).await.map_err(|e| {
+                    Error::new(
+                        Kind::Listen,
+                        format!("[agent.vault_api] cannot listen on {}: {e}", v.listen),
+                    )
+                })?;
+                Some(VaultListener {
+                    listener: l,
+                    tls,
+                    tenant: v.tenant,
+                })
+            }
+        };
         Ok(Bound {
             agent: self,
             listener,
             restored,
+            vault,
         })
     }
 }
@@ -292,11 +316,19 @@ enum Listener {
     Unix(tokio::net::UnixListener, PathBuf),
 }
 
+/// The Key Vault API's listener (`[agent.vault_api]`), bound.
+struct VaultListener {
+    listener: tokio::net::TcpListener,
+    tls: tls::ServerTls,
+    tenant: String,
+}
+
 /// A bound agent: where it listens, what the snapshot restored; [`serve`](Self::serve) runs it.
 pub struct Bound {
     agent: Agent,
     listener: Listener,
     restored: Option<Result<usize, Error>>,
+    vault: Option<VaultListener>,
 }
 
 impl std::fmt::Debug for Bound {
@@ -345,6 +377,17 @@ impl Bound {
         Some(names)
     }
 
+    /// Where the Key Vault API listens (`https://127.0.0.1:PORT`), if it is on.
+    pub fn vault_api_url(&self) -> Option<String> {
+        let a = self.vault.as_ref()?.listener.local_addr().ok()?;
+        Some(format!("https://{a}"))
+    }
+
+    /// The CA to trust for the Key Vault API's generated certificate, if it is generated.
+    pub fn vault_api_ca(&self) -> Option<&Path> {
+        self.vault.as_ref()?.tls.ca_path.as_deref()
+    }
+
     /// What restoring the snapshot came to: `None` without one, else how many values it
     /// restored or why it was refused.
     pub fn restored(&self) -> Option<&Result<usize, Error>> {
@@ -357,7 +400,10 @@ impl Bound {
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
         let hosts = self.hosts();
         let Bound {
-            agent, listener, ..
+            agent,
+            listener,
+            vault,
+            ..
         } = self;
         let cfg = &agent.config;
         let client = agent.client.clone();
@@ -407,6 +453,15 @@ impl Bound {
         let slots = Arc::new(tokio::sync::Semaphore::new(cfg.max_connections()));
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut conns = tokio::task::JoinSet::new();
+        if let Some(v) = vault {
+            background.spawn(vault_loop(
+                v,
+                state.clone(),
+                stop_rx.clone(),
+                request_timeout,
+                slots.clone(),
+            ));
+        }
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -417,11 +472,11 @@ impl Bound {
                     let (state, stop_rx) = (state.clone(), stop_rx.clone());
                     match io {
                         Accepted::Tcp(s) => {
-                            conns.spawn(connection(s, state, stop_rx, request_timeout, slot));
+                            conns.spawn(connection(s, state, Api::Agent, stop_rx, request_timeout, slot));
                         }
                         #[cfg(unix)]
                         Accepted::Unix(s) => {
-                            conns.spawn(connection(s, state, stop_rx, request_timeout, slot));
+                            conns.spawn(connection(s, state, Api::Agent, stop_rx, request_timeout, slot));
                         }
                     }
                 }
@@ -510,9 +565,71 @@ fn bounded<I: AsyncWrite>(
     Box::pin(w)
 }
 
+/// Which API a connection speaks.
+#[derive(Clone)]
+enum Api {
+    /// The agent's own (`/v1/...`).
+    Agent,
+    /// Key Vault's REST API.
+    Vault(Arc<vault_api::VaultApi>),
+}
+
+/// Accepts the Key Vault API's connections until the agent stops: each gets a slot of the
+/// agent's (over the cap it is closed at once) and 10 s for its TLS handshake.
+async fn vault_loop(
+    v: VaultListener,
+    state: Arc<State>,
+    mut stop_rx: watch::Receiver<bool>,
+    request_timeout: Duration,
+    slots: Arc<tokio::sync::Semaphore>,
+) {
+    let port = v.listener.local_addr().map(|a| a.port()).unwrap_or(0);
+    let mut hosts: Vec<String> = ["127.0.0.1", "localhost", "[::1]"]
+        .iter()
+        .map(|h| format!("{h}:{port}"))
+        .collect();
+    hosts.extend(["localhost".to_string(), "127.0.0.1".to_string()]);
+    let api = Arc::new(vault_api::VaultApi {
+        hosts,
+        tenant: v.tenant,
+    });
+    let acceptor = v.tls.acceptor;
+    loop {
+        let accepted = tokio::select! {
+            a = v.listener.accept() => a,
+            _ = stop_rx.wait_for(|s| *s) => return,
+        };
+        let tcp = match accepted {
+            Ok((s, _)) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "Key Vault API: accept failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            continue;
+        };
+        let (state, api, acceptor, stop_rx) = (
+            state.clone(),
+            api.clone(),
+            acceptor.clone(),
+            stop_rx.clone(),
+        );
+        tokio::spawn(async move {
+            let Ok(Ok(tls)) = tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(tcp)).await
+            else {
+                return; // a handshake that fails or never ends
+            };
+            connection(tls, state, Api::Vault(api), stop_rx, request_timeout, slot).await;
+        });
+    }
+}
+
 async fn connection<I>(
     io: I,
     state: Arc<State>,
+    api: Api,
     mut stop_rx: watch::Receiver<bool>,
     request_timeout: Duration,
     slot: tokio::sync::OwnedSemaphorePermit,
@@ -520,9 +637,15 @@ async fn connection<I>(
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let service = hyper::service::service_fn(move |req| {
-        let state = state.clone();
+        let (state, api) = (state.clone(), api.clone());
         async move {
-            let r = tokio::time::timeout(request_timeout, http::handle(state, req))
+            let answer = async {
+                match api {
+                    Api::Agent => http::handle(state, req).await,
+                    Api::Vault(api) => vault_api::handle(state, api, req).await,
+                }
+            };
+            let r = tokio::time::timeout(request_timeout, answer)
                 .await
                 .unwrap_or_else(|_| {
                     http::error(

@@ -18,6 +18,13 @@ pub(crate) fn run(config: &Path) -> Result<ExitCode, Box<dyn std::error::Error>>
         let agent = Agent::from_file(config, Some(metrics))?;
         let bound = agent.bind().await?;
         println!("listening on {}", bound.address());
+        if let Some(url) = bound.vault_api_url() {
+            println!("key vault api on {url}");
+            if let Some(ca) = bound.vault_api_ca() {
+                // Clients trust this CA: SSL_CERT_FILE / connection_verify, NODE_EXTRA_CA_CERTS, ...
+                println!("key vault api ca {}", ca.display());
+            }
+        }
         match bound.restored() {
             Some(Ok(n)) => println!(
                 "snapshot: restored {n} value{}",

@@ -33,6 +33,7 @@ mod data;
 mod error;
 mod events;
 pub mod peers;
+pub mod sdks;
 mod server;
 
 use std::collections::BTreeMap;

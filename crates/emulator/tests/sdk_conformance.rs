@@ -36,51 +36,20 @@ fn ok(out: &Output, what: &str) {
     );
 }
 
-/// The Python SDK in a virtual environment under `target/tmp/kv-python`.
+/// The Python SDK under `target/tmp/kv-python` (installed if missing).
 async fn python() -> PathBuf {
-    let venv = tmp().join("kv-python");
-    let py = venv.join("bin/python");
-    if !venv.join("bin/pip").exists() || !has_python_sdk(&py).await {
-        let mut c = Command::new("python3");
-        c.args(["-m", "venv"]).arg(&venv);
-        ok(
-            &run(c, Duration::from_secs(120), "python3 -m venv").await,
-            "venv",
-        );
-        let mut c = Command::new(venv.join("bin/pip"));
-        c.args(["install", "-q", "azure-keyvault-secrets==4.12.0"]);
-        ok(
-            &run(c, Duration::from_secs(300), "pip install").await,
-            "pip install",
-        );
-    }
-    py
-}
-
-async fn has_python_sdk(py: &Path) -> bool {
-    let mut c = Command::new(py);
-    c.args(["-c", "import azure.keyvault.secrets"]);
-    run(c, Duration::from_secs(60), "python import")
+    tokio::task::spawn_blocking(|| keyvault_failover_emulator::sdks::python(&tmp()))
         .await
-        .status
-        .success()
+        .unwrap()
+        .expect("the Python SDK installs (python3, pip and PyPI are needed)")
 }
 
-/// The JavaScript SDK under `target/tmp/kv-js`.
+/// The JavaScript SDK under `target/tmp/kv-js` (installed if missing).
 async fn js() -> PathBuf {
-    let home = tmp().join("kv-js");
-    if !home.join("node_modules/@azure/keyvault-secrets").exists() {
-        std::fs::create_dir_all(&home).unwrap();
-        let mut c = Command::new("npm");
-        c.args(["install", "--no-audit", "--no-fund", "--silent", "--prefix"])
-            .arg(&home)
-            .arg("@azure/keyvault-secrets@4");
-        ok(
-            &run(c, Duration::from_secs(300), "npm install").await,
-            "npm install",
-        );
-    }
-    home
+    tokio::task::spawn_blocking(|| keyvault_failover_emulator::sdks::js(&tmp()))
+        .await
+        .unwrap()
+        .expect("the JavaScript SDK installs (npm and its registry are needed)")
 }
 
 async fn emulator(tag: &str) -> (Emulator, PathBuf) {

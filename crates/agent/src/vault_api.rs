@@ -1,0 +1,455 @@
+//! Key Vault's own REST API on the agent (`[agent.vault_api]`): Microsoft's SDKs in any
+//! language, unchanged but for the vault URL and the credential, read through the failover
+//! client (its regions, breakers, last-known-good values and snapshot).
+//!
+//! * `GET /secrets/{name}[/{version}]` → Key Vault's secret bundle (`value`, `id` naming this
+//!   agent and the version, `attributes`), with `X-Keyvault-Region` and
+//!   `X-Keyvault-Freshness`, and `Age` (seconds) when the value is served stale.
+//! * `GET /secrets` → one page of names (`maxresults` up to 25, `nextLink` back to the agent).
+//! * `PUT /secrets/{name}` → the client's write path: to the writable primary only; refused
+//!   at once with 403 (which no SDK retries) when the client is read-only.
+//! * Anything else (deleted secrets, versions, backup, keys, certificates) answers Key Vault's
+//!   error body with 501 `NotSupported`, naming what the agent does not serve.
+//! * Authentication as Key Vault does it: a request without a bearer token gets 401 with the
+//!   challenge every SDK understands; the bearer must be the agent's own token (compared in
+//!   constant time). Tokens are never logged.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use secrecy::zeroize::Zeroizing;
+use secrecy::SecretString;
+use serde_json::json;
+
+use super::http::{cut, json_len, push_json_str, respond, same, Wiped};
+use super::State;
+use keyvault_failover::{Error, Freshness, ReadOptions};
+
+/// The largest request body read (Key Vault's own limit on a value is 25 KiB).
+const MAX_BODY: usize = 64 * 1024;
+/// The most names one listing page holds (Key Vault's limit).
+const MAX_PAGE: usize = 25;
+
+/// What the Key Vault listener needs beyond the agent's state.
+pub(crate) struct VaultApi {
+    /// The `Host` values accepted: the loopback names with the listener's port.
+    pub(crate) hosts: Vec<String>,
+    /// The tenant named in the bearer challenge.
+    pub(crate) tenant: String,
+}
+
+/// Key Vault's error body.
+fn kv_error(status: StatusCode, code: &str, message: &str) -> Response<Full<Bytes>> {
+    let body = json!({ "error": { "code": code, "message": message } });
+    respond(
+        status,
+        Bytes::from(body.to_string()),
+        "application/json; charset=utf-8",
+    )
+}
+
+fn not_supported(what: &str) -> Response<Full<Bytes>> {
+    kv_error(
+        StatusCode::NOT_IMPLEMENTED,
+        "NotSupported",
+        &format!("the keyvault-failover agent does not serve {what}: ask the vault itself"),
+    )
+}
+
+fn challenge(api: &VaultApi, message: &str) -> Response<Full<Bytes>> {
+    let mut resp = kv_error(StatusCode::UNAUTHORIZED, "Unauthorized", message);
+    let v = format!(
+        "Bearer authorization=\"https://login.microsoftonline.com/{}\", resource=\"https://vault.azure.net\"",
+        api.tenant
+    );
+    if let Ok(v) = hyper::header::HeaderValue::from_str(&v) {
+        resp.headers_mut()
+            .insert(hyper::header::WWW_AUTHENTICATE, v);
+    }
+    resp
+}
+
+/// A client error as Key Vault would say it.
+fn error_of(e: &Error, name: &str) -> Response<Full<Bytes>> {
+    let (status, code) = if e.is_invalid_name() || e.is_invalid_value() {
+        (StatusCode::BAD_REQUEST, "BadParameter")
+    } else if e.is_not_found() {
+        (StatusCode::NOT_FOUND, "SecretNotFound")
+    } else if e.is_read_only() || e.is_auth() {
+        // Read-only: refused at once, nothing sent; a 403 is not retried by any SDK.
+        (StatusCode::FORBIDDEN, "Forbidden")
+    } else if e.is_throttled() {
+        (StatusCode::TOO_MANY_REQUESTS, "Throttled")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable")
+    };
+    let message = if status == StatusCode::NOT_FOUND {
+        format!("A secret with (name/id) {name} was not found in this key vault.")
+    } else {
+        // Errors name secrets and regions, never values.
+        e.to_string()
+    };
+    let mut resp = kv_error(status, code, &message);
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        let secs = e
+            .retry_after()
+            .map_or(1, |d| d.as_secs_f64().ceil().clamp(1.0, 3600.0) as u64);
+        resp.headers_mut()
+            .insert(hyper::header::RETRY_AFTER, secs.into());
+    }
+    resp
+}
+
+/// The api-versions the SDKs send: 7.x and the dated ones.
+fn api_version_ok(v: &str) -> bool {
+    let seven = v
+        .strip_prefix("7.")
+        .is_some_and(|m| !m.is_empty() && m.len() <= 2 && m.bytes().all(|b| b.is_ascii_digit()));
+    let dated = v.len() == 10
+        && v.bytes().enumerate().all(|(i, b)| {
+            if i == 4 || i == 7 {
+                b == b'-'
+            } else {
+                b.is_ascii_digit()
+            }
+        })
+        && v >= "2016-10-01";
+    seven || dated
+}
+
+/// `s` with its `%XX` escapes decoded (an invalid escape is kept as it is).
+fn percent_decoded(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A query parameter, key and value decoded: the SDKs escape more than they must (the
+/// JavaScript SDK sends `api%2Dversion`, and nextLink's `$skiptoken` comes back as
+/// `%24skiptoken`).
+fn query(q: Option<&str>, key: &str) -> Option<String> {
+    q?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        (percent_decoded(k) == key).then(|| percent_decoded(v))
+    })
+}
+
+fn host_allowed<B>(api: &VaultApi, req: &Request<B>) -> bool {
+    match req.headers().get(hyper::header::HOST) {
+        None => true,
+        Some(h) => h
+            .to_str()
+            .is_ok_and(|h| api.hosts.iter().any(|a| a.eq_ignore_ascii_case(h))),
+    }
+}
+
+pub(crate) async fn handle(
+    state: Arc<State>,
+    api: Arc<VaultApi>,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    if !host_allowed(&api, &req) {
+        return kv_error(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            "the Host header must name this machine's loopback address",
+        );
+    }
+    if req.headers().contains_key("x-forwarded-for") {
+        return kv_error(
+            StatusCode::BAD_REQUEST,
+            "BadParameter",
+            "requests with X-Forwarded-For are refused: the agent serves this machine only",
+        );
+    }
+    let path = req.uri().path().to_string();
+    let bearer = req
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match bearer {
+        None => return challenge(&api, "AKV10000: Request is missing a Bearer or PoP token."),
+        Some(t) if !same(t.trim().as_bytes(), &state.token) => {
+            // The path only: never the token sent.
+            tracing::warn!(path = %cut(&path, 128), "Key Vault API: a request with a wrong bearer token refused");
+            return challenge(&api, "the bearer token is not this agent's");
+        }
+        Some(_) => {}
+    }
+    let q = req.uri().query().map(str::to_string);
+    let Some(version) = query(q.as_deref(), "api-version") else {
+        return kv_error(
+            StatusCode::BAD_REQUEST,
+            "BadParameter",
+            "The api-version query parameter is required.",
+        );
+    };
+    if !api_version_ok(&version) {
+        return kv_error(
+            StatusCode::BAD_REQUEST,
+            "BadParameter",
+            &format!(
+                "The specified version ({}) is not recognized.",
+                cut(&version, 32)
+            ),
+        );
+    }
+    let api_version = version;
+    let base = req
+        .headers()
+        .get(hyper::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map_or_else(|| api.hosts[0].clone(), str::to_string);
+    let base = format!("https://{base}");
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let method = req.method().clone();
+    match (&method, segments.as_slice()) {
+        (&hyper::Method::GET, ["secrets"] | ["secrets", ""]) => {
+            list(&state, &base, &api_version, q.as_deref()).await
+        }
+        (&hyper::Method::GET, ["secrets", name] | ["secrets", name, ""]) => {
+            get(&state, &base, name, None).await
+        }
+        (&hyper::Method::GET, ["secrets", name, "versions"]) => {
+            let _ = name;
+            not_supported("a secret's versions")
+        }
+        (&hyper::Method::GET, ["secrets", name, version]) => {
+            get(&state, &base, name, Some(version)).await
+        }
+        (&hyper::Method::PUT, ["secrets", name]) => {
+            let name = name.to_string();
+            put(&state, &base, &name, req).await
+        }
+        (_, ["secrets", ..]) => not_supported(&format!("{method} on secrets")),
+        (_, ["deletedsecrets", ..]) => not_supported("deleted secrets"),
+        (_, ["keys", ..] | ["deletedkeys", ..]) => not_supported("keys"),
+        (_, ["certificates", ..] | ["deletedcertificates", ..]) => not_supported("certificates"),
+        _ => not_supported(cut(&path, 64)),
+    }
+}
+
+/// The secret bundle, written into one buffer sized up front (it holds the value and is
+/// zeroed when dropped).
+fn bundle(base: &str, name: &str, version: &str, value: &str) -> Vec<u8> {
+    const ATTRS: &[u8] =
+        b",\"attributes\":{\"enabled\":true,\"recoveryLevel\":\"Recoverable+Purgeable\"}}";
+    let id = format!("{base}/secrets/{name}/{version}");
+    let cap = 32 + json_len(value) + json_len(&id) + ATTRS.len();
+    let mut body = Vec::with_capacity(cap);
+    body.extend_from_slice(b"{\"value\":");
+    push_json_str(&mut body, value);
+    body.extend_from_slice(b",\"id\":");
+    push_json_str(&mut body, &id);
+    body.extend_from_slice(ATTRS);
+    body
+}
+
+async fn get(
+    state: &State,
+    base: &str,
+    name: &str,
+    version: Option<&str>,
+) -> Response<Full<Bytes>> {
+    let opts = match state.read_deadline {
+        Some(d) => ReadOptions::new().deadline(d),
+        None => ReadOptions::new(),
+    };
+    let got = match version {
+        Some(v) => state.client.get_secret_version_with(name, v, &opts).await,
+        None => state.client.get_secret_with(name, &opts).await,
+    };
+    let secret = match got {
+        Ok(s) => s,
+        Err(e) => return error_of(&e, name),
+    };
+    let body = bundle(base, name, secret.version(), secret.expose());
+    let mut resp = respond(
+        StatusCode::OK,
+        Bytes::from_owner(Wiped(body)),
+        "application/json; charset=utf-8",
+    );
+    let h = resp.headers_mut();
+    let freshness = match secret.freshness() {
+        Freshness::Stale { age } => {
+            h.insert(hyper::header::AGE, age.as_secs().into());
+            "stale"
+        }
+        _ => "fresh",
+    };
+    for (k, v) in [
+        ("x-keyvault-region", secret.region()),
+        ("x-keyvault-freshness", freshness),
+    ] {
+        if let Ok(v) = hyper::header::HeaderValue::from_str(v) {
+            h.insert(k, v);
+        }
+    }
+    resp
+}
+
+async fn list(
+    state: &State,
+    base: &str,
+    api_version: &str,
+    q: Option<&str>,
+) -> Response<Full<Bytes>> {
+    let max = match query(q, "maxresults").map(|v| v.parse::<usize>()) {
+        None => MAX_PAGE,
+        Some(Ok(n)) if (1..=MAX_PAGE).contains(&n) => n,
+        _ => {
+            return kv_error(
+                StatusCode::BAD_REQUEST,
+                "BadParameter",
+                "maxresults must be between 1 and 25.",
+            )
+        }
+    };
+    let skip = match query(q, "$skiptoken").map(|v| v.parse::<usize>()) {
+        None => 0,
+        Some(Ok(n)) => n,
+        Some(Err(_)) => {
+            return kv_error(
+                StatusCode::BAD_REQUEST,
+                "BadParameter",
+                "Invalid $skiptoken.",
+            )
+        }
+    };
+    let mut all = match state.client.list_secret_properties().await {
+        Ok(l) => l,
+        Err(e) => return error_of(&e, "*"),
+    };
+    all.sort_by_key(|p| p.name().to_ascii_lowercase());
+    let page: Vec<serde_json::Value> = all
+        .iter()
+        .skip(skip)
+        .take(max)
+        .map(|p| {
+            json!({
+                "id": format!("{base}/secrets/{}", p.name()),
+                "attributes": { "enabled": p.enabled() },
+            })
+        })
+        .collect();
+    let next = (skip.saturating_add(max) < all.len()).then(|| {
+        format!(
+            "{base}/secrets?api-version={api_version}&$skiptoken={}&maxresults={max}",
+            skip + max
+        )
+    });
+    let body = json!({ "value": page, "nextLink": next });
+    respond(
+        StatusCode::OK,
+        Bytes::from(body.to_string()),
+        "application/json; charset=utf-8",
+    )
+}
+
+#[derive(serde::Deserialize)]
+struct SetBody {
+    value: Option<String>,
+}
+
+async fn put(
+    state: &State,
+    base: &str,
+    name: &str,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(b) => Zeroizing::new(b.to_bytes().to_vec()),
+        Err(_) => {
+            return kv_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "BadParameter",
+                &format!("the request body is larger than {MAX_BODY} bytes"),
+            )
+        }
+    };
+    let parsed: SetBody = match serde_json::from_slice(&body) {
+        Ok(p) => p,
+        Err(_) => {
+            return kv_error(
+                StatusCode::BAD_REQUEST,
+                "BadParameter",
+                "The request body is not a SecretSetParameters object.",
+            )
+        }
+    };
+    let Some(value) = parsed.value else {
+        return kv_error(
+            StatusCode::BAD_REQUEST,
+            "BadParameter",
+            "value is required.",
+        );
+    };
+    let value = SecretString::from(value);
+    let written = match state.client.set_secret(name, value.clone()).await {
+        Ok(w) => w,
+        Err(e) => return error_of(&e, name),
+    };
+    use secrecy::ExposeSecret;
+    let body = bundle(base, name, written.version(), value.expose_secret());
+    let mut resp = respond(
+        StatusCode::OK,
+        Bytes::from_owner(Wiped(body)),
+        "application/json; charset=utf-8",
+    );
+    if let Ok(v) = hyper::header::HeaderValue::from_str(written.region()) {
+        resp.headers_mut().insert("x-keyvault-region", v);
+    }
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_versions_the_sdks_send_are_taken() {
+        for ok in ["7.0", "7.4", "7.6", "2016-10-01", "2025-07-01"] {
+            assert!(api_version_ok(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "7",
+            "7.",
+            "7.x",
+            "8.0",
+            "2015-06-01",
+            "2025-7-01",
+            "7.123",
+            "latest",
+        ] {
+            assert!(!api_version_ok(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn query_keys_are_decoded() {
+        let q = Some("api%2Dversion=7.4&%24skiptoken=25&maxresults=2&bad=%zz%4");
+        assert_eq!(query(q, "api-version").as_deref(), Some("7.4"));
+        assert_eq!(query(q, "$skiptoken").as_deref(), Some("25"));
+        assert_eq!(query(q, "maxresults").as_deref(), Some("2"));
+        assert_eq!(query(q, "bad").as_deref(), Some("%zz%4"));
+        assert_eq!(query(q, "nothing"), None);
+    }
+}

@@ -1,0 +1,362 @@
+//! The agent's Key Vault API (`[agent.vault_api]`) as a process, driven by Microsoft's own
+//! Python SDK, unchanged but for the vault URL and a static-token credential, over the
+//! emulator's two vaults: reads, a version, a paged listing, a write; the primary refused
+//! (reads go on from the secondary with no error); every vault down (the held value, stale,
+//! and a write refused with 403); a wrong token (401). And with a real HTTP client: the
+//! challenge, the freshness headers, Key Vault's error bodies for bad input.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use keyvault_failover_emulator::{Emulator, VaultFault};
+
+const TOKEN: &str = "agent-test-token-0123456789";
+
+struct Agent {
+    child: Child,
+    url: String,
+    ca: PathBuf,
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn temp_dir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("kvf-vault-api-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn write_private(path: &Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+/// The agent on the emulator's file, with the Key Vault API on a free port; waits (at most
+/// 30 s) for the lines that say where it listens and which CA to trust.
+async fn start(emu: &Emulator, dir: &Path) -> Agent {
+    // Held values go stale after 2 s (the emulator's file says 5 min): a stale serve is seen.
+    let client = std::fs::read_to_string(emu.write_client_config().unwrap())
+        .unwrap()
+        .replace("refresh_interval = \"5m\"", "refresh_interval = \"2s\"");
+    write_private(&dir.join("agent.token"), TOKEN);
+    let config = dir.join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "{client}\n[agent]\nlisten = \"127.0.0.1:0\"\ntoken_file = \"agent.token\"\n\
+             [agent.vault_api]\nlisten = \"127.0.0.1:0\"\n"
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_keyvault-failover"))
+        .args(["agent", "--config", config.to_str().unwrap()])
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the agent starts");
+    let stdout = child.stdout.take().unwrap();
+    let lines = tokio::task::spawn_blocking(move || {
+        let mut r = BufReader::new(stdout);
+        let mut lines = Vec::new();
+        for _ in 0..3 {
+            let mut l = String::new();
+            r.read_line(&mut l).unwrap();
+            lines.push(l.trim().to_string());
+        }
+        // Keep reading, so a full pipe never stops the agent.
+        std::thread::spawn(move || for _ in r.lines() {});
+        lines
+    });
+    let lines = tokio::time::timeout(Duration::from_secs(30), lines)
+        .await
+        .expect("the agent prints where it listens within 30 s")
+        .unwrap();
+    let url = lines[1]
+        .strip_prefix("key vault api on ")
+        .unwrap_or_else(|| panic!("{lines:?}"))
+        .to_string();
+    let ca = PathBuf::from(
+        lines[2]
+            .strip_prefix("key vault api ca ")
+            .unwrap_or_else(|| panic!("{lines:?}")),
+    );
+    Agent { child, url, ca }
+}
+
+/// Runs the Python SDK script in `mode` against the agent (at most 60 s); its output.
+async fn sdk(agent: &Agent, token: &str, mode: &str) -> (bool, String) {
+    let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let py = tokio::task::spawn_blocking(move || keyvault_failover_emulator::sdks::python(&tmp))
+        .await
+        .unwrap()
+        .expect("the Python SDK installs (python3, pip and PyPI are needed)");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/agent_vault_api.py");
+    let mut c = Command::new(py);
+    c.arg(script)
+        .arg(mode)
+        .env("KV_URL", &agent.url)
+        .env("KV_CA", &agent.ca)
+        .env("KV_TOKEN", token)
+        .env_remove("REQUESTS_CA_BUNDLE")
+        .env_remove("SSL_CERT_FILE");
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::task::spawn_blocking(move || c.output()),
+    )
+    .await
+    .expect("the SDK script ends within a minute")
+    .unwrap()
+    .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (
+        out.status.success() && text.contains("all checks passed"),
+        text,
+    )
+}
+
+/// Runs the JavaScript SDK script against the agent (at most 60 s); its output.
+async fn js_sdk(agent: &Agent) -> (bool, String) {
+    let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let home = tokio::task::spawn_blocking(move || keyvault_failover_emulator::sdks::js(&tmp))
+        .await
+        .unwrap()
+        .expect("the JavaScript SDK installs (npm and its registry are needed)");
+    // ES modules resolve packages from the script's own folder: it runs from the install.
+    let script = home.join("agent_vault_api.mjs");
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/agent_vault_api.mjs"),
+        &script,
+    )
+    .unwrap();
+    let mut c = Command::new("node");
+    c.arg(&script)
+        .env("KV_URL", &agent.url)
+        .env("KV_TOKEN", TOKEN)
+        .env("NODE_EXTRA_CA_CERTS", &agent.ca);
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::task::spawn_blocking(move || c.output()),
+    )
+    .await
+    .expect("the SDK script ends within a minute")
+    .unwrap()
+    .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (
+        out.status.success() && text.contains("all checks passed"),
+        text,
+    )
+}
+
+fn http(agent: &Agent) -> reqwest::Client {
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(&agent.ca).unwrap()).unwrap();
+    reqwest::Client::builder()
+        .tls_certs_only([ca])
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_sdk_reads_and_writes_through_the_agent_across_outages() {
+    let dir = temp_dir("sdk");
+    let emu = Emulator::builder()
+        .vault("weu")
+        .vault("neu")
+        .cert_dir(&dir)
+        .start()
+        .await
+        .unwrap();
+    for (name, value) in [
+        ("db-password", "db-value-1"),
+        ("api-key", "k"),
+        ("tls-key", "t"),
+    ] {
+        emu.insert("weu", name, value);
+        emu.insert("neu", name, value);
+    }
+    let agent = start(&emu, &dir).await;
+    assert!(agent.url.starts_with("https://127.0.0.1:"), "{}", agent.url);
+    let (ok, text) = sdk(&agent, TOKEN, "healthy").await;
+    assert!(ok, "{text}");
+    assert_eq!(emu.current("weu", "written-by-sdk").unwrap().0, "w-value");
+    let (ok, text) = js_sdk(&agent).await;
+    assert!(ok, "{text}");
+    assert_eq!(emu.current("weu", "written-by-js").unwrap().0, "js-value");
+    assert_eq!(emu.writes("neu"), 0, "writes go to the primary only");
+
+    emu.apply_fault("weu", VaultFault::Refuse).await.unwrap();
+    let (ok, text) = sdk(&agent, TOKEN, "primary-down").await;
+    assert!(ok, "{text}");
+
+    emu.apply_fault("neu", VaultFault::Refuse).await.unwrap();
+    let (ok, text) = sdk(&agent, TOKEN, "all-down").await;
+    assert!(ok, "{text}");
+    assert!(!text.contains("never-sent"));
+    assert_ne!(
+        emu.current("weu", "db-password").unwrap().0,
+        "never-sent",
+        "nothing was written"
+    );
+    // Past the refresh interval, with no vault answering, the held value is served stale and
+    // says so (polled: at most 15 s).
+    let c = http(&agent);
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let r = c
+            .get(format!(
+                "{}/secrets/db-password/?api-version=7.6",
+                agent.url
+            ))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        if r.headers()["x-keyvault-freshness"] == "stale" {
+            assert!(r.headers().contains_key("age"), "{:?}", r.headers());
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never served stale");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    let (ok, text) = sdk(&agent, "not-the-agents-token", "wrong-token").await;
+    assert!(ok, "{text}");
+    assert!(!text.contains(TOKEN));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Key Vault's challenge and error bodies, as the SDKs expect them, and bad input refused
+/// with a Key Vault-shaped error: no token, an unknown api-version, an invalid name, an absurd
+/// `maxresults`, an oversized body, another host, and what the agent does not serve.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_key_vault_errors() {
+    let dir = temp_dir("errors");
+    let emu = Emulator::builder()
+        .vault("weu")
+        .vault("neu")
+        .cert_dir(&dir)
+        .start()
+        .await
+        .unwrap();
+    emu.insert("weu", "db-password", "v");
+    let agent = start(&emu, &dir).await;
+    let c = http(&agent);
+    let r = c
+        .get(format!(
+            "{}/secrets/db-password/?api-version=7.6",
+            agent.url
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    let challenge = r.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        challenge.starts_with("Bearer authorization=\"https://login.microsoftonline.com/")
+            && challenge.contains("resource=\"https://vault.azure.net\""),
+        "{challenge}"
+    );
+    for (path, status, code) in [
+        ("/secrets/db-password/?api-version=6.0", 400, "BadParameter"),
+        ("/secrets/db-password/", 400, "BadParameter"),
+        ("/secrets/bad%20name!/?api-version=7.6", 400, "BadParameter"),
+        (
+            "/secrets?api-version=7.6&maxresults=100000",
+            400,
+            "BadParameter",
+        ),
+        ("/secrets?api-version=7.6&$skiptoken=x", 400, "BadParameter"),
+        ("/keys/k/?api-version=7.6", 501, "NotSupported"),
+        ("/deletedsecrets?api-version=7.6", 501, "NotSupported"),
+    ] {
+        let r = c
+            .get(format!("{}{path}", agent.url))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), status, "{path}");
+        let v: serde_json::Value = serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+        assert_eq!(v["error"]["code"], code, "{path}: {v}");
+    }
+    let r = c
+        .post(format!(
+            "{}/secrets/db-password/backup?api-version=7.6",
+            agent.url
+        ))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 501, "backup is not served");
+    let big = format!("{{\"value\":\"{}\"}}", "x".repeat(100_000));
+    let r = c
+        .put(format!("{}/secrets/big?api-version=7.6", agent.url))
+        .bearer_auth(TOKEN)
+        .header("content-type", "application/json")
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 413);
+    assert_eq!(emu.writes("weu"), 0);
+    let r = c
+        .get(format!(
+            "{}/secrets/db-password/?api-version=7.6",
+            agent.url
+        ))
+        .bearer_auth(TOKEN)
+        .header("host", "rebound.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+
+    // The generated CA is private (its directory 0700, its key 0600) and kept: a restarted
+    // agent's new leaf verifies against the CA clients were told to trust.
+    use std::os::unix::fs::PermissionsExt;
+    let tls_dir = agent.ca.parent().unwrap().to_path_buf();
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&tls_dir), 0o700);
+    assert_eq!(mode(&tls_dir.join("ca.key")), 0o600);
+    let ca = std::fs::read(&agent.ca).unwrap();
+    let before = http(&agent);
+    drop(agent);
+    let agent = start(&emu, &dir).await;
+    assert_eq!(std::fs::read(&agent.ca).unwrap(), ca, "the CA is reused");
+    let r = before
+        .get(format!(
+            "{}/secrets/db-password/?api-version=7.6",
+            agent.url
+        ))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("the old CA still verifies the new leaf");
+    assert_eq!(r.status().as_u16(), 200);
+    let _ = std::fs::remove_dir_all(&dir);
+}
