@@ -15,6 +15,9 @@ use secrecy::SecretString;
 /// time (`created:version:region`, written before it was recorded) is read as unsettled.
 pub const PROVENANCE_TAG: &str = "kvf-source";
 
+/// A provenance MAC's length in the tag: 128 bits, as hex (see `seal`).
+pub(crate) const MAC_HEX_LEN: usize = 32;
+
 /// How far ahead of this machine's clock a copy's provenance time may be and still be
 /// believed (the vaults' clocks and this one's differ a little).
 pub const MAX_CLOCK_SKEW: std::time::Duration = std::time::Duration::from_secs(60);
@@ -324,10 +327,7 @@ impl Provenance {
             None => None,
         };
         let mac = match times.next() {
-            Some(m)
-                if m.len() == super::seal::MAC_HEX_LEN
-                    && m.bytes().all(|b| b.is_ascii_hexdigit()) =>
-            {
+            Some(m) if m.len() == MAC_HEX_LEN && m.bytes().all(|b| b.is_ascii_hexdigit()) => {
                 Some(m.to_ascii_lowercase())
             }
             Some(_) => return None,

@@ -28,15 +28,13 @@ use hmac::{Hmac, Mac};
 use secrecy::zeroize::Zeroizing;
 use sha2::Sha256;
 
-use super::item::Provenance;
+use super::item::{Provenance, MAC_HEX_LEN};
 use crate::error::Error;
 
 /// The shortest key accepted, in bytes.
 pub const MIN_MAC_KEY_LEN: usize = 32;
 /// The longest key file read, in bytes.
 const MAX_KEY_FILE: u64 = 4096;
-/// The MAC's length in the tag: 128 bits, as hex.
-pub(crate) const MAC_HEX_LEN: usize = 32;
 
 /// The replicator's provenance key. Its `Debug` shows nothing of it; it is zeroized on drop.
 #[derive(Clone)]
