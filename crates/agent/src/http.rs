@@ -78,14 +78,17 @@ fn error_of(e: &Error) -> Response<Full<Bytes>> {
     // Errors name secrets and regions, never values.
     let mut resp = error(status, code, &e.to_string());
     if status == StatusCode::TOO_MANY_REQUESTS {
-        // Whole seconds, at least one: what the vault asked for, else a second.
-        let secs = e
-            .retry_after()
-            .map_or(1, |d| d.as_secs_f64().ceil().clamp(1.0, 3600.0) as u64);
         resp.headers_mut()
-            .insert(hyper::header::RETRY_AFTER, secs.into());
+            .insert(hyper::header::RETRY_AFTER, retry_after_secs(e).into());
     }
     resp
+}
+
+/// A throttled read's `Retry-After`: whole seconds, at least one: what the vault asked for,
+/// else a second (at most an hour).
+pub(crate) fn retry_after_secs(e: &Error) -> u64 {
+    e.retry_after()
+        .map_or(1, |d| d.as_secs_f64().ceil().clamp(1.0, 3600.0) as u64)
 }
 
 fn health(client: &FailoverClient) -> serde_json::Value {

@@ -24,7 +24,7 @@ use secrecy::zeroize::Zeroizing;
 use secrecy::SecretString;
 use serde_json::json;
 
-use super::http::{cut, json_len, push_json_str, respond, same, Wiped};
+use super::http::{cut, json_len, push_json_str, respond, retry_after_secs, same, Wiped};
 use super::State;
 use keyvault_failover::{Error, Freshness, ReadOptions};
 
@@ -94,11 +94,8 @@ fn error_of(e: &Error, name: &str) -> Response<Full<Bytes>> {
     };
     let mut resp = kv_error(status, code, &message);
     if status == StatusCode::TOO_MANY_REQUESTS {
-        let secs = e
-            .retry_after()
-            .map_or(1, |d| d.as_secs_f64().ceil().clamp(1.0, 3600.0) as u64);
         resp.headers_mut()
-            .insert(hyper::header::RETRY_AFTER, secs.into());
+            .insert(hyper::header::RETRY_AFTER, retry_after_secs(e).into());
     }
     resp
 }

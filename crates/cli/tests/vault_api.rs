@@ -93,22 +93,8 @@ async fn start(emu: &Emulator, dir: &Path) -> Agent {
     Agent { child, url, ca }
 }
 
-/// Runs the Python SDK script in `mode` against the agent (at most 60 s); its output.
-async fn sdk(agent: &Agent, token: &str, mode: &str) -> (bool, String) {
-    let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-    let py = tokio::task::spawn_blocking(move || keyvault_failover_emulator::sdks::python(&tmp))
-        .await
-        .unwrap()
-        .expect("the Python SDK installs (python3, pip and PyPI are needed)");
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/agent_vault_api.py");
-    let mut c = Command::new(py);
-    c.arg(script)
-        .arg(mode)
-        .env("KV_URL", &agent.url)
-        .env("KV_CA", &agent.ca)
-        .env("KV_TOKEN", token)
-        .env_remove("REQUESTS_CA_BUNDLE")
-        .env_remove("SSL_CERT_FILE");
+/// Runs an SDK script (at most 60 s): whether it passed every check, and what it printed.
+async fn script_run(mut c: Command) -> (bool, String) {
     let out = tokio::time::timeout(
         Duration::from_secs(60),
         tokio::task::spawn_blocking(move || c.output()),
@@ -126,6 +112,25 @@ async fn sdk(agent: &Agent, token: &str, mode: &str) -> (bool, String) {
         out.status.success() && text.contains("all checks passed"),
         text,
     )
+}
+
+/// Runs the Python SDK script in `mode` against the agent (at most 60 s); its output.
+async fn sdk(agent: &Agent, token: &str, mode: &str) -> (bool, String) {
+    let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let py = tokio::task::spawn_blocking(move || keyvault_failover_emulator::sdks::python(&tmp))
+        .await
+        .unwrap()
+        .expect("the Python SDK installs (python3, pip and PyPI are needed)");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/agent_vault_api.py");
+    let mut c = Command::new(py);
+    c.arg(script)
+        .arg(mode)
+        .env("KV_URL", &agent.url)
+        .env("KV_CA", &agent.ca)
+        .env("KV_TOKEN", token)
+        .env_remove("REQUESTS_CA_BUNDLE")
+        .env_remove("SSL_CERT_FILE");
+    script_run(c).await
 }
 
 /// Runs the JavaScript SDK script against the agent (at most 60 s); its output.
@@ -147,23 +152,7 @@ async fn js_sdk(agent: &Agent) -> (bool, String) {
         .env("KV_URL", &agent.url)
         .env("KV_TOKEN", TOKEN)
         .env("NODE_EXTRA_CA_CERTS", &agent.ca);
-    let out = tokio::time::timeout(
-        Duration::from_secs(60),
-        tokio::task::spawn_blocking(move || c.output()),
-    )
-    .await
-    .expect("the SDK script ends within a minute")
-    .unwrap()
-    .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (
-        out.status.success() && text.contains("all checks passed"),
-        text,
-    )
+    script_run(c).await
 }
 
 fn http(agent: &Agent) -> reqwest::Client {
@@ -176,16 +165,21 @@ fn http(agent: &Agent) -> reqwest::Client {
         .unwrap()
 }
 
+/// The emulator's two vaults, `weu` (read-write) and `neu`, with their CA in `dir`.
+async fn emulator(dir: &Path) -> Emulator {
+    Emulator::builder()
+        .vault("weu")
+        .vault("neu")
+        .cert_dir(dir)
+        .start()
+        .await
+        .expect("the emulator starts")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_python_sdk_reads_and_writes_through_the_agent_across_outages() {
     let dir = temp_dir("sdk");
-    let emu = Emulator::builder()
-        .vault("weu")
-        .vault("neu")
-        .cert_dir(&dir)
-        .start()
-        .await
-        .unwrap();
+    let emu = emulator(&dir).await;
     for (name, value) in [
         ("db-password", "db-value-1"),
         ("api-key", "k"),
@@ -252,13 +246,7 @@ async fn the_python_sdk_reads_and_writes_through_the_agent_across_outages() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_get_key_vault_errors() {
     let dir = temp_dir("errors");
-    let emu = Emulator::builder()
-        .vault("weu")
-        .vault("neu")
-        .cert_dir(&dir)
-        .start()
-        .await
-        .unwrap();
+    let emu = emulator(&dir).await;
     emu.insert("weu", "db-password", "v");
     let agent = start(&emu, &dir).await;
     let c = http(&agent);

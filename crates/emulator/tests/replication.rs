@@ -44,6 +44,24 @@ async fn emulator() -> Emulator {
         .expect("emulator starts")
 }
 
+/// A reading client over both vaults, through the real SDK (weu read-write, neu read-only).
+fn reader(emu: &Emulator) -> keyvault_failover::FailoverClient {
+    use keyvault_failover::{azure, Access, Config};
+    let config = Config::builder()
+        .region("weu", &emu.url("weu"), Access::ReadWrite)
+        .region("neu", &emu.url("neu"), Access::ReadOnly)
+        .attempt_timeout(Duration::from_millis(800))
+        .deadline(Duration::from_secs(3))
+        .build()
+        .unwrap();
+    azure::connect(
+        config,
+        Arc::new(StaticCredential),
+        Some(emu.http_client(Duration::from_millis(800)).unwrap()),
+    )
+    .unwrap()
+}
+
 /// Plans and runs once; returns each name's (step, outcome) in the secondary.
 async fn run(r: &Replicator) -> (Vec<(String, Step, OutcomeKind)>, bool, u64) {
     let plan = r.plan().await.expect("the primary lists");
@@ -327,7 +345,6 @@ async fn a_throttling_and_failing_secondary_ends_in_step() {
 /// Before: the copy's own `created` (later than the rotation) made it look newer; it was served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_copy_is_ordered_by_its_sources_time_after_a_failover() {
-    use keyvault_failover::{azure, Access, Config};
     let emu = emulator().await;
     emu.insert("weu", "db", "v2");
     let old_source = std::time::SystemTime::now()
@@ -336,19 +353,7 @@ async fn a_copy_is_ordered_by_its_sources_time_after_a_failover() {
         .as_secs()
         - 600;
     emu.insert_copy("neu", "db", "v1", "weu", old_source as i64);
-    let config = Config::builder()
-        .region("weu", &emu.url("weu"), Access::ReadWrite)
-        .region("neu", &emu.url("neu"), Access::ReadOnly)
-        .attempt_timeout(Duration::from_millis(800))
-        .deadline(Duration::from_secs(3))
-        .build()
-        .unwrap();
-    let client = azure::connect(
-        config,
-        Arc::new(StaticCredential),
-        Some(emu.http_client(Duration::from_millis(800)).unwrap()),
-    )
-    .unwrap();
+    let client = reader(&emu);
     assert_eq!(client.get_secret("db").await.unwrap().expose(), "v2");
     emu.apply_fault("weu", VaultFault::Refuse).await.unwrap();
     let e = client.refresh_now("db").await.unwrap_err();
@@ -363,23 +368,10 @@ async fn a_copy_is_ordered_by_its_sources_time_after_a_failover() {
 /// older copy" for as long as the planted claim stands.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_provenance_from_the_future_is_not_believed_through_the_sdk() {
-    use keyvault_failover::{azure, Access, Config};
     let emu = emulator().await;
     emu.insert("weu", "db", "genuine-1");
     emu.insert("neu", "db", "genuine-1");
-    let config = Config::builder()
-        .region("weu", &emu.url("weu"), Access::ReadWrite)
-        .region("neu", &emu.url("neu"), Access::ReadOnly)
-        .attempt_timeout(Duration::from_millis(800))
-        .deadline(Duration::from_secs(3))
-        .build()
-        .unwrap();
-    let client = azure::connect(
-        config,
-        Arc::new(StaticCredential),
-        Some(emu.http_client(Duration::from_millis(800)).unwrap()),
-    )
-    .unwrap();
+    let client = reader(&emu);
     assert_eq!(client.get_secret("db").await.unwrap().expose(), "genuine-1");
     emu.insert_copy("neu", "db", "planted", "weu", 100_000_000_000);
     emu.apply_fault("weu", VaultFault::Refuse).await.unwrap();
