@@ -2,7 +2,9 @@
 //! `bench --scenario restart-during-outage`), through the real SDK against the emulator.
 //!
 //! * **agent**: closed-loop cached reads with 64 concurrent keep-alive HTTP/1.1 connections
-//!   (reqwest) to the agent on 127.0.0.1, against the same reads in process on 64 tasks
+//!   (reqwest) to the agent on 127.0.0.1, through its own JSON API and through Key Vault's API
+//!   over TLS (`[agent.vault_api]`, a bearer token, what an unchanged SDK sends), against the
+//!   same reads in process on 64 tasks
 //!   ([`FailoverClient::get_cached`], and `get_secret` when it says no); then the agent again while the
 //!   primary is blackholed (the client refreshes every 5 s, so the refresher meets the
 //!   blackhole during that phase). Each phase runs for its duration or 2,000,000 reads,
@@ -128,19 +130,22 @@ fn http() -> Result<reqwest::Client, Error> {
         .map_err(|e| Error::config(format!("http client: {e}")))
 }
 
-/// Starts `agent`; returns its base URL and the handle that stops it.
-async fn serve(
-    agent: Agent,
-) -> Result<
-    (
-        String,
-        tokio::sync::oneshot::Sender<()>,
-        tokio::task::JoinHandle<()>,
-    ),
-    Error,
-> {
+/// A running agent: its base URL, where its Key Vault API is and which CA it is signed by (when
+/// on), and the handle that stops it.
+struct Served {
+    base: String,
+    vault: Option<(String, std::path::PathBuf)>,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Starts `agent`.
+async fn serve(agent: Agent) -> Result<Served, Error> {
     let bound = agent.bind().await?;
     let base = format!("http://{}", bound.address());
+    let vault = bound
+        .vault_api_url()
+        .zip(bound.vault_api_ca().map(|p| p.to_path_buf()));
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         let _ = bound
@@ -149,7 +154,12 @@ async fn serve(
             })
             .await;
     });
-    Ok((base, tx, task))
+    Ok(Served {
+        base,
+        vault,
+        stop: tx,
+        task,
+    })
 }
 
 fn loopback() -> Result<AgentConfig, Error> {
@@ -158,22 +168,59 @@ fn loopback() -> Result<AgentConfig, Error> {
     )?)
 }
 
+/// Which of the agent's APIs a load phase reads through.
+enum Through<'a> {
+    /// Its own JSON API on `base` (`GET /v1/secrets/{name}`, `X-Agent-Token`).
+    Json { base: &'a str },
+    /// Key Vault's API on `url` over TLS signed by the CA in `ca` (`GET /secrets/{name}/`,
+    /// `Authorization: Bearer`), as an unchanged SDK reads.
+    KeyVault {
+        url: &'a str,
+        ca: &'a std::path::Path,
+    },
+}
+
 async fn agent_phase(
     name: &str,
-    base: &str,
+    through: Through<'_>,
     secrets: u32,
     d: Duration,
 ) -> Result<LoadPhase, Error> {
-    let c = http()?;
+    let (c, urls, header) = match through {
+        Through::Json { base } => (
+            http()?,
+            (0..secrets)
+                .map(|i| format!("{base}/v1/secrets/s{i}"))
+                .collect::<Vec<_>>(),
+            ("x-agent-token", TOKEN.to_string()),
+        ),
+        Through::KeyVault { url, ca } => {
+            let pem = std::fs::read(ca)
+                .map_err(|e| Error::config(format!("agent CA {}: {e}", ca.display())))?;
+            let ca = reqwest::Certificate::from_pem(&pem)
+                .map_err(|e| Error::config(format!("agent CA: {e}")))?;
+            let c = reqwest::Client::builder()
+                .no_proxy()
+                .http1_only()
+                .tls_certs_only([ca])
+                .pool_max_idle_per_host(CONNECTIONS)
+                .timeout(Duration::from_secs(30))
+                .build()
+                .map_err(|e| Error::config(format!("http client: {e}")))?;
+            let urls = (0..secrets)
+                .map(|i| format!("{url}/secrets/s{i}/?api-version=7.6"))
+                .collect();
+            (c, urls, ("authorization", format!("Bearer {TOKEN}")))
+        }
+    };
+    let urls = Arc::new(urls);
+    let header = Arc::new(header);
     let started = Instant::now();
     let end = started + d;
     let count = Arc::new(AtomicU64::new(0));
     let tasks: Vec<_> = (0..CONNECTIONS)
         .map(|k| {
-            let (c, count) = (c.clone(), count.clone());
-            let urls: Vec<String> = (0..secrets)
-                .map(|i| format!("{base}/v1/secrets/s{i}"))
-                .collect();
+            let (c, count, urls, header) = (c.clone(), count.clone(), urls.clone(), header.clone());
             tokio::spawn(async move {
                 let mut tally = Tally::new();
                 let mut i = k;
@@ -181,7 +228,7 @@ async fn agent_phase(
                     let t = Instant::now();
                     let r = c
                         .get(&urls[i % urls.len()])
-                        .header("X-Agent-Token", TOKEN)
+                        .header(header.0, header.1.as_str())
                         .send()
                         .await;
                     let good = match r {
@@ -315,19 +362,40 @@ pub async fn load(phase: Duration, secrets: u32) -> Result<AgentLoadReport, Erro
             "agent bench: preload of {n} failed: {e}"
         )));
     }
-    let agent = Agent::new(client.clone(), TOKEN, loopback()?)?;
-    let (base, stop, task) = serve(agent).await?;
-    // Warm the connections.
-    let _ = agent_phase("warm-up", &base, secrets, Duration::from_millis(300)).await?;
-    let mut phases = vec![agent_phase("agent", &base, secrets, phase).await?];
+    let tls_dir = std::env::temp_dir().join(format!("kvf-bench-agent-tls-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tls_dir);
+    let config = AgentConfig::from_toml(&format!(
+        "listen = \"127.0.0.1:0\"\nmax_connections = 256\npreload_jitter = \"0s\"\n\
+         [vault_api]\nlisten = \"127.0.0.1:0\"\ntls_dir = {:?}\n",
+        tls_dir.display().to_string()
+    ))?;
+    let agent = Agent::new(client.clone(), TOKEN, config)?;
+    let Served {
+        base,
+        vault,
+        stop,
+        task,
+    } = serve(agent).await?;
+    let (vault_url, ca) = vault.ok_or_else(|| Error::config("the Key Vault API did not start"))?;
+    let json = || Through::Json { base: &base };
+    let kv = || Through::KeyVault {
+        url: &vault_url,
+        ca: &ca,
+    };
+    // Warm the connections (and the TLS sessions).
+    let _ = agent_phase("warm-up", json(), secrets, Duration::from_millis(300)).await?;
+    let _ = agent_phase("warm-up", kv(), secrets, Duration::from_millis(300)).await?;
+    let mut phases = vec![agent_phase("agent", json(), secrets, phase).await?];
+    phases.push(agent_phase("agent-key-vault-api", kv(), secrets, phase).await?);
     let started = Instant::now();
     let tasks = in_process_phase(&client, secrets, phase);
     phases.push(gather("in-process", tasks, started).await);
     emu.apply_fault("weu", VaultFault::Blackhole).await?;
-    phases.push(agent_phase("agent-primary-blackhole", &base, secrets, phase).await?);
+    phases.push(agent_phase("agent-primary-blackhole", json(), secrets, phase).await?);
     emu.apply_fault("weu", VaultFault::Up).await?;
     let _ = stop.send(());
     let _ = tokio::time::timeout(Duration::from_secs(35), task).await;
+    let _ = std::fs::remove_dir_all(&tls_dir);
     Ok(AgentLoadReport {
         connections: CONNECTIONS,
         secrets,
@@ -375,7 +443,9 @@ pub async fn restart(secrets: u32) -> Result<RestartReport, Error> {
     // First life: read everything, stop (the last snapshot is saved on the way out).
     let first = Agent::new(client(&emu, None)?, TOKEN, loopback()?)?
         .with_snapshot(snapshot()?, Duration::from_secs(30));
-    let (base, stop, task) = serve(first).await?;
+    let Served {
+        base, stop, task, ..
+    } = serve(first).await?;
     let c = http()?;
     for n in &names {
         let _ = c
@@ -396,7 +466,9 @@ pub async fn restart(secrets: u32) -> Result<RestartReport, Error> {
         if with {
             agent = agent.with_snapshot(snapshot()?, Duration::from_secs(3600));
         }
-        let (base, stop, task) = serve(agent).await?;
+        let Served {
+            base, stop, task, ..
+        } = serve(agent).await?;
         let h = Arc::new(std::sync::Mutex::new(histogram()));
         let ages = Arc::new(std::sync::Mutex::new(Vec::new()));
         let ok = Arc::new(AtomicU64::new(0));

@@ -101,7 +101,15 @@ async fn the_agent_scenarios_run_and_report() {
         .expect("bounded")
         .expect("the agent bench runs");
     let names: Vec<_> = report.phases.iter().map(|p| p.name.as_str()).collect();
-    assert_eq!(names, ["agent", "in-process", "agent-primary-blackhole"]);
+    assert_eq!(
+        names,
+        [
+            "agent",
+            "agent-key-vault-api",
+            "in-process",
+            "agent-primary-blackhole"
+        ]
+    );
     for p in &report.phases {
         assert!(
             p.ok > 0 && p.failed == 0,
