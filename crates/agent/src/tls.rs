@@ -133,6 +133,20 @@ fn generated(dir: &Path) -> Result<ServerTls, Error> {
     let key_path = dir.join("ca.key");
     let ca_path = dir.join("ca.pem");
     let ca_key = if key_path.exists() {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::symlink_metadata(&key_path)
+                .map_err(|e| tls_error(format!("{}: {e}", key_path.display())))?
+                .permissions()
+                .mode();
+            if mode & 0o077 != 0 {
+                return Err(tls_error(format!(
+                    "{} is readable by others: the CA's key must be private (chmod 600)",
+                    key_path.display()
+                )));
+            }
+        }
         let pem = read(&key_path)?;
         let text = std::str::from_utf8(&pem).map_err(tls_error)?;
         KeyPair::from_pem(text).map_err(|e| tls_error(format!("{}: {e}", key_path.display())))?

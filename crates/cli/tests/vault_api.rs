@@ -346,5 +346,35 @@ async fn bad_requests_get_key_vault_errors() {
         .await
         .expect("the old CA still verifies the new leaf");
     assert_eq!(r.status().as_u16(), 200);
+
+    // A CA key others may read is refused at start, with what to do.
+    drop(agent);
+    std::fs::set_permissions(
+        tls_dir.join("ca.key"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_keyvault-failover"))
+        .args([
+            "agent",
+            "--config",
+            dir.join("agent.toml").to_str().unwrap(),
+        ])
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::task::spawn_blocking(move || child.wait_with_output()),
+    )
+    .await
+    .expect("the agent refuses to start within 30 s")
+    .unwrap()
+    .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("chmod 600"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
