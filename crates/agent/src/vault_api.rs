@@ -361,8 +361,22 @@ async fn list(
 }
 
 #[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct SetBody {
     value: Option<String>,
+    content_type: Option<serde_json::Value>,
+    tags: Option<serde_json::Value>,
+    attributes: Option<serde_json::Value>,
+}
+
+/// Whether a JSON field carries something (not absent, null, an empty object or string).
+fn given(v: &Option<serde_json::Value>) -> bool {
+    match v {
+        None | Some(serde_json::Value::Null) => false,
+        Some(serde_json::Value::Object(m)) => m.values().any(|v| !v.is_null()),
+        Some(serde_json::Value::String(s)) => !s.is_empty(),
+        Some(_) => true,
+    }
 }
 
 async fn put(
@@ -391,6 +405,16 @@ async fn put(
             )
         }
     };
+    // The client writes values only: a content type, tags or attributes would be dropped
+    // without a word, so a write that carries them is refused, and nothing is written.
+    if given(&parsed.content_type) || given(&parsed.tags) || given(&parsed.attributes) {
+        return kv_error(
+            StatusCode::BAD_REQUEST,
+            "BadParameter",
+            "the keyvault-failover agent writes a secret's value only: set its content type, \
+             tags and attributes in the vault itself",
+        );
+    }
     let Some(value) = parsed.value else {
         return kv_error(
             StatusCode::BAD_REQUEST,

@@ -311,6 +311,17 @@ async fn bad_requests_get_key_vault_errors() {
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 413);
+    // A content type or tags would be dropped by the client's write path: refused, not lost.
+    let r = c
+        .put(format!("{}/secrets/typed?api-version=7.6", agent.url))
+        .bearer_auth(TOKEN)
+        .header("content-type", "application/json")
+        .body(r#"{"value":"v","contentType":"text/plain","tags":{"a":"b"}}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    assert!(emu.current("weu", "typed").is_none(), "nothing written");
     assert_eq!(emu.writes("weu"), 0);
     let r = c
         .get(format!(
