@@ -187,6 +187,7 @@ impl ReplicatorBuilder {
         self
     }
     /// Soft-delete copies whose source the primary no longer has (default: report them).
+    /// Needs a [`mac_key`](Self::mac_key): only copies whose MAC matches are pruned.
     pub fn prune(mut self, prune: bool) -> Self {
         self.prune = prune;
         self
@@ -248,8 +249,8 @@ impl ReplicatorBuilder {
         self
     }
     /// Seal every copy's provenance with a keyed MAC over its value (see [`MacKey`]), and
-    /// disable or prune only copies whose MAC matches their value (default: no key; the
-    /// provenance tag's region alone says a copy is the replicator's).
+    /// prune only copies whose MAC matches their value (default: no key, and no pruning; the
+    /// provenance tag's region says which copies a disable reaches).
     pub fn mac_key(mut self, key: MacKey) -> Self {
         self.mac_key = Some(key);
         self
@@ -296,6 +297,13 @@ impl ReplicatorBuilder {
                 "concurrency {} must be 1 to 64",
                 self.concurrency
             )));
+        }
+        if self.prune && self.mac_key.is_none() {
+            return Err(Error::config(
+                "pruning needs a provenance MAC key (mac_key, replicate --mac-key-file): only a \
+                 copy the replicator can prove it wrote is soft-deleted, and a tag alone proves \
+                 nothing",
+            ));
         }
         if !(0.0..=1.0).contains(&self.max_prune_share) {
             return Err(Error::config(format!(

@@ -216,14 +216,16 @@ impl Ctx<'_> {
         }
     }
 
-    /// What proves a copy the replicator's before the plan acts on it, or trusts it. Disable
-    /// and prune act only on a copy the replicator can prove it wrote: with a MAC key, one
-    /// whose provenance MAC matches its value (read first). A deep pass proves every copy the
+    /// What proves a copy the replicator's before the plan acts on it, or trusts it. Prune
+    /// acts only on a copy the replicator can prove it wrote: one whose provenance MAC matches
+    /// its value (read first). Disable needs no proof beyond the tag: it keeps the value and is
+    /// undone by an enable, a primary's disable is usually a revocation that must reach every
+    /// copy, and a value planted under a copy's tags is better disabled than served. A deep pass proves every copy the
     /// listings call in step (with a key, by the MAC; without, by comparing the values) and
     /// rewrites one that is not what the replicator wrote: a value planted under a genuine
     /// copy's tags. `None`: go on with the plan.
     async fn prove(&self, t: &Target<'_>, p: &Planned, name: &SecretName) -> Option<Outcome> {
-        let destructive = matches!(p.step(), Step::Prune | Step::Update(UpdateReason::Disable));
+        let destructive = *p.step() == Step::Prune;
         let deep = self.r.deep.load(Ordering::Relaxed)
             && matches!(
                 p.step(),
@@ -239,6 +241,23 @@ impl Ctx<'_> {
             Ok(h) => h,
             Err(e) if *e.kind() == StoreErrorKind::NotFound => {
                 return Some(Outcome::new(p, OutcomeKind::Nothing))
+            }
+            // A copy disabled in the secondary (the replicator disabled it, having proved it,
+            // when the primary disabled its source) cannot be read, so its MAC cannot be
+            // checked: a prune goes by its sealed tag (ours, with a MAC), the most a listing
+            // shows; anything else is left alone.
+            Err(e) if *p.step() == Step::Prune && is_disabled_secret(&e) => {
+                let sealed = p
+                    .secondary()
+                    .and_then(|s| s.provenance())
+                    .is_some_and(|v| v.region() == self.r.primary_region && v.mac().is_some());
+                return (!sealed).then(|| {
+                    Outcome::failed(
+                        p,
+                        "left alone: disabled here and its tag is not the replicator's sealed one"
+                            .to_string(),
+                    )
+                });
             }
             Err(e) => {
                 return Some(Outcome::failed(

@@ -7,7 +7,7 @@
 //! name, the provenance and the **value**, under a key only the replicator holds. Never a bare
 //! hash of the value: anyone who may list could test guesses against it. A listing cannot check
 //! the MAC (it has no value), so what checks it is a read of the copy: before the replicator
-//! disables or prunes a copy, and on a deep pass (`replicate --deep`), which rewrites a copy
+//! prunes a copy (pruning needs the key), and on a deep pass (`replicate --deep`), which rewrites a copy
 //! whose MAC does not match its value.
 //!
 //! ```

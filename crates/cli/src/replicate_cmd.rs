@@ -23,7 +23,8 @@ pub(crate) struct Options {
     /// Print the plan and write nothing.
     #[arg(long)]
     pub(crate) dry_run: bool,
-    /// Soft-delete copies whose source the primary no longer has (never purged).
+    /// Soft-delete copies whose source the primary no longer has (never purged); needs
+    /// --mac-key-file (only copies the replicator can prove it wrote are pruned).
     #[arg(long)]
     pub(crate) prune: bool,
     /// With --prune: a pass that would soft-delete more than this share of a secondary's
@@ -51,8 +52,8 @@ pub(crate) struct Options {
     #[arg(long, value_name = "ADDR")]
     pub(crate) metrics: Option<std::net::SocketAddr>,
     /// Seal each copy's provenance with an HMAC-SHA256 over its value under the key in this
-    /// file (at least 32 bytes, private to its owner: `head -c 32 /dev/urandom > KEY`); disable
-    /// and prune then act only on copies whose MAC matches.
+    /// file (at least 32 bytes, private to its owner: `head -c 32 /dev/urandom > KEY`); prune
+    /// (which needs it) acts only on copies whose MAC matches.
     #[arg(long, value_name = "FILE")]
     pub(crate) mac_key_file: Option<PathBuf>,
     /// Deep passes: also read each copy the listings call in step and prove it the

@@ -628,6 +628,10 @@ async fn a_planted_value_is_found_by_deep_verification_and_repaired_by_a_deep_pa
     assert_eq!(out.status.code(), Some(2), "a shared key file is refused");
     assert!(String::from_utf8_lossy(&out.stderr).contains("private"));
     std::fs::set_permissions(key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    // Pruning without the key cannot prove a copy the replicator's: refused, nothing sent.
+    let out = cli(&["replicate", "--config", config, "--prune"]).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("MAC key"));
     let out = cli(&["replicate", "--config", config, "--mac-key-file", key]).await;
     assert_eq!(
         out.status.code(),

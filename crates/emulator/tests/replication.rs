@@ -219,7 +219,10 @@ async fn deletions_are_reported_pruned_only_when_asked_and_never_purged() {
     emu.insert("weu", "gone", "g");
     emu.insert("weu", "kept", "k");
     emu.insert("neu", "local-only", "l");
-    let r = builder(&emu).build().unwrap();
+    let key = || keyvault_failover::replicate::MacKey::new(vec![5u8; 32]).unwrap();
+    // Pruning needs the MAC key; a pass without it cannot prune at all.
+    assert!(builder(&emu).prune(true).build().unwrap_err().is_config());
+    let r = builder(&emu).mac_key(key()).build().unwrap();
     run(&r).await;
     assert!(emu.soft_delete("weu", "gone"));
 
@@ -235,7 +238,7 @@ async fn deletions_are_reported_pruned_only_when_asked_and_never_purged() {
         &Step::Skip(SkipReason::NotOurs)
     );
 
-    let pruning = builder(&emu).prune(true).build().unwrap();
+    let pruning = builder(&emu).prune(true).mac_key(key()).build().unwrap();
     let (outcomes, _, _) = run(&pruning).await;
     assert_eq!(step_of(&outcomes, "gone"), &Step::Prune);
     assert!(
