@@ -674,6 +674,33 @@ async fn connection<I>(
     drop(slot);
 }
 
+/// Whether `host` (a `Host` header's value or a URL's host: a name or an address, an IPv6
+/// address in brackets, with or without a port) names this machine: a loopback address or
+/// `localhost`.
+///
+/// ```
+/// use keyvault_failover_agent::is_loopback_host;
+/// assert!(is_loopback_host("127.0.0.1:2780") && is_loopback_host("[::1]") && is_loopback_host("localhost"));
+/// assert!(!is_loopback_host("127.0.0.1.example") && !is_loopback_host("10.0.0.1:80"));
+/// ```
+pub fn is_loopback_host(host: &str) -> bool {
+    let name = match host.rsplit_once(':') {
+        Some((name, port))
+            if !name.ends_with(':')
+                && !port.is_empty()
+                && port.bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            name
+        }
+        _ => host,
+    };
+    let ip = name.trim_start_matches('[').trim_end_matches(']');
+    match ip.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.is_loopback(),
+        Err(_) => name.eq_ignore_ascii_case("localhost"),
+    }
+}
+
 /// Locks `m`, going on through poisoning: the guarded text is written in one step.
 pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())

@@ -71,7 +71,9 @@ impl QueueSource {
         }
         // The SAS goes on every receive and delete: in clear text only to this machine (the
         // Azurite emulator), never across a network.
-        if parsed.scheme() == "http" && !is_loopback(&parsed) {
+        if parsed.scheme() == "http"
+            && !crate::is_loopback_host(parsed.host_str().unwrap_or_default())
+        {
             return Err(bad(
                 "url is http:// to a host that is not the loopback: the SAS token would cross \
                  the network in clear text on every receive; use https:// (http:// is only for \
@@ -177,16 +179,6 @@ impl QueueSource {
             }
         }
         Ok(messages.len())
-    }
-}
-
-/// Whether `url`'s host is this machine: a loopback address or `localhost`.
-fn is_loopback(url: &Url) -> bool {
-    let host = url.host_str().unwrap_or_default();
-    let ip = host.trim_start_matches('[').trim_end_matches(']');
-    match ip.parse::<std::net::IpAddr>() {
-        Ok(ip) => ip.is_loopback(),
-        Err(_) => host.eq_ignore_ascii_case("localhost"),
     }
 }
 

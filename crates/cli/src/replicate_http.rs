@@ -147,18 +147,8 @@ fn host_is_loopback<B>(req: &Request<B>) -> bool {
     let Some(h) = req.headers().get(hyper::header::HOST) else {
         return true;
     };
-    let Ok(h) = h.to_str() else { return false };
-    let host = match h.rsplit_once(':') {
-        Some((host, port)) if !host.ends_with(':') && port.chars().all(|c| c.is_ascii_digit()) => {
-            host
-        }
-        _ => h,
-    };
-    let ip = host.trim_start_matches('[').trim_end_matches(']');
-    match ip.parse::<std::net::IpAddr>() {
-        Ok(ip) => ip.is_loopback(),
-        Err(_) => host.eq_ignore_ascii_case("localhost"),
-    }
+    h.to_str()
+        .is_ok_and(keyvault_failover_agent::is_loopback_host)
 }
 
 #[cfg(test)]
