@@ -9,7 +9,7 @@ use hyper::{Request, Response, StatusCode};
 use serde_json::json;
 
 use super::State;
-use keyvault_failover::{Error, FailoverClient, Freshness, HealthState, ReadOptions};
+use keyvault_failover::{Error, FailoverClient, Freshness, HealthState};
 
 /// A response body holding a secret value: its bytes are zeroed when the body is dropped.
 pub(crate) struct Wiped(pub(crate) Vec<u8>);
@@ -224,15 +224,7 @@ pub(crate) async fn handle(state: Arc<State>, req: Request<Incoming>) -> Respons
             .find_map(|kv| kv.strip_prefix("version="))
             .map(str::to_string)
     });
-    let opts = match state.read_deadline {
-        Some(d) => ReadOptions::new().deadline(d),
-        None => ReadOptions::new(),
-    };
-    let got = match &version {
-        Some(v) => state.client.get_secret_version_with(name, v, &opts).await,
-        None => state.client.get_secret_with(name, &opts).await,
-    };
-    let secret = match got {
+    let secret = match state.read(name, version.as_deref()).await {
         Ok(s) => s,
         Err(e) => return error_of(&e),
     };

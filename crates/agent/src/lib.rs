@@ -78,6 +78,25 @@ pub(crate) struct State {
     pub(crate) read_deadline: Option<Duration>,
 }
 
+impl State {
+    /// Reads `name` (its `version`, or the latest) through the client, within the agent's
+    /// read deadline: what both APIs serve.
+    pub(crate) async fn read(
+        &self,
+        name: &str,
+        version: Option<&str>,
+    ) -> Result<keyvault_failover::Secret, keyvault_failover::Error> {
+        let opts = match self.read_deadline {
+            Some(d) => keyvault_failover::ReadOptions::new().deadline(d),
+            None => keyvault_failover::ReadOptions::new(),
+        };
+        match version {
+            Some(v) => self.client.get_secret_version_with(name, v, &opts).await,
+            None => self.client.get_secret_with(name, &opts).await,
+        }
+    }
+}
+
 /// An agent ready to bind: a client, its token and limits. From a configuration file with
 /// [`Agent::from_file`], or around a client of your own with [`Agent::new`].
 pub struct Agent {

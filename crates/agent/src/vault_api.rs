@@ -26,7 +26,10 @@ use serde_json::json;
 
 use super::http::{cut, json_len, push_json_str, respond, retry_after_secs, same, Wiped};
 use super::State;
-use keyvault_failover::{Error, Freshness, ReadOptions};
+use keyvault_failover::{Error, Freshness};
+
+/// The content type of every answer, as Key Vault sends it.
+const JSON: &str = "application/json; charset=utf-8";
 
 /// The largest request body read (Key Vault's own limit on a value is 25 KiB).
 const MAX_BODY: usize = 64 * 1024;
@@ -44,11 +47,7 @@ pub(crate) struct VaultApi {
 /// Key Vault's error body.
 fn kv_error(status: StatusCode, code: &str, message: &str) -> Response<Full<Bytes>> {
     let body = json!({ "error": { "code": code, "message": message } });
-    respond(
-        status,
-        Bytes::from(body.to_string()),
-        "application/json; charset=utf-8",
-    )
+    respond(status, Bytes::from(body.to_string()), JSON)
 }
 
 fn not_supported(what: &str) -> Response<Full<Bytes>> {
@@ -259,30 +258,24 @@ fn bundle(base: &str, name: &str, version: &str, value: &str) -> Vec<u8> {
     body
 }
 
+/// A 200 carrying a secret bundle (zeroed when the body is dropped).
+fn bundle_response(body: Vec<u8>) -> Response<Full<Bytes>> {
+    respond(StatusCode::OK, Bytes::from_owner(Wiped(body)), JSON)
+}
+
 async fn get(
     state: &State,
     base: &str,
     name: &str,
     version: Option<&str>,
 ) -> Response<Full<Bytes>> {
-    let opts = match state.read_deadline {
-        Some(d) => ReadOptions::new().deadline(d),
-        None => ReadOptions::new(),
-    };
-    let got = match version {
-        Some(v) => state.client.get_secret_version_with(name, v, &opts).await,
-        None => state.client.get_secret_with(name, &opts).await,
-    };
+    let got = state.read(name, version).await;
     let secret = match got {
         Ok(s) => s,
         Err(e) => return error_of(&e, name),
     };
     let body = bundle(base, name, secret.version(), secret.expose());
-    let mut resp = respond(
-        StatusCode::OK,
-        Bytes::from_owner(Wiped(body)),
-        "application/json; charset=utf-8",
-    );
+    let mut resp = bundle_response(body);
     let h = resp.headers_mut();
     let freshness = match secret.freshness() {
         Freshness::Stale { age } => {
@@ -353,11 +346,7 @@ async fn list(
         )
     });
     let body = json!({ "value": page, "nextLink": next });
-    respond(
-        StatusCode::OK,
-        Bytes::from(body.to_string()),
-        "application/json; charset=utf-8",
-    )
+    respond(StatusCode::OK, Bytes::from(body.to_string()), JSON)
 }
 
 #[derive(serde::Deserialize)]
@@ -429,11 +418,7 @@ async fn put(
     };
     use secrecy::ExposeSecret;
     let body = bundle(base, name, written.version(), value.expose_secret());
-    let mut resp = respond(
-        StatusCode::OK,
-        Bytes::from_owner(Wiped(body)),
-        "application/json; charset=utf-8",
-    );
+    let mut resp = bundle_response(body);
     if let Ok(v) = hyper::header::HeaderValue::from_str(written.region()) {
         resp.headers_mut().insert("x-keyvault-region", v);
     }
