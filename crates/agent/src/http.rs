@@ -120,8 +120,13 @@ pub(crate) fn push_json_str(out: &mut Vec<u8>, s: &str) {
 
 /// Whether the request's `Host` (if any: a browser always sends one) is one the agent
 /// answers to.
-pub(crate) fn host_allowed<B>(state: &State, req: &Request<B>) -> bool {
-    let Some(hosts) = &state.hosts else {
+fn host_allowed<B>(state: &State, req: &Request<B>) -> bool {
+    hosts_allow(state.hosts.as_deref(), req)
+}
+
+/// Whether the request's `Host` (if any) is one of `hosts` (`None`: any).
+pub(crate) fn hosts_allow<B>(hosts: Option<&[String]>, req: &Request<B>) -> bool {
+    let Some(hosts) = hosts else {
         return true;
     };
     match req.headers().get(hyper::header::HOST) {

@@ -24,7 +24,9 @@ use secrecy::zeroize::Zeroizing;
 use secrecy::SecretString;
 use serde_json::json;
 
-use super::http::{cut, json_len, push_json_str, respond, retry_after_secs, same, Wiped};
+use super::http::{
+    cut, hosts_allow, json_len, push_json_str, respond, retry_after_secs, same, Wiped,
+};
 use super::State;
 use keyvault_failover::{Error, Freshness};
 
@@ -116,43 +118,13 @@ fn api_version_ok(v: &str) -> bool {
     seven || dated
 }
 
-/// `s` with its `%XX` escapes decoded (an invalid escape is kept as it is).
-fn percent_decoded(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex = |c: u8| (c as char).to_digit(16);
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// A query parameter, key and value decoded: the SDKs escape more than they must (the
-/// JavaScript SDK sends `api%2Dversion`, and nextLink's `$skiptoken` comes back as
-/// `%24skiptoken`).
+/// A query parameter, key and value decoded (`form_urlencoded`): the SDKs escape more than
+/// they must (the JavaScript SDK sends `api%2Dversion`, and nextLink's `$skiptoken` comes back
+/// as `%24skiptoken`).
 fn query(q: Option<&str>, key: &str) -> Option<String> {
-    q?.split('&').find_map(|kv| {
-        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-        (percent_decoded(k) == key).then(|| percent_decoded(v))
-    })
-}
-
-fn host_allowed<B>(api: &VaultApi, req: &Request<B>) -> bool {
-    match req.headers().get(hyper::header::HOST) {
-        None => true,
-        Some(h) => h
-            .to_str()
-            .is_ok_and(|h| api.hosts.iter().any(|a| a.eq_ignore_ascii_case(h))),
-    }
+    form_urlencoded::parse(q?.as_bytes())
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.into_owned())
 }
 
 pub(crate) async fn handle(
@@ -160,7 +132,7 @@ pub(crate) async fn handle(
     api: Arc<VaultApi>,
     req: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
-    if !host_allowed(&api, &req) {
+    if !hosts_allow(Some(&api.hosts), &req) {
         return kv_error(
             StatusCode::FORBIDDEN,
             "Forbidden",
