@@ -316,11 +316,7 @@ fn hold_mass_prune(
                 .is_some_and(|p| p.region() == primary_region)
         })
         .count();
-    let share = if max_share.is_nan() {
-        0.0
-    } else {
-        max_share.clamp(0.0, 1.0)
-    };
+    let share = keyvault_failover_core::time::unit(max_share);
     let allowed = ((copies as f64 * share).floor() as usize).max(1);
     let held = if share >= 1.0 {
         false
