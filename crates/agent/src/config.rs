@@ -119,9 +119,59 @@ struct VaultApiConfig {
     /// Where the generated CA is kept (default `agent-tls` beside the configuration file).
     #[serde(default)]
     tls_dir: Option<PathBuf>,
-    /// The tenant the bearer challenge names (default `common`).
+    /// The tenant the bearer challenge names (default `common`; with `entra`, its tenant).
     #[serde(default = "common_tenant")]
     tenant: String,
+    /// The service's own Entra ID token as the bearer, verified by the agent.
+    #[serde(default)]
+    entra: Option<EntraConfig>,
+}
+
+/// `[agent.vault_api.entra]`: which tenant's tokens, from where its keys, and who may do what.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EntraConfig {
+    /// The tenant's id (a GUID): `tid`, and the issuer's.
+    tenant_id: String,
+    /// The tenant's signing keys (default its `discovery/v2.0/keys` on login.microsoftonline.com).
+    #[serde(default)]
+    jwks_url: Option<String>,
+    /// The audiences taken (default Key Vault's resource URI and application id).
+    #[serde(default = "key_vault_audiences")]
+    audiences: Vec<String>,
+    /// The clock skew allowed on `exp` and `nbf` (default 1 min, at most 5 min).
+    #[serde(default = "one_minute", with = "humantime_serde")]
+    skew: Duration,
+    /// The callers allowed.
+    #[serde(default, rename = "caller")]
+    callers: Vec<CallerConfig>,
+}
+
+/// `[[agent.vault_api.entra.caller]]`: one service.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CallerConfig {
+    /// Its object id (`oid`) or application id (`appid`, `azp`).
+    id: String,
+    /// A name for logs (default the id).
+    #[serde(default)]
+    name: Option<String>,
+    /// The secrets it may read (globs; `*` for all).
+    secrets: Vec<String>,
+    /// Whether it may write those secrets (default false).
+    #[serde(default)]
+    write: bool,
+}
+
+fn key_vault_audiences() -> Vec<String> {
+    crate::entra::KEY_VAULT_AUDIENCES
+        .iter()
+        .map(|a| a.to_string())
+        .collect()
+}
+
+fn one_minute() -> Duration {
+    Duration::from_secs(60)
 }
 
 fn vault_api_listen() -> SocketAddr {
@@ -145,11 +195,27 @@ pub(crate) enum TlsSource {
 }
 
 /// `[agent.vault_api]`, resolved.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(crate) struct VaultApiSettings {
     pub(crate) listen: SocketAddr,
     pub(crate) tls: TlsSource,
     pub(crate) tenant: String,
+    pub(crate) entra: Option<crate::entra::EntraSettings>,
+}
+
+fn entra_settings(e: &EntraConfig) -> Result<crate::entra::EntraSettings, Error> {
+    let callers = e
+        .callers
+        .iter()
+        .map(|c| crate::access::Caller::new(&c.id, c.name.as_deref(), &c.secrets, c.write))
+        .collect::<Result<Vec<_>, _>>()?;
+    crate::entra::EntraSettings::new(
+        &e.tenant_id,
+        e.jwks_url.as_deref(),
+        e.audiences.clone(),
+        e.skew,
+        callers,
+    )
 }
 
 fn one_second() -> Duration {
@@ -255,6 +321,16 @@ impl AgentConfig {
                     "[agent.vault_api] tenant {t:?}: a tenant id or domain (letters, digits, '-', '.')"
                 )));
             }
+            if let Some(e) = &v.entra {
+                if t != "common" && !t.eq_ignore_ascii_case(&e.tenant_id) {
+                    return Err(config_error(format!(
+                        "[agent.vault_api] tenant {t:?} is not [agent.vault_api.entra] tenant_id: \
+                         the challenge names the tenant whose tokens are taken (leave tenant out)"
+                    )));
+                }
+                // Checked now, so a bad entry fails the start, not the first request.
+                entra_settings(e)?;
+            }
         }
         if let Some(addr) = a.listen {
             if !addr.ip().is_loopback() && !a.allow_non_loopback {
@@ -288,8 +364,10 @@ impl AgentConfig {
     }
 
     /// `[agent.vault_api]`, with its paths taken from the configuration file's directory.
-    pub(crate) fn vault_api(&self) -> Option<VaultApiSettings> {
-        let v = self.vault_api.as_ref()?;
+    pub(crate) fn vault_api(&self) -> Result<Option<VaultApiSettings>, Error> {
+        let Some(v) = self.vault_api.as_ref() else {
+            return Ok(None);
+        };
         let tls = match (&v.cert_file, &v.key_file) {
             (Some(c), Some(k)) => TlsSource::Files {
                 cert: self.at_base(c),
@@ -299,11 +377,16 @@ impl AgentConfig {
                 dir: self.at_base(v.tls_dir.as_deref().unwrap_or(Path::new("agent-tls"))),
             },
         };
-        Some(VaultApiSettings {
+        let entra = v.entra.as_ref().map(entra_settings).transpose()?;
+        Ok(Some(VaultApiSettings {
             listen: v.listen,
             tls,
-            tenant: v.tenant.clone(),
-        })
+            tenant: match &entra {
+                Some(e) => e.tenant().to_string(),
+                None => v.tenant.clone(),
+            },
+            entra,
+        }))
     }
 
     pub(crate) fn preload(&self) -> &[String] {

@@ -26,8 +26,10 @@
 //!   in flight finish (at most 30 s).
 //! * Optional Key Vault REST API over HTTPS (`[agent.vault_api]`, the `vault_api` module):
 //!   Microsoft's SDKs unchanged but for the vault URL and a static-token credential carrying
-//!   the agent's token; a generated local CA (kept in a private directory) or the operator's
-//!   certificate.
+//!   the agent's token, or, with `[agent.vault_api.entra]`, unchanged entirely: the service's
+//!   own Entra ID token, verified by the agent against the tenant's keys and an allow-list of
+//!   callers (the `entra` and `access` modules); a generated local CA (kept in a private
+//!   directory) or the operator's certificate.
 //! * Optional sealed snapshot ([`Snapshot`]): restored before the agent listens, saved every
 //!   `interval` and at shutdown, so a restart during an outage still serves what it held. Its
 //!   directory must exist and be writable at start; a snapshot refused at start is moved aside
@@ -35,7 +37,9 @@
 
 #![deny(missing_docs)]
 
+mod access;
 mod config;
+mod entra;
 mod error;
 mod http;
 mod prometheus;
@@ -238,7 +242,7 @@ impl Agent {
             #[cfg(unix)]
             Listen::Unix(path) => Listener::Unix(bind_unix(&path)?, path),
         };
-        let vault = match self.config.vault_api() {
+        let vault = match self.config.vault_api()? {
             None => None,
             Some(v) => {
                 let tls = tls::server_tls(&v.tls)?;
@@ -248,10 +252,12 @@ impl Agent {
                         format!("[agent.vault_api] cannot listen on {}: {e}", v.listen),
                     )
                 })?;
+                let entra = v.entra.map(entra::Entra::new).transpose()?.map(Arc::new);
                 Some(VaultListener {
                     listener: l,
                     tls,
                     tenant: v.tenant,
+                    entra,
                 })
             }
         };
@@ -340,6 +346,7 @@ struct VaultListener {
     listener: tokio::net::TcpListener,
     tls: tls::ServerTls,
     tenant: String,
+    entra: Option<Arc<entra::Entra>>,
 }
 
 /// A bound agent: where it listens, what the snapshot restored; [`serve`](Self::serve) runs it.
@@ -608,9 +615,15 @@ async fn vault_loop(
         .map(|h| format!("{h}:{port}"))
         .collect();
     hosts.extend(["localhost".to_string(), "127.0.0.1".to_string()]);
+    if let Some(e) = v.entra.clone() {
+        // The tenant's keys at start, so the first token waits for nothing (failures are
+        // logged, and the first token tries again).
+        tokio::spawn(async move { e.prefetch().await });
+    }
     let api = Arc::new(vault_api::VaultApi {
         hosts,
         tenant: v.tenant,
+        entra: v.entra,
     });
     let acceptor = v.tls.acceptor;
     loop {

@@ -11,8 +11,12 @@
 //! * Anything else (deleted secrets, versions, backup, keys, certificates) answers Key Vault's
 //!   error body with 501 `NotSupported`, naming what the agent does not serve.
 //! * Authentication as Key Vault does it: a request without a bearer token gets 401 with the
-//!   challenge every SDK understands; the bearer must be the agent's own token (compared in
-//!   constant time). Tokens are never logged.
+//!   challenge every SDK understands; the bearer is the agent's own token (compared in
+//!   constant time; it may do everything) or, with `[agent.vault_api.entra]`, the service's
+//!   own Entra ID token, verified by the agent (`entra`), whose caller may do what its entry
+//!   in the allow-list says (`access`): read the secrets its globs name (a listing shows only
+//!   those), write them if it may. A token that proves nothing gets 401 and the challenge; a
+//!   caller not allowed, or a secret it may not touch, 403. Tokens are never logged.
 
 use std::sync::Arc;
 
@@ -24,6 +28,8 @@ use secrecy::zeroize::Zeroizing;
 use secrecy::SecretString;
 use serde_json::json;
 
+use super::access::Access;
+use super::entra::{Entra, Refused};
 use super::http::{
     cut, hosts_allow, json_len, push_json_str, respond, retry_after_secs, same, Wiped,
 };
@@ -44,6 +50,8 @@ pub(crate) struct VaultApi {
     pub(crate) hosts: Vec<String>,
     /// The tenant named in the bearer challenge.
     pub(crate) tenant: String,
+    /// The verifier of Entra ID tokens, if `[agent.vault_api.entra]` is set.
+    pub(crate) entra: Option<Arc<Entra>>,
 }
 
 /// Key Vault's error body.
@@ -151,16 +159,24 @@ pub(crate) async fn handle(
         .headers()
         .get(hyper::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match bearer {
-        None => return challenge(&api, "AKV10000: Request is missing a Bearer or PoP token."),
-        Some(t) if !same(t.trim().as_bytes(), &state.token) => {
-            // The path only: never the token sent.
-            tracing::warn!(path = %cut(&path, 128), "Key Vault API: a request with a wrong bearer token refused");
-            return challenge(&api, "the bearer token is not this agent's");
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let access = match authenticate(&state, &api, bearer).await {
+        Ok(a) => a,
+        Err(Refused::Token(why)) => {
+            // The path and the reason only: never the token sent.
+            tracing::warn!(path = %cut(&path, 128), reason = %why, "Key Vault API: a bearer token refused");
+            return challenge(&api, &why);
         }
-        Some(_) => {}
-    }
+        Err(Refused::Caller(who)) => {
+            tracing::warn!(path = %cut(&path, 128), caller = %who, "Key Vault API: a caller not in the allow-list refused");
+            return kv_error(
+                StatusCode::FORBIDDEN,
+                "Forbidden",
+                &format!("the caller {who} is not allowed by this agent"),
+            );
+        }
+    };
     let q = req.uri().query().map(str::to_string);
     let Some(version) = query(q.as_deref(), "api-version") else {
         return kv_error(
@@ -190,7 +206,10 @@ pub(crate) async fn handle(
     let method = req.method().clone();
     match (&method, segments.as_slice()) {
         (&hyper::Method::GET, ["secrets"] | ["secrets", ""]) => {
-            list(&state, &base, &api_version, q.as_deref()).await
+            list(&state, &access, &base, &api_version, q.as_deref()).await
+        }
+        (_, ["secrets", name, ..]) if !allowed(&access, &method, name) => {
+            forbidden(&access, &method, name)
         }
         (&hyper::Method::GET, ["secrets", name] | ["secrets", name, ""]) => {
             get(&state, &base, name, None).await
@@ -212,6 +231,55 @@ pub(crate) async fn handle(
         (_, ["certificates", ..] | ["deletedcertificates", ..]) => not_supported("certificates"),
         _ => not_supported(cut(&path, 64)),
     }
+}
+
+/// Who the bearer is: the agent's token (anything), or a caller its Entra ID token proves.
+async fn authenticate(
+    state: &State,
+    api: &VaultApi,
+    bearer: Option<&str>,
+) -> Result<Access, Refused> {
+    let Some(t) = bearer else {
+        return Err(Refused::Token(
+            "AKV10000: Request is missing a Bearer or PoP token.".into(),
+        ));
+    };
+    if same(t.as_bytes(), &state.token) {
+        return Ok(Access::Agent);
+    }
+    match &api.entra {
+        Some(e) => e.verify(t).await.map(Access::Caller),
+        None => Err(Refused::Token(
+            "the bearer token is not this agent's".into(),
+        )),
+    }
+}
+
+/// Whether `access` may do `method` to the secret `name` (GET reads; anything else writes).
+fn allowed(access: &Access, method: &hyper::Method, name: &str) -> bool {
+    if method == hyper::Method::GET {
+        access.may_read(name)
+    } else {
+        access.may_write(name)
+    }
+}
+
+fn forbidden(access: &Access, method: &hyper::Method, name: &str) -> Response<Full<Bytes>> {
+    let what = if method == hyper::Method::GET {
+        "read"
+    } else {
+        "write"
+    };
+    tracing::warn!(caller = %access.who(), secret = %cut(name, 128), "Key Vault API: {what} refused by the allow-list");
+    kv_error(
+        StatusCode::FORBIDDEN,
+        "Forbidden",
+        &format!(
+            "the caller {} may not {what} secret {} through this agent",
+            access.who(),
+            cut(name, 128)
+        ),
+    )
 }
 
 /// The secret bundle, written into one buffer sized up front (it holds the value and is
@@ -269,6 +337,7 @@ async fn get(
 
 async fn list(
     state: &State,
+    access: &Access,
     base: &str,
     api_version: &str,
     q: Option<&str>,
@@ -299,6 +368,8 @@ async fn list(
         Ok(l) => l,
         Err(e) => return error_of(&e, "*"),
     };
+    // A caller sees only the names it may read.
+    all.retain(|p| access.may_read(p.name()));
     all.sort_by_key(|p| p.name().to_ascii_lowercase());
     let page: Vec<serde_json::Value> = all
         .iter()

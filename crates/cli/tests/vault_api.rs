@@ -43,6 +43,11 @@ fn write_private(path: &Path, text: &str) {
 /// The agent on the emulator's file, with the Key Vault API on a free port; waits (at most
 /// 30 s) for the lines that say where it listens and which CA to trust.
 async fn start(emu: &Emulator, dir: &Path) -> Agent {
+    start_with(emu, dir, "").await
+}
+
+/// As [`start`], with `extra` after the `[agent.vault_api]` table.
+async fn start_with(emu: &Emulator, dir: &Path, extra: &str) -> Agent {
     // Held values go stale after 2 s (the emulator's file says 5 min): a stale serve is seen.
     let client = std::fs::read_to_string(emu.write_client_config().unwrap())
         .unwrap()
@@ -53,7 +58,7 @@ async fn start(emu: &Emulator, dir: &Path) -> Agent {
         &config,
         format!(
             "{client}\n[agent]\nlisten = \"127.0.0.1:0\"\ntoken_file = \"agent.token\"\n\
-             [agent.vault_api]\nlisten = \"127.0.0.1:0\"\n"
+             [agent.vault_api]\nlisten = \"127.0.0.1:0\"\n{extra}"
         ),
     )
     .unwrap();
@@ -387,5 +392,285 @@ async fn bad_requests_get_key_vault_errors() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");
     assert!(err.contains("chmod 600"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The tenant the Entra ID test plays, and another.
+const TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
+const OTHER_TENANT: &str = "00000000-1111-2222-3333-444444444444";
+
+/// An RSA signing key of the test's tenant (or a forger's), and its `kid`.
+struct Signer {
+    key: jsonwebtoken::EncodingKey,
+    kid: String,
+}
+
+impl Signer {
+    fn new(kid: &str) -> Signer {
+        let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).unwrap();
+        Signer {
+            key: jsonwebtoken::EncodingKey::from_rsa_pem(kp.serialize_pem().as_bytes()).unwrap(),
+            kid: kid.into(),
+        }
+    }
+
+    fn jwk(&self) -> serde_json::Value {
+        let mut jwk =
+            jsonwebtoken::jwk::Jwk::from_encoding_key(&self.key, jsonwebtoken::Algorithm::RS256)
+                .unwrap();
+        jwk.common.key_id = Some(self.kid.clone());
+        let mut v = serde_json::to_value(jwk).unwrap();
+        // As Entra's document has them.
+        v["use"] = "sig".into();
+        v["issuer"] = format!("https://login.microsoftonline.com/{TENANT}/v2.0").into();
+        v
+    }
+
+    /// A token with `claims` over the v1 defaults Key Vault's tokens carry.
+    fn token(&self, claims: serde_json::Value) -> String {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let mut c = serde_json::json!({
+            "aud": "https://vault.azure.net",
+            "iss": format!("https://sts.windows.net/{TENANT}/"),
+            "tid": TENANT,
+            "iat": now - 10,
+            "nbf": now - 10,
+            "exp": now + 3600,
+            "ver": "1.0",
+        });
+        for (k, v) in claims.as_object().unwrap() {
+            c[k] = v.clone();
+        }
+        let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+        h.kid = Some(self.kid.clone());
+        jsonwebtoken::encode(&h, &c, &self.key).unwrap()
+    }
+}
+
+/// The tenant's JWKS endpoint on the loopback: answers `doc` to every request (HTTP/1.1, one
+/// request a connection), until the test ends.
+async fn jwks_server(doc: String) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!(
+        "http://{}/{TENANT}/discovery/v2.0/keys",
+        l.local_addr().unwrap()
+    );
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else {
+                return;
+            };
+            let doc = doc.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                let mut got = Vec::new();
+                // The request head, at most 8 KiB and 10 s.
+                let read = tokio::time::timeout(Duration::from_secs(10), async {
+                    while !got.windows(4).any(|w| w == b"\r\n\r\n") && got.len() < 8192 {
+                        match s.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => got.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                });
+                if read.await.is_err() {
+                    return;
+                }
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{doc}",
+                    doc.len()
+                );
+                let _ = s.write_all(resp.as_bytes()).await;
+            });
+        }
+    });
+    url
+}
+
+/// `[agent.vault_api.entra]`: the service's own Entra ID token, verified by the agent, over
+/// the Python SDK and a real HTTP client. A reader may read what its glob names and nothing
+/// else (a listing shows only that), write nothing; a writer writes its own secrets; a token
+/// signed by another key, with another audience or tenant, expired, not yet valid, unsigned,
+/// malformed or enormous gets 401 and the challenge; a caller not in the allow-list 403. And
+/// with every vault down, a verified token still reads the held value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entra_id_tokens_are_verified_by_the_agent() {
+    let dir = temp_dir("entra");
+    let emu = emulator(&dir).await;
+    for (name, value) in [("db-password", "db-value-1"), ("api-key", "k")] {
+        emu.insert("weu", name, value);
+        emu.insert("neu", name, value);
+    }
+    let tenant = Signer::new("tenant-key-1");
+    let rotated = Signer::new("tenant-key-2");
+    let forger = Signer::new("tenant-key-1");
+    let stranger = Signer::new("not-the-tenants");
+    let jwks =
+        jwks_server(serde_json::json!({ "keys": [tenant.jwk(), rotated.jwk()] }).to_string()).await;
+    let extra = format!(
+        "[agent.vault_api.entra]\ntenant_id = \"{TENANT}\"\njwks_url = \"{jwks}\"\n\
+         [[agent.vault_api.entra.caller]]\nid = \"reader-oid\"\nname = \"billing\"\nsecrets = [\"db-*\"]\n\
+         [[agent.vault_api.entra.caller]]\nid = \"writer-app\"\nsecrets = [\"written-*\"]\nwrite = true\n"
+    );
+    let agent = start_with(&emu, &dir, &extra).await;
+    let c = http(&agent);
+    let url = |p: &str| format!("{}{p}?api-version=7.6", agent.url);
+    let reader = tenant.token(serde_json::json!({ "oid": "reader-oid" }));
+    let get = |path: String, token: String| {
+        let c = c.clone();
+        async move {
+            let r = c.get(path).bearer_auth(token).send().await.unwrap();
+            let status = r.status().as_u16();
+            let challenged = r.headers().contains_key("www-authenticate");
+            let body: serde_json::Value =
+                serde_json::from_slice(&r.bytes().await.unwrap()).unwrap();
+            (status, challenged, body)
+        }
+    };
+
+    let (status, _, body) = get(url("/secrets/db-password"), reader.clone()).await;
+    assert_eq!(
+        (status, body["value"].as_str()),
+        (200, Some("db-value-1")),
+        "{body}"
+    );
+    let (status, challenged, body) = get(url("/secrets/api-key"), reader.clone()).await;
+    assert_eq!(
+        (status, challenged),
+        (403, false),
+        "outside the reader's glob: {body}"
+    );
+    assert_eq!(body["error"]["code"], "Forbidden");
+    assert!(!body.to_string().contains("\"k\""), "{body}");
+    let (status, _, body) = get(url("/secrets"), reader.clone()).await;
+    assert_eq!(status, 200);
+    let ids: Vec<&str> = body["value"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids.len(),
+        1,
+        "only what the reader may read is listed: {ids:?}"
+    );
+    assert!(ids[0].ends_with("/secrets/db-password"), "{ids:?}");
+    let put = |name: &str, token: &str| {
+        c.put(url(&format!("/secrets/{name}")))
+            .bearer_auth(token)
+            .header("content-type", "application/json")
+            .body(r#"{"value":"from-entra"}"#)
+            .send()
+    };
+    assert_eq!(
+        put("db-password", &reader).await.unwrap().status().as_u16(),
+        403
+    );
+    // A rotated key the document already holds, a v2 token, and the app id as the caller.
+    let writer = rotated.token(serde_json::json!({
+        "azp": "writer-app",
+        "ver": "2.0",
+        "iss": format!("https://login.microsoftonline.com/{TENANT}/v2.0"),
+        "aud": "cfa8b339-82a2-471a-a3c9-0fc0be7a4093",
+    }));
+    assert_eq!(
+        put("written-x", &writer).await.unwrap().status().as_u16(),
+        200
+    );
+    assert_eq!(emu.current("weu", "written-x").unwrap().0, "from-entra");
+    assert_eq!(
+        put("db-password", &writer).await.unwrap().status().as_u16(),
+        403
+    );
+    assert_eq!(emu.current("weu", "db-password").unwrap().0, "db-value-1");
+
+    let soon = |secs: i64| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        serde_json::json!(now + secs)
+    };
+    let oid = |mut v: serde_json::Value| {
+        v["oid"] = "reader-oid".into();
+        v
+    };
+    let huge = format!("{reader}{}", "A".repeat(40_000));
+    let unsigned = {
+        let mut parts: Vec<&str> = reader.split('.').collect();
+        parts[2] = "";
+        parts.join(".")
+    };
+    let refused: Vec<(&str, String)> = vec![
+        (
+            "a forged signature",
+            forger.token(oid(serde_json::json!({}))),
+        ),
+        (
+            "a key not the tenant's",
+            stranger.token(oid(serde_json::json!({}))),
+        ),
+        (
+            "another audience",
+            tenant.token(oid(
+                serde_json::json!({ "aud": "https://storage.azure.com" }),
+            )),
+        ),
+        (
+            "another tenant",
+            tenant.token(oid(serde_json::json!({
+                "tid": OTHER_TENANT,
+                "iss": format!("https://sts.windows.net/{OTHER_TENANT}/"),
+            }))),
+        ),
+        (
+            "the issuer right, tid another",
+            tenant.token(oid(serde_json::json!({ "tid": OTHER_TENANT }))),
+        ),
+        (
+            "expired",
+            tenant.token(oid(serde_json::json!({ "exp": soon(-600) }))),
+        ),
+        (
+            "not valid yet",
+            tenant.token(oid(serde_json::json!({ "nbf": soon(600) }))),
+        ),
+        ("no signature", unsigned),
+        ("malformed", "a.b.c".into()),
+        ("enormous", huge),
+    ];
+    for (what, token) in refused {
+        let (status, challenged, body) = get(url("/secrets/db-password"), token).await;
+        assert_eq!((status, challenged), (401, true), "{what}: {body}");
+        assert_eq!(body["error"]["code"], "Unauthorized", "{what}");
+    }
+    let (status, challenged, body) = get(
+        url("/secrets/db-password"),
+        tenant.token(serde_json::json!({ "oid": "someone-else" })),
+    )
+    .await;
+    assert_eq!(
+        (status, challenged),
+        (403, false),
+        "a caller not allowed: {body}"
+    );
+    // The agent's own token still does everything.
+    let (status, _, _) = get(url("/secrets/api-key"), TOKEN.into()).await;
+    assert_eq!(status, 200);
+
+    // The SDK, unchanged, with a credential that hands it the token.
+    let (ok, text) = sdk(&agent, &reader, "entra").await;
+    assert!(ok, "{text}");
+    // Every vault down: the verified token still reads the held value; its write is refused.
+    emu.apply_fault("weu", VaultFault::Refuse).await.unwrap();
+    emu.apply_fault("neu", VaultFault::Refuse).await.unwrap();
+    let (ok, text) = sdk(&agent, &reader, "all-down").await;
+    assert!(ok, "{text}");
+    assert!(!text.contains(&reader));
     let _ = std::fs::remove_dir_all(&dir);
 }

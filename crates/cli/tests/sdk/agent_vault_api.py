@@ -1,6 +1,7 @@
 """The official Python SDK (azure-keyvault-secrets) against the agent's Key Vault API, with
 nothing changed but the vault URL and the credential: run by `tests/vault_api.rs` with KV_URL
-(the agent's https://127.0.0.1:PORT), KV_CA (the agent's CA) and KV_TOKEN (the agent's token),
+(the agent's https://127.0.0.1:PORT), KV_CA (the agent's CA) and KV_TOKEN (the bearer: the agent's token, or an
+Entra ID token in mode `entra`),
 and one of the modes below as its argument. Prints one line per check; exits 1 on the first
 that fails."""
 
@@ -71,6 +72,15 @@ elif mode == "all-down":
             "a write is refused (403 read-only, or 503 when the primary could not be reached)",
             e.status_code in (403, 503),
         )
+elif mode == "entra":
+    check("an Entra ID token: read", client.get_secret("db-password").value == "db-value-1")
+    try:
+        client.get_secret("api-key")
+        check("a secret outside the caller's globs: 403", False)
+    except HttpResponseError as e:
+        check("a secret outside the caller's globs: 403", e.status_code == 403)
+    names = [p.name for p in client.list_properties_of_secrets()]
+    check("the listing holds what the caller may read", names == ["db-password"])
 elif mode == "wrong-token":
     try:
         client.get_secret("db-password")
