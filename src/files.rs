@@ -1,6 +1,7 @@
 //! Reading the files an operator names (the configuration, a CA bundle, the agent's token, a
 //! snapshot and its key): regular files only, bounded in size, never blocked by a FIFO or read
-//! without end from a device; and the permission rule for files that hold a secret.
+//! without end from a device; the permission rule for files that hold a secret; and atomic
+//! replacement ([`write_atomically`]) for the files the project writes.
 //!
 //! ```
 //! use keyvault_failover::files;
@@ -114,6 +115,134 @@ pub fn create_private(path: &Path) -> io::Result<std::fs::File> {
         opts.mode(0o600);
     }
     opts.open(path)
+}
+
+/// How [`write_atomically`] leaves the file it writes: its mode (exactly, whatever the umask)
+/// and, where this process may set them, its owner and group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriteOptions {
+    mode: u32,
+    owner: Option<u32>,
+    group: Option<u32>,
+}
+
+impl Default for WriteOptions {
+    /// Private to its owner (0600), owner and group those of this process.
+    fn default() -> Self {
+        WriteOptions {
+            mode: 0o600,
+            owner: None,
+            group: None,
+        }
+    }
+}
+
+impl WriteOptions {
+    /// The permission bits (at most `0o777`: no setuid, setgid or sticky bit).
+    ///
+    /// # Errors
+    /// [`io::ErrorKind::InvalidInput`] for bits beyond `0o777`.
+    pub fn mode(mut self, mode: u32) -> io::Result<Self> {
+        if mode & !0o777 != 0 {
+            return Err(refused(format!(
+                "mode {mode:o}: permission bits only (at most 777)"
+            )));
+        }
+        self.mode = mode;
+        Ok(self)
+    }
+
+    /// The owner's user id (`None`: this process's).
+    pub fn owner(mut self, uid: Option<u32>) -> Self {
+        self.owner = uid;
+        self
+    }
+
+    /// The group id (`None`: this process's).
+    pub fn group(mut self, gid: Option<u32>) -> Self {
+        self.group = gid;
+        self
+    }
+
+    /// The permission bits asked for.
+    pub fn permissions(&self) -> u32 {
+        self.mode
+    }
+}
+
+/// `.<file>.tmp-<16 hex digits>`: a name no one can predict (the per-process random keys of
+/// std's hasher, a counter and the time), created exclusively, so a name someone guessed only
+/// fails the write.
+pub(crate) fn temp_name(file_name: &std::ffi::OsStr) -> std::ffi::OsString {
+    use std::hash::{BuildHasher, Hasher};
+    static COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    h.write_u128(nanos);
+    let mut name = std::ffi::OsString::from(".");
+    name.push(file_name);
+    name.push(format!(".tmp-{:016x}", h.finish()));
+    name
+}
+
+/// Replaces the file at `path` with `bytes`, atomically: a reader sees the old content or the
+/// new, never a part, and a failure (a full or read-only file system) leaves the old file as
+/// it was.
+///
+/// A temporary file with an unpredictable name is created exclusively in `path`'s directory
+/// (never opened if something is at that name, never through a symbolic link someone put
+/// there), private while it is written; then its owner, group and mode are set, it is
+/// fsynced and renamed over `path` (a symbolic link at `path` is replaced, not followed), and
+/// the directory is fsynced. The temporary file is removed on any failure.
+///
+/// ```
+/// use keyvault_failover::files::{write_atomically, WriteOptions};
+/// let path = std::env::temp_dir().join(format!("kvf-doc-atomic-{}", std::process::id()));
+/// write_atomically(&path, b"v1", &WriteOptions::default()).unwrap();
+/// write_atomically(&path, b"v2", &WriteOptions::default().mode(0o640).unwrap()).unwrap();
+/// assert_eq!(std::fs::read(&path).unwrap(), b"v2");
+/// # #[cfg(unix)] {
+/// use std::os::unix::fs::PermissionsExt;
+/// assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o640);
+/// # }
+/// std::fs::remove_file(&path).ok();
+/// ```
+///
+/// # Errors
+/// The failing step's error; `path` is then unchanged.
+pub fn write_atomically(path: &Path, bytes: &[u8], opts: &WriteOptions) -> io::Result<()> {
+    use std::io::Write;
+    let dir = dir_of(path);
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| refused("the path names no file".into()))?;
+    let tmp = dir.join(temp_name(file_name));
+    let mut f = create_private(&tmp)?;
+    let result = (|| {
+        f.write_all(bytes)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            if opts.owner.is_some() || opts.group.is_some() {
+                std::os::unix::fs::fchown(&f, opts.owner, opts.group)?;
+            }
+            // After chown (which may clear bits), and exactly: the umask played no part.
+            f.set_permissions(std::fs::Permissions::from_mode(opts.mode))?;
+        }
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&tmp, path)?;
+        #[cfg(unix)]
+        std::fs::File::open(dir)?.sync_all()?;
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
 }
 
 /// Whether the file at `path` (its target, if a symbolic link) is private enough to hold a

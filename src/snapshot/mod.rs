@@ -59,7 +59,6 @@
 //! ```
 
 mod builder;
-mod file;
 mod format;
 mod seal;
 #[cfg(test)]
@@ -74,8 +73,8 @@ use secrecy::zeroize::Zeroizing;
 use secrecy::ExposeSecret;
 use tokio::time::Instant;
 
+use crate::files::temp_name;
 pub use builder::SnapshotBuilder;
-use file::temp_name;
 use format::{unescape, unix_ms, Body, BodyIn, Record};
 
 use crate::error::{Error, Kind};
@@ -171,7 +170,7 @@ impl Snapshot {
             .path
             .file_name()
             .ok_or_else(|| bad("the path names no file".into()))?;
-        let probe = dir.join(temp_name(file_name).map_err(|e| bad(e.to_string()))?);
+        let probe = dir.join(temp_name(file_name));
         crate::files::create_private(&probe).map_err(|e| bad(e.to_string()))?;
         let _ = std::fs::remove_file(&probe);
         Ok(())

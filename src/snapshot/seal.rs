@@ -4,10 +4,10 @@ pub(super) use aws_lc_rs::aead::NONCE_LEN;
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
 use secrecy::zeroize::Zeroizing;
 
-use super::file::write_atomically;
 use super::format::{json_len, Body};
 use super::{snapshot_error, Snapshot, MAX_SNAPSHOT_BYTES};
 use crate::error::Error;
+use crate::files::{write_atomically, WriteOptions};
 
 pub(super) const MAGIC: &[u8; 8] = b"KVFSNAP1";
 pub(super) const TAG_LEN: usize = 16;
@@ -59,7 +59,7 @@ impl Snapshot {
                 file.len()
             )));
         }
-        write_atomically(&self.path, &file).map_err(|e| {
+        write_atomically(&self.path, &file, &WriteOptions::default()).map_err(|e| {
             snapshot_error(format!(
                 "cannot write snapshot {}: {e}",
                 self.path.display()

@@ -66,6 +66,15 @@ pub struct AgentConfig {
     queue: Option<QueueConfig>,
     #[serde(default)]
     vault_api: Option<VaultApiConfig>,
+    /// The directories `[[agent.file]]` may write in.
+    #[serde(default)]
+    file_dirs: Vec<PathBuf>,
+    /// How often the files' secrets are compared with what the client holds (default 250 ms).
+    #[serde(default = "quarter_second", with = "humantime_serde")]
+    file_check: Duration,
+    /// Files kept current.
+    #[serde(default, rename = "file")]
+    files: Vec<crate::output::FileConfig>,
     /// The configuration file's directory: relative paths are taken from it.
     #[serde(skip)]
     base: PathBuf,
@@ -218,6 +227,10 @@ fn entra_settings(e: &EntraConfig) -> Result<crate::entra::EntraSettings, Error>
     )
 }
 
+fn quarter_second() -> Duration {
+    Duration::from_millis(250)
+}
+
 fn one_second() -> Duration {
     Duration::from_secs(1)
 }
@@ -332,6 +345,22 @@ impl AgentConfig {
                 entra_settings(e)?;
             }
         }
+        if !(Duration::from_millis(10)..=Duration::from_secs(60)).contains(&a.file_check) {
+            return Err(config_error(
+                "[agent] file_check must be between 10 ms and 1 min".into(),
+            ));
+        }
+        if a.files.len() > 1_000 {
+            return Err(config_error(
+                "[agent] at most 1,000 [[agent.file]] entries".into(),
+            ));
+        }
+        if !a.files.is_empty() && a.file_dirs.is_empty() {
+            return Err(config_error(
+                "[[agent.file]] needs [agent] file_dirs: the directories files may be written in"
+                    .into(),
+            ));
+        }
         if let Some(addr) = a.listen {
             if !addr.ip().is_loopback() && !a.allow_non_loopback {
                 return Err(config_error(format!(
@@ -387,6 +416,33 @@ impl AgentConfig {
             },
             entra,
         }))
+    }
+
+    /// The `[[agent.file]]` entries, checked against `file_dirs` (paths from the
+    /// configuration file's directory); two entries may not name one file.
+    pub(crate) fn files(&self) -> Result<Vec<crate::output::FileSpec>, Error> {
+        if self.files.is_empty() {
+            return Ok(Vec::new());
+        }
+        let allowed = crate::output::allowed_dirs(&self.base, &self.file_dirs)?;
+        let specs = self
+            .files
+            .iter()
+            .map(|f| f.resolve(&self.base, &allowed))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut paths: Vec<&Path> = specs.iter().map(|s| s.path.as_path()).collect();
+        paths.sort();
+        if let Some(w) = paths.windows(2).find(|w| w[0] == w[1]) {
+            return Err(config_error(format!(
+                "[[agent.file]] {}: named by two entries",
+                w[0].display()
+            )));
+        }
+        Ok(specs)
+    }
+
+    pub(crate) fn file_check(&self) -> Duration {
+        self.file_check
     }
 
     pub(crate) fn preload(&self) -> &[String] {

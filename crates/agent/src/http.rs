@@ -9,7 +9,7 @@ use hyper::{Request, Response, StatusCode};
 use serde_json::json;
 
 use super::State;
-use keyvault_failover::{Error, FailoverClient, Freshness, HealthState};
+use keyvault_failover::{Error, Freshness, HealthState};
 
 /// A response body holding a secret value: its bytes are zeroed when the body is dropped.
 pub(crate) struct Wiped(pub(crate) Vec<u8>);
@@ -91,20 +91,25 @@ pub(crate) fn retry_after_secs(e: &Error) -> u64 {
         .map_or(1, |d| d.as_secs_f64().ceil().clamp(1.0, 3600.0) as u64)
 }
 
-fn health(client: &FailoverClient) -> serde_json::Value {
-    let h = client.health();
-    let state = match h.state() {
+fn health(state: &State) -> serde_json::Value {
+    let h = state.client.health();
+    let health_state = match h.state() {
         HealthState::Ready => "ready",
         HealthState::Degraded => "degraded",
         HealthState::NotReady => "not-ready",
     };
-    json!({
+    let mut v = json!({
         "live": h.is_live(),
         "ready": h.is_ready(),
         "degraded": h.is_degraded(),
-        "state": state,
+        "state": health_state,
         "active": h.active(),
-    })
+    });
+    if let Some(files) = &state.files {
+        let files = files.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        v["files"] = serde_json::to_value(files).unwrap_or_default();
+    }
+    v
 }
 
 /// Compares without an early exit, so the time taken says nothing about the token.
@@ -184,7 +189,7 @@ pub(crate) async fn handle(state: Arc<State>, req: Request<Incoming>) -> Respons
     }
     let path = req.uri().path();
     if path == "/healthz/live" {
-        return reply(StatusCode::OK, health(&state.client));
+        return reply(StatusCode::OK, health(&state));
     }
     let token_ok = req
         .headers()
@@ -207,7 +212,7 @@ pub(crate) async fn handle(state: Arc<State>, req: Request<Incoming>) -> Respons
         return resp;
     }
     if path == "/healthz/ready" {
-        let body = health(&state.client);
+        let body = health(&state);
         let status = if body["ready"] == true {
             StatusCode::OK
         } else {

@@ -42,6 +42,7 @@ mod config;
 mod entra;
 mod error;
 mod http;
+mod output;
 mod prometheus;
 #[cfg(feature = "queue")]
 mod queue;
@@ -80,6 +81,8 @@ pub(crate) struct State {
     pub(crate) hosts: Option<Vec<String>>,
     /// The deadline each read gets (`None`: the client's own), inside the request timeout.
     pub(crate) read_deadline: Option<Duration>,
+    /// The health of `[[agent.file]]`, if any.
+    pub(crate) files: Option<output::Health>,
 }
 
 impl State {
@@ -112,6 +115,8 @@ pub struct Agent {
     /// Key Vault's events from a Storage queue (`[agent.queue]`).
     #[cfg(feature = "queue")]
     queue: Option<queue::QueueSource>,
+    /// `[[agent.file]]`, checked; written by [`bind`](Self::bind).
+    files: Vec<output::FileSpec>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -131,6 +136,7 @@ impl Agent {
         let (client_config, agent) = AgentConfig::from_file(path)?;
         let token = agent.read_token()?;
         let snapshot = agent.snapshot()?;
+        let files = agent.files()?;
         #[allow(unused_variables)]
         let queue = agent.queue(client_config.attempt_timeout())?;
         let client = keyvault_failover::azure::connect_with_config(client_config)?;
@@ -142,6 +148,7 @@ impl Agent {
             snapshot,
             #[cfg(feature = "queue")]
             queue,
+            files,
         })
     }
 
@@ -155,6 +162,7 @@ impl Agent {
                 "[agent] the token must be at least 16 characters",
             ));
         }
+        let files = config.files()?;
         Ok(Agent {
             client,
             token: Zeroizing::new(token.as_bytes().to_vec()),
@@ -163,6 +171,7 @@ impl Agent {
             snapshot: None,
             #[cfg(feature = "queue")]
             queue: None,
+            files,
         })
     }
 
@@ -232,6 +241,13 @@ impl Agent {
             };
             restored = Some(r);
         }
+        // The files, from what the client holds now (the snapshot restored above included).
+        let files = match std::mem::take(&mut self.files) {
+            specs if specs.is_empty() => None,
+            specs => {
+                Some(output::Files::start(specs, &self.client, self.config.file_check()).await?)
+            }
+        };
         let listener = match self.config.listen() {
             Listen::Tcp(addr) => {
                 let l = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
@@ -266,6 +282,7 @@ impl Agent {
             listener,
             restored,
             vault,
+            files,
         })
     }
 }
@@ -355,6 +372,7 @@ pub struct Bound {
     listener: Listener,
     restored: Option<Result<usize, Error>>,
     vault: Option<VaultListener>,
+    files: Option<output::Files>,
 }
 
 impl std::fmt::Debug for Bound {
@@ -429,6 +447,7 @@ impl Bound {
             agent,
             listener,
             vault,
+            files,
             ..
         } = self;
         let cfg = &agent.config;
@@ -449,8 +468,12 @@ impl Bound {
             metrics: agent.metrics.clone(),
             hosts,
             read_deadline,
+            files: files.as_ref().map(output::Files::health),
         });
         let mut background = tokio::task::JoinSet::new();
+        if let Some(f) = files {
+            background.spawn(f.run(client.clone()));
+        }
         if !cfg.preload().is_empty() {
             let (c, names, jitter) = (client.clone(), cfg.preload().to_vec(), cfg.preload_jitter());
             background.spawn(async move {

@@ -366,20 +366,8 @@ async fn pass(r: &Replicator, opts: &Options) -> Result<(bool, Option<String>), 
 /// Writes the status file for an orchestrator's probe: the last pass, atomically (a
 /// temporary file renamed over it), private to its owner.
 fn write_status(path: &Path, text: &str) -> std::io::Result<()> {
-    let dir = keyvault_failover::files::dir_of(path);
-    let file = path.file_name().unwrap_or_default().to_string_lossy();
-    let tmp = dir.join(format!(".{file}.tmp-{:016x}", fastrand::u64(..)));
-    let result = (|| {
-        use std::io::Write;
-        let mut f = keyvault_failover::files::create_private(&tmp)?;
-        f.write_all(text.as_bytes())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    use keyvault_failover::files::{write_atomically, WriteOptions};
+    write_atomically(path, text.as_bytes(), &WriteOptions::default())
 }
 
 /// `replicate`: exit 0 when every secondary is in step, 1 when something could not be copied
