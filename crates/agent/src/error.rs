@@ -18,6 +18,8 @@ pub(crate) enum Kind {
     Listen,
     /// The sealed snapshot could not be read or written.
     Snapshot,
+    /// A secret a program needs could neither be read nor restored (`run`).
+    Unreadable,
     /// The client refused (any other of its errors).
     Client,
 }
@@ -44,6 +46,12 @@ impl Error {
     /// The sealed snapshot was refused (wrong key, tampered, unreadable).
     pub fn is_snapshot(&self) -> bool {
         self.kind == Kind::Snapshot
+    }
+
+    /// A secret a program needs could neither be read from a vault nor restored (`run` then
+    /// does not start the program).
+    pub fn is_unreadable(&self) -> bool {
+        self.kind == Kind::Unreadable
     }
 
     /// The client's own error, when the client refused.

@@ -41,6 +41,8 @@ mod access;
 mod config;
 mod entra;
 mod error;
+#[cfg(unix)]
+pub mod exec;
 mod http;
 mod output;
 mod prometheus;
@@ -196,51 +198,7 @@ impl Agent {
     /// restart during an outage would find nothing), [`Error::is_listen`] when the address or
     /// socket cannot be taken.
     pub async fn bind(mut self) -> Result<Bound, Error> {
-        let mut restored = None;
-        if let Some((snap, _)) = &self.snapshot {
-            snap.check_writable()?;
-            let client = self.client.clone();
-            let snap_path = snap.path().to_path_buf();
-            let missing = matches!(std::fs::metadata(&snap_path),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound);
-            let r = if missing {
-                // The first start: nothing to restore yet, and nothing wrong.
-                tracing::info!(path = %snap_path.display(), "no snapshot yet");
-                Ok(0)
-            } else {
-                let snap = snap.clone();
-                tokio::task::spawn_blocking(move || snap.restore(&client))
-                    .await
-                    .map_err(|e| Error::new(Kind::Snapshot, format!("restore task: {e}")))
-                    .and_then(|r| r.map_err(Error::from))
-            };
-            let r = match r {
-                Ok(n) => {
-                    tracing::info!(restored = n, path = %snap_path.display(), "snapshot restored");
-                    Ok(n)
-                }
-                // Whatever it holds may still be wanted (a key mixed up, a read error that
-                // passes): moved aside, never saved over.
-                Err(e) => match snap.set_aside() {
-                    Ok(to) => {
-                        tracing::warn!(error = %e, kept = %to.display(), "snapshot refused; starting without it");
-                        Err(Error::new(
-                            Kind::Snapshot,
-                            format!("{e} (kept as {})", to.display()),
-                        ))
-                    }
-                    Err(e2) => {
-                        tracing::error!(error = %e, aside = %e2, "snapshot refused and not movable; no snapshot will be saved");
-                        self.snapshot = None;
-                        Err(Error::new(
-                            Kind::Snapshot,
-                            format!("{e}; {e2}: no snapshot will be saved over it"),
-                        ))
-                    }
-                },
-            };
-            restored = Some(r);
-        }
+        let restored = restore(&mut self.snapshot, &self.client).await?;
         // The files, from what the client holds now (the snapshot restored above included).
         let files = match std::mem::take(&mut self.files) {
             specs if specs.is_empty() => None,
@@ -553,9 +511,64 @@ impl Bound {
     }
 }
 
+/// Checks that the snapshot (if any) can be saved and restores it into `client`: `None`
+/// without a snapshot, else how many values it restored or why it was refused (moved aside;
+/// if it cannot be moved, `snapshot` is cleared so nothing is saved over it).
+pub(crate) async fn restore(
+    snapshot: &mut Option<(Arc<Snapshot>, Duration)>,
+    client: &FailoverClient,
+) -> Result<Option<Result<usize, Error>>, Error> {
+    let Some((snap, _)) = snapshot.as_ref() else {
+        return Ok(None);
+    };
+    let snap = snap.clone();
+    snap.check_writable()?;
+    let client = client.clone();
+    let snap_path = snap.path().to_path_buf();
+    let missing = matches!(std::fs::metadata(&snap_path),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound);
+    let r = if missing {
+        // The first start: nothing to restore yet, and nothing wrong.
+        tracing::info!(path = %snap_path.display(), "no snapshot yet");
+        Ok(0)
+    } else {
+        let snap = snap.clone();
+        tokio::task::spawn_blocking(move || snap.restore(&client))
+            .await
+            .map_err(|e| Error::new(Kind::Snapshot, format!("restore task: {e}")))
+            .and_then(|r| r.map_err(Error::from))
+    };
+    let r = match r {
+        Ok(n) => {
+            tracing::info!(restored = n, path = %snap_path.display(), "snapshot restored");
+            Ok(n)
+        }
+        // Whatever it holds may still be wanted (a key mixed up, a read error that
+        // passes): moved aside, never saved over.
+        Err(e) => match snap.set_aside() {
+            Ok(to) => {
+                tracing::warn!(error = %e, kept = %to.display(), "snapshot refused; starting without it");
+                Err(Error::new(
+                    Kind::Snapshot,
+                    format!("{e} (kept as {})", to.display()),
+                ))
+            }
+            Err(e2) => {
+                tracing::error!(error = %e, aside = %e2, "snapshot refused and not movable; no snapshot will be saved");
+                *snapshot = None;
+                Err(Error::new(
+                    Kind::Snapshot,
+                    format!("{e}; {e2}: no snapshot will be saved over it"),
+                ))
+            }
+        },
+    };
+    Ok(Some(r))
+}
+
 /// Saves unless nothing is held (an agent that restored nothing and reached no vault must not
 /// replace a snapshot it could not open with an empty one).
-async fn save(snap: &Arc<Snapshot>, client: &FailoverClient) {
+pub(crate) async fn save(snap: &Arc<Snapshot>, client: &FailoverClient) {
     if client.held() == 0 {
         return;
     }

@@ -168,6 +168,28 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Start a program with secrets in its environment, read through the failover client
+    /// (the sealed snapshot of `[agent.snapshot]` too): forwards SIGTERM, SIGINT and SIGHUP,
+    /// exits with the program's status; 125 when it could not be started (a secret neither
+    /// read nor restored, bad input).
+    Run {
+        /// The client configuration (an `[agent]` table's snapshot and queue are used).
+        #[arg(long)]
+        config: PathBuf,
+        /// NAME=SECRET: the environment variable NAME holds the secret's value (repeatable).
+        #[arg(long = "env", value_name = "NAME=SECRET", required = true)]
+        env: Vec<String>,
+        /// On a rotation: none, restart (SIGTERM, --grace, SIGKILL, start again), or
+        /// signal:HUP (USR1, USR2, INT, TERM, QUIT).
+        #[arg(long, default_value = "none")]
+        on_change: String,
+        /// Between SIGTERM and SIGKILL, on a restart or when we are stopped.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        grace: Duration,
+        /// The program and its arguments, after `--`.
+        #[arg(last = true, required = true, value_name = "PROGRAM")]
+        program: Vec<std::ffi::OsString>,
+    },
     /// Validate a TOML client configuration and print it with every default filled in.
     CheckConfig {
         /// The configuration file.
@@ -371,7 +393,7 @@ fn main() -> ExitCode {
     // Without it the agent logs warnings and errors (refused tokens, failed saves and
     // preloads, requests cut at the drain: an operator must not have to ask for them); the
     // other commands, errors only (a simulation runs thousands of clients that warn).
-    let default = if matches!(cli.command, Command::Agent { .. }) {
+    let default = if matches!(cli.command, Command::Agent { .. } | Command::Run { .. }) {
         "warn"
     } else {
         "error"
@@ -536,6 +558,13 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
         } => verify::verify_replication(&config, &names, limit, json, deep),
         Command::Replicate(options) => replicate_cmd::run(options),
         Command::Agent { config } => agent_cmd::run(&config),
+        Command::Run {
+            config,
+            env,
+            on_change,
+            grace,
+            program,
+        } => Ok(agent_cmd::exec(&config, &env, &on_change, grace, program)),
         Command::CheckConfig { file } => {
             // The client's configuration, and the agent's `[agent]` table if the file has one
             // (so the agent's own file can be checked before it starts).
