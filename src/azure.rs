@@ -367,6 +367,32 @@ fn retry_after_of(h: &azure_core::http::headers::Headers) -> Option<Duration> {
         })
 }
 
+/// What Key Vault said of a secret besides its value: its editable properties (the
+/// replicator's reading of them), its own times, the recovery level, and for a certificate's
+/// secret its key id and `managed`.
+fn metadata_of(secret: &azure_security_keyvault_secrets::models::Secret) -> crate::Metadata {
+    let a = secret.attributes.as_ref();
+    let mut m = crate::Metadata::new(replica::properties(
+        a,
+        secret.content_type.clone(),
+        secret.tags.clone(),
+    ));
+    if let Some(t) = replica::unix(a.and_then(|a| a.created)) {
+        m = m.with_created(t);
+    }
+    if let Some(t) = replica::unix(a.and_then(|a| a.updated)) {
+        m = m.with_updated(t);
+    }
+    if let Some(l) = a.and_then(|a| a.recovery_level.as_ref()) {
+        let l: &str = l.into();
+        m = m.with_recovery(l, a.and_then(|a| a.recoverable_days));
+    }
+    if secret.kid.is_some() || secret.managed.is_some() {
+        m = m.with_certificate(secret.kid.clone(), secret.managed);
+    }
+    m
+}
+
 fn malformed(what: &str) -> StoreError {
     StoreError::new(StoreErrorKind::Malformed, what.to_string())
 }
@@ -417,10 +443,11 @@ impl SecretStore for AzureStore {
             own,
             std::time::SystemTime::now(),
         );
+        let metadata = metadata_of(&secret);
         let value = secret
             .value
             .ok_or_else(|| malformed("answer without a value"))?;
-        let stored = StoredSecret::new(SecretString::from(value), version);
+        let stored = StoredSecret::new(SecretString::from(value), version).with_metadata(metadata);
         Ok(match created {
             Some(c) => stored.with_created(c),
             None => stored,

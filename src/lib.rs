@@ -101,7 +101,9 @@ pub use events::Event;
 pub use keyvault_failover_core::retry_after::{parse_retry_after, parse_retry_after_ms};
 pub use name::{SecretName, MAX_NAME_LEN};
 pub use router::Mode;
-pub use secret::{Freshness, Secret, SecretProperties, StoredSecret, Written, MAX_VALUE_LEN};
+pub use secret::{
+    Freshness, Metadata, Properties, Secret, SecretProperties, StoredSecret, Written, MAX_VALUE_LEN,
+};
 pub use store::SecretStore;
 pub use vault::LatencySummary;
 

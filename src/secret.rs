@@ -1,5 +1,6 @@
 //! What the client hands back: a secret value that cannot leak, and where it came from.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -19,6 +20,180 @@ pub struct StoredSecret {
     value: SecretString,
     version: String,
     created: Option<SystemTime>,
+    metadata: Option<Arc<Metadata>>,
+}
+
+/// The editable properties of a secret's current version: what a copy must match besides its
+/// value. Times are Key Vault's, unix seconds.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct Properties {
+    pub(crate) enabled: bool,
+    pub(crate) expires: Option<i64>,
+    pub(crate) not_before: Option<i64>,
+    pub(crate) content_type: Option<String>,
+    pub(crate) tags: BTreeMap<String, String>,
+}
+
+impl Default for Properties {
+    /// Enabled, no expiry, no activation date, no content type, no tags (Key Vault's defaults).
+    fn default() -> Self {
+        Properties {
+            enabled: true,
+            expires: None,
+            not_before: None,
+            content_type: None,
+            tags: BTreeMap::new(),
+        }
+    }
+}
+
+impl Properties {
+    /// The same, enabled or disabled.
+    #[must_use]
+    pub fn with_enabled(mut self, enabled: bool) -> Self {
+        self.enabled = enabled;
+        self
+    }
+    /// The same, with this expiry (`exp`, unix seconds).
+    #[must_use]
+    pub fn with_expires(mut self, exp: Option<i64>) -> Self {
+        self.expires = exp;
+        self
+    }
+    /// The same, with this activation date (`nbf`, unix seconds).
+    #[must_use]
+    pub fn with_not_before(mut self, nbf: Option<i64>) -> Self {
+        self.not_before = nbf;
+        self
+    }
+    /// The same, with this content type.
+    #[must_use]
+    pub fn with_content_type(mut self, content_type: Option<String>) -> Self {
+        self.content_type = content_type;
+        self
+    }
+    /// The same, with these tags.
+    #[must_use]
+    pub fn with_tags(mut self, tags: BTreeMap<String, String>) -> Self {
+        self.tags = tags;
+        self
+    }
+    /// Whether the version can be read.
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+    /// `exp`, unix seconds.
+    pub fn expires(&self) -> Option<i64> {
+        self.expires
+    }
+    /// `nbf`, unix seconds.
+    pub fn not_before(&self) -> Option<i64> {
+        self.not_before
+    }
+    /// The content type.
+    pub fn content_type(&self) -> Option<&str> {
+        self.content_type.as_deref()
+    }
+    /// Every tag, the provenance tag included.
+    pub fn tags(&self) -> &BTreeMap<String, String> {
+        &self.tags
+    }
+}
+
+/// What a vault says of a version besides its value: its editable [`Properties`] (enabled,
+/// `exp`, `nbf`, content type, tags) and what only the vault sets (created, updated, the
+/// recovery level, and for a certificate's secret its key id and `managed`). Kept with the
+/// value (and in the sealed snapshot), so a value served from memory carries them too. Never
+/// a value: these are the vault's metadata.
+///
+/// ```
+/// use keyvault_failover::{Metadata, Properties};
+/// let m = Metadata::new(Properties::default().with_content_type(Some("text/plain".into())))
+///     .with_created(1_700_000_000);
+/// assert_eq!(m.properties().content_type(), Some("text/plain"));
+/// assert_eq!(m.created(), Some(1_700_000_000));
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct Metadata {
+    properties: Properties,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    created: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    updated: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    recovery_level: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    recoverable_days: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    managed: Option<bool>,
+}
+
+impl Metadata {
+    /// The version's editable properties; nothing else said yet.
+    pub fn new(properties: Properties) -> Self {
+        Metadata {
+            properties,
+            ..Self::default()
+        }
+    }
+    /// With when the version was created (the vault's own time), in Unix seconds.
+    #[must_use]
+    pub fn with_created(mut self, t: i64) -> Self {
+        self.created = Some(t);
+        self
+    }
+    /// With when it was last updated, in Unix seconds.
+    #[must_use]
+    pub fn with_updated(mut self, t: i64) -> Self {
+        self.updated = Some(t);
+        self
+    }
+    /// With the vault's recovery level (`Recoverable+Purgeable`, ...) and retention days.
+    #[must_use]
+    pub fn with_recovery(mut self, level: impl Into<String>, days: Option<i32>) -> Self {
+        self.recovery_level = Some(level.into());
+        self.recoverable_days = days;
+        self
+    }
+    /// With, for a certificate's secret, the key's id (`kid`) and `managed`.
+    #[must_use]
+    pub fn with_certificate(mut self, key_id: Option<String>, managed: Option<bool>) -> Self {
+        self.key_id = key_id;
+        self.managed = managed;
+        self
+    }
+    /// The editable properties.
+    pub fn properties(&self) -> &Properties {
+        &self.properties
+    }
+    /// Created, in Unix seconds (the version's own, not a copy's source's).
+    pub fn created(&self) -> Option<i64> {
+        self.created
+    }
+    /// Updated, in Unix seconds.
+    pub fn updated(&self) -> Option<i64> {
+        self.updated
+    }
+    /// The recovery level.
+    pub fn recovery_level(&self) -> Option<&str> {
+        self.recovery_level.as_deref()
+    }
+    /// The retention days.
+    pub fn recoverable_days(&self) -> Option<i32> {
+        self.recoverable_days
+    }
+    /// A certificate's key id.
+    pub fn key_id(&self) -> Option<&str> {
+        self.key_id.as_deref()
+    }
+    /// Whether Key Vault manages it (a certificate's secret).
+    pub fn managed(&self) -> Option<bool> {
+        self.managed
+    }
 }
 
 impl StoredSecret {
@@ -28,7 +203,20 @@ impl StoredSecret {
             value,
             version: version.into(),
             created: None,
+            metadata: None,
         }
+    }
+
+    /// The same, with what the vault says of it besides the value.
+    #[must_use]
+    pub fn with_metadata(mut self, m: Metadata) -> Self {
+        self.metadata = Some(Arc::new(m));
+        self
+    }
+
+    /// What the vault said of it besides the value, when it said.
+    pub fn metadata(&self) -> Option<&Metadata> {
+        self.metadata.as_deref()
     }
 
     /// The same, with the time the vault created this version (Key Vault's
@@ -56,8 +244,15 @@ impl StoredSecret {
         &self.version
     }
 
-    pub(crate) fn into_parts(self) -> (SecretString, String, Option<SystemTime>) {
-        (self.value, self.version, self.created)
+    pub(crate) fn into_parts(
+        self,
+    ) -> (
+        SecretString,
+        String,
+        Option<SystemTime>,
+        Option<Arc<Metadata>>,
+    ) {
+        (self.value, self.version, self.created, self.metadata)
     }
 }
 
@@ -76,7 +271,7 @@ impl fmt::Debug for StoredSecret {
 pub struct SecretProperties {
     name: String,
     version: Option<String>,
-    enabled: bool,
+    pub(crate) enabled: bool,
 }
 
 impl SecretProperties {
@@ -131,6 +326,8 @@ pub(crate) struct Entry {
     pub(crate) authoritative: bool,
     /// When the vault created this version, when it said: the secret's high-water mark.
     pub(crate) created: Option<SystemTime>,
+    /// What the vault said of this version besides its value.
+    pub(crate) metadata: Option<Arc<Metadata>>,
     /// Restored from a sealed snapshot: never a fresh hit (a vault must confirm it first), and
     /// `prior_age` old already when `fetched_at` was stamped (the restore).
     pub(crate) restored: bool,
@@ -160,6 +357,7 @@ impl Entry {
             expired: AtomicBool::new(false),
             authoritative: false,
             created: None,
+            metadata: None,
             restored: false,
             prior_age: Duration::ZERO,
         }
@@ -324,6 +522,12 @@ impl Secret {
     /// each region's part in it ([`Error::attempts`](crate::Error::attempts)). `None` when fresh.
     pub fn stale_cause(&self) -> Option<&crate::Error> {
         self.cause.as_ref()
+    }
+
+    /// What the vault said of this version besides its value (content type, tags,
+    /// attributes), when it said: kept with the value, so a stale or restored serve has them.
+    pub fn metadata(&self) -> Option<&Metadata> {
+        self.entry.metadata.as_deref()
     }
 
     /// The value. Keep the borrow short; do not log it.

@@ -17,7 +17,7 @@ use crate::error::StoreError;
 use crate::name::SecretName;
 use crate::replicate::{Listed, Properties, ReadVersion, ReplicaStore};
 
-fn unix(t: Option<OffsetDateTime>) -> Option<i64> {
+pub(super) fn unix(t: Option<OffsetDateTime>) -> Option<i64> {
     t.map(|t| t.unix_timestamp())
 }
 
@@ -26,7 +26,9 @@ fn time(t: Option<i64>) -> Result<Option<OffsetDateTime>, StoreError> {
         .transpose()
 }
 
-fn properties(
+/// A version's editable properties as the SDK gives them (what the replicator compares, and
+/// what the client keeps with a value).
+pub(super) fn properties(
     attributes: Option<&SecretAttributes>,
     content_type: Option<String>,
     tags: Option<HashMap<String, String>>,

@@ -154,7 +154,7 @@ impl Engine {
             .await;
         match result {
             Ok((idx, stored)) => {
-                let (value, version, created) = stored.into_parts();
+                let (value, version, created, metadata) = stored.into_parts();
                 if version.is_empty() {
                     // A vault that answers without a version id answered something else.
                     return Err(FetchError {
@@ -212,7 +212,7 @@ impl Engine {
                     version.into(),
                     v.name.clone(),
                     !urgency.is_background(),
-                    created,
+                    (created, metadata),
                     on_schedule,
                 );
                 self.cache_fetched(key, entry.clone(), started);

@@ -113,12 +113,16 @@ impl Engine {
         version: Arc<str>,
         region: Arc<str>,
         read: bool,
-        created: Option<std::time::SystemTime>,
+        (created, metadata): (
+            Option<std::time::SystemTime>,
+            Option<Arc<crate::secret::Metadata>>,
+        ),
         on_schedule: bool,
     ) -> Arc<Entry> {
         let at = self.refresh_ms(on_schedule);
         let mut e = Entry::new(value, version, region, Instant::now(), at, read);
         e.created = created;
+        e.metadata = metadata;
         Arc::new(e)
     }
 

@@ -44,81 +44,11 @@ pub const MAX_TAG_VALUE_LEN: usize = 256;
 /// Key Vault's limit on a content type, in characters.
 pub const MAX_CONTENT_TYPE_LEN: usize = 255;
 
-/// The editable properties of a secret's current version: what a copy must match besides its
-/// value. Times are Key Vault's, unix seconds.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Properties {
-    enabled: bool,
-    expires: Option<i64>,
-    not_before: Option<i64>,
-    content_type: Option<String>,
-    tags: BTreeMap<String, String>,
-}
+pub use crate::secret::Properties;
 
-impl Default for Properties {
-    /// Enabled, no expiry, no activation date, no content type, no tags (Key Vault's defaults).
-    fn default() -> Self {
-        Properties {
-            enabled: true,
-            expires: None,
-            not_before: None,
-            content_type: None,
-            tags: BTreeMap::new(),
-        }
-    }
-}
-
+/// What the replicator asks of a version's editable properties: its provenance, the user's
+/// tags, whether a copy matches.
 impl Properties {
-    /// The same, enabled or disabled.
-    #[must_use]
-    pub fn with_enabled(mut self, enabled: bool) -> Self {
-        self.enabled = enabled;
-        self
-    }
-    /// The same, with this expiry (`exp`, unix seconds).
-    #[must_use]
-    pub fn with_expires(mut self, exp: Option<i64>) -> Self {
-        self.expires = exp;
-        self
-    }
-    /// The same, with this activation date (`nbf`, unix seconds).
-    #[must_use]
-    pub fn with_not_before(mut self, nbf: Option<i64>) -> Self {
-        self.not_before = nbf;
-        self
-    }
-    /// The same, with this content type.
-    #[must_use]
-    pub fn with_content_type(mut self, content_type: Option<String>) -> Self {
-        self.content_type = content_type;
-        self
-    }
-    /// The same, with these tags.
-    #[must_use]
-    pub fn with_tags(mut self, tags: BTreeMap<String, String>) -> Self {
-        self.tags = tags;
-        self
-    }
-    /// Whether the version can be read.
-    pub fn enabled(&self) -> bool {
-        self.enabled
-    }
-    /// `exp`, unix seconds.
-    pub fn expires(&self) -> Option<i64> {
-        self.expires
-    }
-    /// `nbf`, unix seconds.
-    pub fn not_before(&self) -> Option<i64> {
-        self.not_before
-    }
-    /// The content type.
-    pub fn content_type(&self) -> Option<&str> {
-        self.content_type.as_deref()
-    }
-    /// Every tag, the provenance tag included.
-    pub fn tags(&self) -> &BTreeMap<String, String> {
-        &self.tags
-    }
     /// The provenance the tags carry, if they carry a well-formed one.
     pub fn provenance(&self) -> Option<Provenance> {
         self.tags

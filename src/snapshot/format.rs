@@ -23,6 +23,9 @@ pub(super) struct Record<'a> {
     pub(super) region: &'a str,
     pub(super) fetched_unix_ms: u64,
     pub(super) created_unix_ms: Option<u64>,
+    /// What the vault said of the version besides its value (absent in older snapshots).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) metadata: Option<&'a crate::secret::Metadata>,
 }
 
 /// The sealed JSON as read: each value stays the raw JSON text inside the opened (zeroized)
@@ -45,6 +48,8 @@ pub(super) struct RecordIn<'a> {
     pub(super) fetched_unix_ms: u64,
     #[serde(default)]
     pub(super) created_unix_ms: Option<u64>,
+    #[serde(default)]
+    pub(super) metadata: Option<crate::secret::Metadata>,
 }
 
 /// How many bytes `s` takes as a JSON string (an upper bound: every control character counted

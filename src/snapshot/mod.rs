@@ -136,6 +136,7 @@ impl Snapshot {
                 region: &e.region,
                 fetched_unix_ms: unix_ms(now.checked_sub(e.age(mono)).unwrap_or(UNIX_EPOCH)),
                 created_unix_ms: e.created.map(unix_ms),
+                metadata: e.metadata.as_deref(),
             })
             .collect();
         let n = records.len();
@@ -261,6 +262,7 @@ impl Snapshot {
             e.created = r
                 .created_unix_ms
                 .and_then(|ms| UNIX_EPOCH.checked_add(Duration::from_millis(ms)));
+            e.metadata = r.metadata.map(Arc::new);
             let e = Arc::new(e);
             if client.import_held(&key, e) {
                 restored += 1;

@@ -22,6 +22,7 @@ fn absurd_times_in_a_sealed_snapshot_are_skipped_not_panicked_on() {
         region: "weu",
         fetched_unix_ms: fetched,
         created_unix_ms: created,
+        metadata: None,
     };
     let now = unix_ms(SystemTime::now());
     snap.write_body(Body {
@@ -172,6 +173,7 @@ fn a_clock_set_back_does_not_make_a_restored_value_young() {
             region: "weu",
             fetched_unix_ms: fetched,
             created_unix_ms: None,
+            metadata: None,
         }],
     })
     .unwrap();
@@ -362,5 +364,44 @@ fn a_key_file_beside_the_snapshot_is_refused_unless_allowed() {
         .is_ok());
     let e = Snapshot::builder(dir.join("x")).build().unwrap_err();
     assert!(e.is_config());
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Issue 31: a restored value keeps what the vault said of it (content type, tags, `exp`),
+/// so the agent's Key Vault API answers a restart during an outage with the same bundle.
+#[test]
+fn a_restored_value_keeps_its_metadata() {
+    let dir = temp("metadata");
+    let snap = Snapshot::builder(dir.join("lkg.snapshot"))
+        .key_hex(&"ef".repeat(32))
+        .build()
+        .unwrap();
+    runtime().block_on(async {
+        let weu = Arc::new(crate::store::MemoryStore::new("weu"));
+        let props = crate::Properties::default()
+            .with_content_type(Some("application/x-pem-file".into()))
+            .with_tags([("owner".to_string(), "billing".to_string())].into())
+            .with_expires(Some(4_000_000_000));
+        weu.insert_with("cert", "pem", props.clone());
+        let client = FailoverClient::builder(one_region())
+            .store("weu", weu.clone())
+            .build()
+            .unwrap();
+        let fresh = client.get_secret("cert").await.unwrap();
+        assert_eq!(fresh.metadata().unwrap().properties(), &props);
+        assert_eq!(snap.save(&client).unwrap(), 1);
+        weu.set_fault(Some(crate::store::Fault::Refuse));
+        let restarted = FailoverClient::builder(one_region())
+            .store("weu", weu)
+            .build()
+            .unwrap();
+        assert_eq!(snap.restore(&restarted).unwrap(), 1);
+        let held = restarted.get_secret("cert").await.unwrap();
+        assert!(held.is_stale());
+        let m = held.metadata().expect("the metadata came back");
+        assert_eq!(m.properties(), &props);
+        assert_eq!(m.recovery_level(), Some("Recoverable+Purgeable"));
+        assert!(m.created().is_some());
+    });
     std::fs::remove_dir_all(&dir).ok();
 }

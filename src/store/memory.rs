@@ -445,7 +445,19 @@ impl SecretStore for MemoryStore {
             .provenance()
             .and_then(|p| p.trusted_time(Some(v.created), std::time::SystemTime::now()))
             .unwrap_or(v.created);
-        Ok(StoredSecret::new(v.value.clone(), v.id.clone()).with_created(created))
+        let own = v
+            .created
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        Ok(StoredSecret::new(v.value.clone(), v.id.clone())
+            .with_created(created)
+            .with_metadata(
+                crate::Metadata::new(v.props.clone())
+                    .with_created(own)
+                    .with_updated(own)
+                    .with_recovery("Recoverable+Purgeable", Some(90))
+                    .with_certificate(None, r.managed.then_some(true)),
+            ))
     }
 
     /// A new version with Key Vault's default properties (see the replica write).

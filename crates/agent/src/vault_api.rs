@@ -283,18 +283,67 @@ fn forbidden(access: &Access, method: &hyper::Method, name: &str) -> Response<Fu
 }
 
 /// The secret bundle, written into one buffer sized up front (it holds the value and is
-/// zeroed when dropped).
-fn bundle(base: &str, name: &str, version: &str, value: &str) -> Vec<u8> {
-    const ATTRS: &[u8] =
-        b",\"attributes\":{\"enabled\":true,\"recoveryLevel\":\"Recoverable+Purgeable\"}}";
+/// zeroed when dropped): the value, the id, and what the vault said of the version (its
+/// attributes, content type, tags, a certificate's `kid` and `managed`), or Key Vault's
+/// defaults when it said nothing (a value this client wrote).
+fn bundle(
+    base: &str,
+    name: &str,
+    version: &str,
+    value: &str,
+    meta: Option<&keyvault_failover::Metadata>,
+) -> Vec<u8> {
     let id = format!("{base}/secrets/{name}/{version}");
-    let cap = 32 + json_len(value) + json_len(&id) + ATTRS.len();
+    // No value in here: the vault's metadata only.
+    let rest = match meta {
+        None => json!({
+            "attributes": { "enabled": true, "recoveryLevel": "Recoverable+Purgeable" },
+        }),
+        Some(m) => {
+            let p = m.properties();
+            let mut attributes = json!({ "enabled": p.enabled() });
+            for (k, v) in [
+                ("created", m.created()),
+                ("updated", m.updated()),
+                ("exp", p.expires()),
+                ("nbf", p.not_before()),
+            ] {
+                if let Some(v) = v {
+                    attributes[k] = v.into();
+                }
+            }
+            if let Some(l) = m.recovery_level() {
+                attributes["recoveryLevel"] = l.into();
+            }
+            if let Some(d) = m.recoverable_days() {
+                attributes["recoverableDays"] = d.into();
+            }
+            let mut r = json!({ "attributes": attributes });
+            if let Some(t) = p.content_type() {
+                r["contentType"] = t.into();
+            }
+            if !p.tags().is_empty() {
+                r["tags"] = json!(p.tags());
+            }
+            if let Some(k) = m.key_id() {
+                r["kid"] = k.into();
+            }
+            if let Some(b) = m.managed() {
+                r["managed"] = b.into();
+            }
+            r
+        }
+    }
+    .to_string();
+    let cap = 16 + json_len(value) + json_len(&id) + rest.len();
     let mut body = Vec::with_capacity(cap);
     body.extend_from_slice(b"{\"value\":");
     push_json_str(&mut body, value);
     body.extend_from_slice(b",\"id\":");
     push_json_str(&mut body, &id);
-    body.extend_from_slice(ATTRS);
+    body.push(b',');
+    // `rest` is an object: its members follow the id.
+    body.extend_from_slice(&rest.as_bytes()[1..]);
     body
 }
 
@@ -314,7 +363,13 @@ async fn get(
         Ok(s) => s,
         Err(e) => return error_of(&e, name),
     };
-    let body = bundle(base, name, secret.version(), secret.expose());
+    let body = bundle(
+        base,
+        name,
+        secret.version(),
+        secret.expose(),
+        secret.metadata(),
+    );
     let mut resp = bundle_response(body);
     let h = resp.headers_mut();
     let freshness = match secret.freshness() {
@@ -460,7 +515,7 @@ async fn put(
         Err(e) => return error_of(&e, name),
     };
     use secrecy::ExposeSecret;
-    let body = bundle(base, name, written.version(), value.expose_secret());
+    let body = bundle(base, name, written.version(), value.expose_secret(), None);
     let mut resp = bundle_response(body);
     if let Ok(v) = hyper::header::HeaderValue::from_str(written.region()) {
         resp.headers_mut().insert("x-keyvault-region", v);

@@ -193,6 +193,16 @@ async fn the_python_sdk_reads_and_writes_through_the_agent_across_outages() {
         emu.insert("weu", name, value);
         emu.insert("neu", name, value);
     }
+    // A secret with properties: the SDK sees them through the agent, fresh and stale.
+    let spec = keyvault_failover_emulator::SecretSpec {
+        content_type: Some("text/plain".into()),
+        tags: [("owner".to_string(), "billing".to_string())].into(),
+        expires: Some(4_000_000_000),
+        ..Default::default()
+    };
+    for r in ["weu", "neu"] {
+        emu.insert_with(r, "typed-secret", "typed-value", spec.clone());
+    }
     let agent = start(&emu, &dir).await;
     assert!(agent.url.starts_with("https://127.0.0.1:"), "{}", agent.url);
     let (ok, text) = sdk(&agent, TOKEN, "healthy").await;

@@ -32,6 +32,19 @@ def check(what, ok):
         sys.exit(1)
 
 
+def typed_ok(s):
+    p = s.properties
+    return (
+        s.value == "typed-value"
+        and p.content_type == "text/plain"
+        and p.tags == {"owner": "billing"}
+        and p.expires_on is not None
+        and p.expires_on.year == 2096
+        and p.created_on is not None
+        and p.enabled is True
+    )
+
+
 mode = sys.argv[1]
 client = SecretClient(
     os.environ["KV_URL"],
@@ -46,7 +59,9 @@ if mode == "healthy":
     check("get", s.value == "db-value-1" and bool(s.properties.version))
     check("get a version", client.get_secret("db-password", s.properties.version).value == "db-value-1")
     names = [p.name for p in client.list_properties_of_secrets(max_page_size=2)]
-    check("a paged listing through nextLink", sorted(names) == ["api-key", "db-password", "tls-key"])
+    check("a paged listing through nextLink", sorted(names) == ["api-key", "db-password", "tls-key", "typed-secret"])
+    typed = client.get_secret("typed-secret")
+    check("the vault's properties: content type, tags, exp, created", typed_ok(typed))
     written = client.set_secret("written-by-sdk", "w-value")
     check("a write through the client", written.value == "w-value" and bool(written.properties.version))
     check("the write reads back", client.get_secret("written-by-sdk").value == "w-value")
@@ -64,6 +79,7 @@ elif mode == "primary-down":
     check("the primary refused: read from the secondary", client.get_secret("db-password").value == "db-value-1")
 elif mode == "all-down":
     check("every vault down: the held value", client.get_secret("db-password").value == "db-value-1")
+    check("every vault down: the held value keeps its properties", typed_ok(client.get_secret("typed-secret")))
     try:
         client.set_secret("db-password", "never-sent")
         check("a write is refused (403 read-only, or 503 when the primary could not be reached)", False)
