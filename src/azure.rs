@@ -489,6 +489,27 @@ impl SecretStore for AzureStore {
     }
 
     /// The replicator's full listing, reduced (a listing's ids carry no version).
+    async fn versions(&self, name: &SecretName) -> Result<Vec<SecretProperties>, StoreError> {
+        use futures::TryStreamExt;
+        let mut pager = self
+            .client
+            .list_secret_properties_versions(name.as_str(), None)
+            .map_err(|e| classify(&e))?;
+        let mut out = Vec::new();
+        while let Some(p) = pager.try_next().await.map_err(|e| classify(&e))? {
+            let id = p
+                .resource_id()
+                .map_err(|_| malformed("listed version without an id"))?;
+            let enabled = p
+                .attributes
+                .as_ref()
+                .and_then(|a| a.enabled)
+                .unwrap_or(true);
+            out.push(SecretProperties::new(id.name, id.version, enabled));
+        }
+        Ok(out)
+    }
+
     async fn list(&self) -> Result<Vec<SecretProperties>, StoreError> {
         let items = crate::replicate::ReplicaStore::list_items(self).await?;
         Ok(items

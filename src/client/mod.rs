@@ -447,6 +447,50 @@ impl FailoverClient {
             .map_err(|e| e.error)
     }
 
+    /// Lists the versions of `name` (no values; each [`SecretProperties::version`] set) from
+    /// the first vault in route order that answers, bounded as
+    /// [`list_secret_properties`](Self::list_secret_properties). Version ids are the
+    /// answering vault's own (they differ between regions).
+    ///
+    /// # Errors
+    /// [`Error::is_invalid_name`] for a name Key Vault cannot hold, [`Error::is_not_found`]
+    /// when the vault has no such secret, else as a listing.
+    ///
+    /// ```
+    /// # keyvault_failover::run_virtual(async {
+    /// use std::sync::Arc;
+    /// use keyvault_failover::{store::MemoryStore, Access, Config, FailoverClient};
+    /// let weu = Arc::new(MemoryStore::new("weu"));
+    /// let v1 = weu.insert("db", "one");
+    /// let v2 = weu.insert("db", "two");
+    /// let config = Config::builder()
+    ///     .region("weu", "https://app-weu.vault.azure.net", Access::ReadWrite)
+    ///     .build()?;
+    /// let client = FailoverClient::builder(config).store("weu", weu).build()?;
+    /// let versions: Vec<_> = client.list_secret_versions("db").await?
+    ///     .iter().map(|p| p.version().unwrap().to_string()).collect();
+    /// assert_eq!(versions, [v1, v2]);
+    /// assert!(client.list_secret_versions("nope").await.unwrap_err().is_not_found());
+    /// # Ok::<(), keyvault_failover::Error>(())
+    /// # }).unwrap().unwrap();
+    /// ```
+    pub async fn list_secret_versions(&self, name: &str) -> Result<Vec<SecretProperties>, Error> {
+        let name = SecretName::new(name)?;
+        self.inner
+            .try_regions(
+                "list versions",
+                &Urgency::new(true),
+                Limits::listing(&self.inner.config),
+                |s| {
+                    let name = name.clone();
+                    Box::pin(async move { s.versions(&name).await })
+                },
+            )
+            .await
+            .map(|(_, l)| l)
+            .map_err(|e| e.error)
+    }
+
     /// The configuration the client runs with.
     pub fn config(&self) -> &Config {
         &self.inner.config

@@ -489,6 +489,21 @@ impl SecretStore for MemoryStore {
         out.sort_by(|a, b| a.name().cmp(b.name()));
         Ok(out)
     }
+
+    /// Every version of `name`, oldest first (counted as a listing).
+    async fn versions(&self, name: &SecretName) -> Result<Vec<SecretProperties>, StoreError> {
+        self.lists.fetch_add(1, Ordering::Relaxed);
+        self.enter(false).await?;
+        let st = self.lock();
+        let r = st
+            .secrets
+            .get(&**name.key())
+            .ok_or_else(|| not_found(name))?;
+        Ok(r.versions
+            .iter()
+            .map(|v| SecretProperties::new(r.name.clone(), Some(v.id.clone()), v.props.enabled()))
+            .collect())
+    }
 }
 
 /// The replicator's calls, with Key Vault's answers: a GET of a disabled secret is 403, a write

@@ -37,6 +37,16 @@ pub trait SecretStore: Send + Sync + 'static {
     /// Lists the properties of every secret (no values).
     async fn list(&self) -> Result<Vec<SecretProperties>, StoreError>;
 
+    /// Lists the versions of `name` (no values), each with its version id. The default says
+    /// the store does not (a refusal, `Rejected` 501: no other vault is asked).
+    async fn versions(&self, name: &SecretName) -> Result<Vec<SecretProperties>, StoreError> {
+        let _ = name;
+        Err(StoreError::new(
+            crate::error::StoreErrorKind::Rejected { status: 501 },
+            "this store does not list a secret's versions",
+        ))
+    }
+
     /// The health probe used when no canary secret is configured: one cheap request that
     /// proves the vault answers. The default lists; a store whose listing takes many requests
     /// should ask for one page of one item.

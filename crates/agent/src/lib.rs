@@ -460,15 +460,16 @@ impl Bound {
         let slots = Arc::new(tokio::sync::Semaphore::new(cfg.max_connections()));
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut conns = tokio::task::JoinSet::new();
-        if let Some(v) = vault {
-            background.spawn(vault_loop(
+        // Not in `background` (aborted at shutdown): its requests in flight are drained too.
+        let vault_task = vault.map(|v| {
+            tokio::spawn(vault_loop(
                 v,
                 state.clone(),
                 stop_rx.clone(),
                 request_timeout,
                 slots.clone(),
-            ));
-        }
+            ))
+        });
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -498,8 +499,13 @@ impl Bound {
         drop(listener);
         tracing::info!("stopping: no new connections; finishing requests in flight");
         let _ = stop_tx.send(true);
-        let drained =
-            tokio::time::timeout(DRAIN, async { while conns.join_next().await.is_some() {} }).await;
+        let drained = tokio::time::timeout(DRAIN, async {
+            while conns.join_next().await.is_some() {}
+            if let Some(t) = vault_task {
+                let _ = t.await;
+            }
+        })
+        .await;
         if drained.is_err() {
             tracing::warn!("requests still in flight after 30 s were cut");
         }
@@ -636,8 +642,9 @@ enum Api {
     Vault(Arc<vault_api::VaultApi>),
 }
 
-/// Accepts the Key Vault API's connections until the agent stops: each gets a slot of the
-/// agent's (over the cap it is closed at once) and 10 s for its TLS handshake.
+/// Accepts the Key Vault API's connections until the agent stops, then waits for the
+/// requests in flight: each connection gets a slot of the agent's (over the cap it is closed
+/// at once) and 10 s for its TLS handshake.
 async fn vault_loop(
     v: VaultListener,
     state: Arc<State>,
@@ -662,11 +669,19 @@ async fn vault_loop(
         entra: v.entra,
     });
     let acceptor = v.tls.acceptor;
+    let mut conns = tokio::task::JoinSet::new();
     loop {
         let accepted = tokio::select! {
             a = v.listener.accept() => a,
-            _ = stop_rx.wait_for(|s| *s) => return,
+            _ = async { stop_rx.wait_for(|s| *s).await.map(|_| ()) } => {
+                // Stop accepting; the requests in flight finish (each connection closes after
+                // its own), within the agent's drain bound.
+                drop(v.listener);
+                while conns.join_next().await.is_some() {}
+                return;
+            }
         };
+        while conns.try_join_next().is_some() {}
         let tcp = match accepted {
             Ok((s, _)) => s,
             Err(e) => {
@@ -684,7 +699,7 @@ async fn vault_loop(
             acceptor.clone(),
             stop_rx.clone(),
         );
-        tokio::spawn(async move {
+        conns.spawn(async move {
             let Ok(Ok(tls)) = tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(tcp)).await
             else {
                 return; // a handshake that fails or never ends

@@ -5,10 +5,11 @@
 //! * `GET /secrets/{name}[/{version}]` → Key Vault's secret bundle (`value`, `id` naming this
 //!   agent and the version, `attributes`), with `X-Keyvault-Region` and
 //!   `X-Keyvault-Freshness`, and `Age` (seconds) when the value is served stale.
-//! * `GET /secrets` → one page of names (`maxresults` up to 25, `nextLink` back to the agent).
+//! * `GET /secrets` and `GET /secrets/{name}/versions` → one page of names or versions
+//!   (`maxresults` up to 25, `nextLink` back to the agent).
 //! * `PUT /secrets/{name}` → the client's write path: to the writable primary only; refused
 //!   at once with 403 (which no SDK retries) when the client is read-only.
-//! * Anything else (deleted secrets, versions, backup, keys, certificates) answers Key Vault's
+//! * Anything else (deleted secrets, PATCH, backup, keys, certificates) answers Key Vault's
 //!   error body with 501 `NotSupported`, naming what the agent does not serve.
 //! * Authentication as Key Vault does it: a request without a bearer token gets 401 with the
 //!   challenge every SDK understands; the bearer is the agent's own token (compared in
@@ -206,7 +207,15 @@ pub(crate) async fn handle(
     let method = req.method().clone();
     match (&method, segments.as_slice()) {
         (&hyper::Method::GET, ["secrets"] | ["secrets", ""]) => {
-            list(&state, &access, &base, &api_version, q.as_deref()).await
+            list(
+                &state,
+                &access,
+                &base,
+                &api_version,
+                q.as_deref(),
+                Listing::Secrets,
+            )
+            .await
         }
         (_, ["secrets", name, ..]) if !allowed(&access, &method, name) => {
             forbidden(&access, &method, name)
@@ -215,8 +224,8 @@ pub(crate) async fn handle(
             get(&state, &base, name, None).await
         }
         (&hyper::Method::GET, ["secrets", name, "versions"]) => {
-            let _ = name;
-            not_supported("a secret's versions")
+            let what = Listing::Versions(name);
+            list(&state, &access, &base, &api_version, q.as_deref(), what).await
         }
         (&hyper::Method::GET, ["secrets", name, version]) => {
             get(&state, &base, name, Some(version)).await
@@ -390,12 +399,19 @@ async fn get(
     resp
 }
 
+/// What a listing lists: every secret's latest version, or one secret's versions.
+enum Listing<'a> {
+    Secrets,
+    Versions(&'a str),
+}
+
 async fn list(
     state: &State,
     access: &Access,
     base: &str,
     api_version: &str,
     q: Option<&str>,
+    what: Listing<'_>,
 ) -> Response<Full<Bytes>> {
     let max = match query(q, "maxresults").map(|v| v.parse::<usize>()) {
         None => MAX_PAGE,
@@ -419,27 +435,46 @@ async fn list(
             )
         }
     };
-    let mut all = match state.client.list_secret_properties().await {
-        Ok(l) => l,
-        Err(e) => return error_of(&e, "*"),
+    // Each item's id and whether it is enabled, in Key Vault's order; and the listing's path.
+    let (items, path): (Vec<(String, bool)>, String) = match what {
+        Listing::Secrets => {
+            let mut all = match state.client.list_secret_properties().await {
+                Ok(l) => l,
+                Err(e) => return error_of(&e, "*"),
+            };
+            // A caller sees only the names it may read.
+            all.retain(|p| access.may_read(p.name()));
+            all.sort_by_key(|p| p.name().to_ascii_lowercase());
+            let items = all
+                .iter()
+                .map(|p| (format!("{base}/secrets/{}", p.name()), p.enabled()))
+                .collect();
+            (items, "secrets".into())
+        }
+        Listing::Versions(name) => {
+            let all = match state.client.list_secret_versions(name).await {
+                Ok(l) => l,
+                Err(e) => return error_of(&e, name),
+            };
+            let items = all
+                .iter()
+                .map(|p| {
+                    let v = p.version().unwrap_or_default();
+                    (format!("{base}/secrets/{}/{v}", p.name()), p.enabled())
+                })
+                .collect();
+            (items, format!("secrets/{name}/versions"))
+        }
     };
-    // A caller sees only the names it may read.
-    all.retain(|p| access.may_read(p.name()));
-    all.sort_by_key(|p| p.name().to_ascii_lowercase());
-    let page: Vec<serde_json::Value> = all
+    let page: Vec<serde_json::Value> = items
         .iter()
         .skip(skip)
         .take(max)
-        .map(|p| {
-            json!({
-                "id": format!("{base}/secrets/{}", p.name()),
-                "attributes": { "enabled": p.enabled() },
-            })
-        })
+        .map(|(id, enabled)| json!({ "id": id, "attributes": { "enabled": enabled } }))
         .collect();
-    let next = (skip.saturating_add(max) < all.len()).then(|| {
+    let next = (skip.saturating_add(max) < items.len()).then(|| {
         format!(
-            "{base}/secrets?api-version={api_version}&$skiptoken={}&maxresults={max}",
+            "{base}/{path}?api-version={api_version}&$skiptoken={}&maxresults={max}",
             skip + max
         )
     });

@@ -48,10 +48,19 @@ async fn start(emu: &Emulator, dir: &Path) -> Agent {
 
 /// As [`start`], with `extra` after the `[agent.vault_api]` table.
 async fn start_with(emu: &Emulator, dir: &Path, extra: &str) -> Agent {
+    start_tuned(emu, dir, extra, &[]).await
+}
+
+/// As [`start_with`], with each `(from, to)` replaced in the client's file.
+async fn start_tuned(emu: &Emulator, dir: &Path, extra: &str, tune: &[(&str, &str)]) -> Agent {
     // Held values go stale after 2 s (the emulator's file says 5 min): a stale serve is seen.
-    let client = std::fs::read_to_string(emu.write_client_config().unwrap())
+    let mut client = std::fs::read_to_string(emu.write_client_config().unwrap())
         .unwrap()
         .replace("refresh_interval = \"5m\"", "refresh_interval = \"2s\"");
+    for (from, to) in tune {
+        assert!(client.contains(from), "{from:?} in the client's file");
+        client = client.replace(from, to);
+    }
     write_private(&dir.join("agent.token"), TOKEN);
     let config = dir.join("agent.toml");
     std::fs::write(
@@ -207,7 +216,7 @@ async fn the_python_sdk_reads_and_writes_through_the_agent_across_outages() {
     assert!(agent.url.starts_with("https://127.0.0.1:"), "{}", agent.url);
     let (ok, text) = sdk(&agent, TOKEN, "healthy").await;
     assert!(ok, "{text}");
-    assert_eq!(emu.current("weu", "written-by-sdk").unwrap().0, "w-value");
+    assert_eq!(emu.current("weu", "written-by-sdk").unwrap().0, "w-value-2");
     let (ok, text) = js_sdk(&agent).await;
     assert!(ok, "{text}");
     assert_eq!(emu.current("weu", "written-by-js").unwrap().0, "js-value");
@@ -218,7 +227,7 @@ async fn the_python_sdk_reads_and_writes_through_the_agent_across_outages() {
     assert!(ok, "{text}");
 
     emu.apply_fault("neu", VaultFault::Refuse).await.unwrap();
-    let (ok, text) = sdk(&agent, TOKEN, "all-down").await;
+    let (ok, text) = sdk(&agent, TOKEN, "all-down-typed").await;
     assert!(ok, "{text}");
     assert!(!text.contains("never-sent"));
     assert_ne!(
@@ -287,6 +296,16 @@ async fn bad_requests_get_key_vault_errors() {
         ("/secrets/db-password/?api-version=6.0", 400, "BadParameter"),
         ("/secrets/db-password/", 400, "BadParameter"),
         ("/secrets/bad%20name!/?api-version=7.6", 400, "BadParameter"),
+        (
+            "/secrets/bad%20name!/versions?api-version=7.6",
+            400,
+            "BadParameter",
+        ),
+        (
+            "/secrets/no-such/versions?api-version=7.6",
+            404,
+            "SecretNotFound",
+        ),
         (
             "/secrets?api-version=7.6&maxresults=100000",
             400,
@@ -556,6 +575,17 @@ async fn entra_id_tokens_are_verified_by_the_agent() {
     );
     assert_eq!(body["error"]["code"], "Forbidden");
     assert!(!body.to_string().contains("\"k\""), "{body}");
+    let (status, _, _) = get(url("/secrets/api-key/versions"), reader.clone()).await;
+    assert_eq!(
+        status, 403,
+        "versions of a secret outside the reader's glob"
+    );
+    let (status, _, body) = get(url("/secrets/db-password/versions"), reader.clone()).await;
+    assert_eq!(
+        (status, body["value"].as_array().map(Vec::len)),
+        (200, Some(1)),
+        "{body}"
+    );
     let (status, _, body) = get(url("/secrets"), reader.clone()).await;
     assert_eq!(status, 200);
     let ids: Vec<&str> = body["value"]
@@ -682,5 +712,71 @@ async fn entra_id_tokens_are_verified_by_the_agent() {
     let (ok, text) = sdk(&agent, &reader, "all-down").await;
     assert!(ok, "{text}");
     assert!(!text.contains(&reader));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// SIGTERM lets a Key Vault API read in flight finish (before, the agent drained only its own
+/// API's connections, and exited under a Key Vault API read).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_key_vault_api_reads_in_flight_finish() {
+    let dir = temp_dir("term");
+    let emu = emulator(&dir).await;
+    emu.insert("weu", "slow", "s1ow");
+    emu.insert("neu", "slow", "s1ow");
+    // No probes: the only GET a vault sees is the read (so its arrival says it is in flight).
+    let no_probes = [("[probe]\nenabled = true", "[probe]\nenabled = false")];
+    let mut agent = start_tuned(&emu, &dir, "", &no_probes).await;
+    for r in ["weu", "neu"] {
+        emu.apply_fault(r, VaultFault::Delay { ms: 1500 })
+            .await
+            .unwrap();
+    }
+    let before = emu.requests("weu") + emu.requests("neu");
+    let read = {
+        let (c, url) = (
+            http(&agent),
+            format!("{}/secrets/slow?api-version=7.6", agent.url),
+        );
+        tokio::spawn(async move {
+            let r = c.get(url).bearer_auth(TOKEN).send().await?;
+            let status = r.status().as_u16();
+            Ok::<_, reqwest::Error>((status, r.bytes().await?))
+        })
+    };
+    // In flight once a vault has the request (counted on arrival, before the delay).
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while emu.requests("weu") + emu.requests("neu") == before {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the read reached a vault");
+    assert!(Command::new("kill")
+        .args(["-TERM", &agent.child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let t0 = std::time::Instant::now();
+    let (status, body) = tokio::time::timeout(Duration::from_secs(20), read)
+        .await
+        .expect("the read in flight ends")
+        .unwrap()
+        .expect("the read in flight is answered, not cut");
+    assert!(
+        t0.elapsed() > Duration::from_millis(500),
+        "the read was in flight when the agent was told to stop"
+    );
+    assert_eq!(status, 200);
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["value"], "s1ow");
+    let mut child = std::mem::replace(&mut agent.child, Command::new("true").spawn().unwrap());
+    let status = tokio::time::timeout(
+        Duration::from_secs(40),
+        tokio::task::spawn_blocking(move || child.wait().unwrap()),
+    )
+    .await
+    .expect("the agent exits")
+    .unwrap();
+    assert!(status.success(), "{status:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
