@@ -1,6 +1,8 @@
 //! The agent as a process, driven by a real HTTP client (reqwest) against the emulator,
 //! configured by the file the emulator writes plus an `[agent]` table. Every wait is bounded.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -8,7 +10,7 @@ use std::time::Duration;
 
 use keyvault_failover_emulator::{Emulator, VaultFault};
 
-const TOKEN: &str = "agent-test-token-0123456789";
+use common::TOKEN;
 
 struct Agent {
     child: Child,
@@ -116,15 +118,7 @@ async fn start_agent_hinted(emu: &Emulator, dir: &std::path::Path, unhedged: boo
     start_agent_tuned(emu, dir, "listen = \"127.0.0.1:0\"", "", tune).await
 }
 
-/// `text` in a file only its owner may read (the agent refuses a token or key file others can).
-fn write_private(path: &std::path::Path, text: &str) {
-    std::fs::write(path, text).unwrap();
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
-    }
-}
+use common::write_private;
 
 /// The agent's standard error, appended to `dir/agent.stderr` (every agent started in `dir`).
 fn stderr_file(dir: &std::path::Path) -> std::fs::File {
@@ -168,19 +162,7 @@ async fn refused_at_start(config: &std::path::Path) -> (Option<i32>, String) {
 
 /// Two emulated vaults writing their CA into `dir`, each holding `secrets`.
 async fn emulator(dir: &std::path::Path, secrets: &[(&str, &str)]) -> Emulator {
-    let emu = Emulator::builder()
-        .vault("weu")
-        .vault("neu")
-        .cert_dir(dir)
-        .start()
-        .await
-        .unwrap();
-    for r in ["weu", "neu"] {
-        for (name, value) in secrets {
-            emu.insert(r, name, value);
-        }
-    }
-    emu
+    common::emulator(dir, secrets).await
 }
 
 fn http() -> reqwest::Client {

@@ -7,41 +7,23 @@
 //! leaves them pending; a write the file system refuses keeps the previous file; bad entries
 //! stop the start with a clear error and write nothing.
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::{agent as start, emulator, finished, post_event, until, write_private, Agent, TOKEN};
 use keyvault_failover_emulator::{Emulator, VaultFault};
 
-const TOKEN: &str = "agent-test-token-0123456789";
 const SNAPSHOT_KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
 
-struct Agent {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
+/// A fresh scratch directory with `out/` in it.
 fn temp_dir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("kvf-files-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
+    let d = common::temp_dir(&format!("files-{tag}"));
     std::fs::create_dir_all(d.join("out")).unwrap();
     d
-}
-
-fn write_private(path: &Path, text: &str) {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::write(path, text).unwrap();
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
 }
 
 /// The agent's configuration in `dir`: the emulator's client file with change hints acted
@@ -63,80 +45,23 @@ fn config(emu: &Emulator, dir: &Path, extra: &str) -> PathBuf {
     path
 }
 
-/// The agent on `config`, through `sh -c PREFIX exec ...` when `prefix` is given; waits (at
-/// most 30 s) for its "listening on" line.
-async fn start(config: &Path, prefix: Option<&str>) -> Agent {
-    let bin = env!("CARGO_BIN_EXE_keyvault-failover");
-    let mut c = match prefix {
-        None => Command::new(bin),
-        Some(p) => {
-            let mut c = Command::new("sh");
-            c.args(["-c", &format!("{p} exec \"$0\" \"$@\""), bin]);
-            c
-        }
-    };
-    let mut child = c
-        .args(["agent", "--config", config.to_str().unwrap()])
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("the agent starts");
-    let stdout = child.stdout.take().unwrap();
-    let line = tokio::task::spawn_blocking(move || {
-        let mut r = BufReader::new(stdout);
-        let mut l = String::new();
-        r.read_line(&mut l).unwrap();
-        std::thread::spawn(move || for _ in r.lines() {});
-        l
-    });
-    let line = tokio::time::timeout(Duration::from_secs(30), line)
-        .await
-        .expect("the agent listens within 30 s")
-        .unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_string();
-    Agent {
-        child,
-        base: format!("http://{addr}"),
-    }
-}
-
-/// Runs the agent on `config`, which must refuse to start: its standard error (at most 30 s).
+/// Runs the agent on `config`, which must refuse to start: its standard error.
 async fn refused(config: &Path) -> String {
-    let child = Command::new(env!("CARGO_BIN_EXE_keyvault-failover"))
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_keyvault-failover"))
         .args(["agent", "--config", config.to_str().unwrap()])
         .env_remove("RUST_LOG")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let out = tokio::time::timeout(
-        Duration::from_secs(30),
-        tokio::task::spawn_blocking(move || child.wait_with_output()),
-    )
-    .await
-    .expect("the agent refuses to start within 30 s")
-    .unwrap()
-    .unwrap();
-    assert!(!out.status.success());
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(20))
-        .no_proxy()
-        .build()
-        .unwrap()
+    let (code, err) = finished(child).await;
+    assert_ne!(code, Some(0), "{err}");
+    err
 }
 
 /// The health of the file whose path ends with `name`.
 async fn file_health(agent: &Agent, name: &str) -> serde_json::Value {
-    let body = http()
+    let body = common::http()
         .get(format!("{}/healthz/live", agent.base))
         .send()
         .await
@@ -152,51 +77,6 @@ async fn file_health(agent: &Agent, name: &str) -> serde_json::Value {
         .find(|f| f["path"].as_str().unwrap().ends_with(name))
         .cloned()
         .unwrap_or_else(|| panic!("{name} in {v}"))
-}
-
-/// Waits (polling, at most `within`) until `ok` holds; panics with `what` otherwise.
-async fn until<F, Fut>(within: Duration, what: &str, mut ok: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let end = Instant::now() + within;
-    while !ok().await {
-        assert!(Instant::now() < end, "{what}: not within {within:?}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
-/// Key Vault's event for a new version of `name` in the primary.
-async fn post_event(agent: &Agent, name: &str) {
-    let body = format!(
-        r#"[{{"id":"1","topic":"/subscriptions/x/resourceGroups/g/providers/Microsoft.KeyVault/vaults/app-weu","subject":"{name}","eventType":"Microsoft.KeyVault.SecretNewVersionCreated","eventTime":"2026-12-01T10:00:00Z","data":{{"VaultName":"app-weu","ObjectType":"Secret","ObjectName":"{name}","Version":"0123456789abcdef"}},"dataVersion":"1","metadataVersion":"1"}}]"#
-    );
-    let r = http()
-        .post(format!("{}/v1/events", agent.base))
-        .header("X-Agent-Token", TOKEN)
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 200);
-}
-
-async fn emulator(dir: &Path, secrets: &[(&str, &str)]) -> Emulator {
-    let emu = Emulator::builder()
-        .vault("weu")
-        .vault("neu")
-        .cert_dir(dir)
-        .start()
-        .await
-        .unwrap();
-    for r in ["weu", "neu"] {
-        for (name, value) in secrets {
-            emu.insert(r, name, value);
-        }
-    }
-    emu
 }
 
 fn mode(p: &Path) -> u32 {
@@ -272,7 +152,7 @@ async fn files_follow_rotations_atomically_and_run_their_command_once_per_change
     for i in 1..=50 {
         let started = Instant::now();
         emu.insert("weu", "db-password", &value(i));
-        post_event(&agent, "db-password").await;
+        post_event(&agent.base, "db-password").await;
         let (want, want_env) = (value(i), env_of(i));
         until(
             Duration::from_secs(20),
@@ -382,7 +262,7 @@ async fn a_refused_write_keeps_the_previous_file() {
     let key = dir.join("out/db.key");
     assert_eq!(std::fs::read_to_string(&key).unwrap(), "small-1");
     emu.insert("weu", "db-password", &"y".repeat(64 * 1024));
-    post_event(&agent, "db-password").await;
+    post_event(&agent.base, "db-password").await;
     until(
         Duration::from_secs(20),
         "the refused write in health",
@@ -396,7 +276,7 @@ async fn a_refused_write_keeps_the_previous_file() {
         .collect();
     assert_eq!(leftovers.len(), 1, "no temporary file left: {leftovers:?}");
     emu.insert("weu", "db-password", "small-2");
-    post_event(&agent, "db-password").await;
+    post_event(&agent.base, "db-password").await;
     until(Duration::from_secs(20), "the next write", || {
         let got = std::fs::read_to_string(&key).unwrap_or_default() == "small-2";
         async move { got }

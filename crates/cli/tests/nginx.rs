@@ -7,14 +7,13 @@
 //! Needs nginx: `.ci/run` installs Debian's `nginx-light`; without it, this test installs it
 //! the same way when it runs as root, and otherwise fails saying so.
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use keyvault_failover_emulator::Emulator;
-
-const TOKEN: &str = "agent-test-token-0123456789";
+use common::{post_event, write_private, TOKEN};
 
 /// Where nginx is, installed if need be (as `.ci/run` does).
 fn nginx() -> PathBuf {
@@ -93,15 +92,6 @@ impl Drop for Nginx {
     }
 }
 
-struct Agent(Child);
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -124,52 +114,16 @@ async fn served(port: u16, ca: &str) -> bool {
     }
 }
 
-/// The agent on `config` and the address it listens on.
-async fn agent(config: &Path) -> (Agent, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_keyvault-failover"))
-        .args(["agent", "--config", config.to_str().unwrap()])
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let line = tokio::task::spawn_blocking(move || {
-        let mut r = BufReader::new(stdout);
-        let mut l = String::new();
-        r.read_line(&mut l).unwrap();
-        std::thread::spawn(move || for _ in r.lines() {});
-        l
-    });
-    let line = tokio::time::timeout(Duration::from_secs(30), line)
-        .await
-        .expect("the agent listens within 30 s")
-        .unwrap();
-    assert!(line.starts_with("listening on "), "{line}");
-    let addr = line.trim().trim_start_matches("listening on ").to_string();
-    (Agent(child), addr)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nginx_serves_the_rotated_certificate_after_its_reload() {
     let bin = nginx();
-    let dir = std::env::temp_dir().join(format!("kvf-nginx-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = common::temp_dir("nginx");
     for d in ["tls", "logs", "tmp"] {
         std::fs::create_dir_all(dir.join(d)).unwrap();
     }
     let (ca1, bundle1) = certificate("v1");
     let (ca2, bundle2) = certificate("v2");
-    let emu = Emulator::builder()
-        .vault("weu")
-        .vault("neu")
-        .cert_dir(&dir)
-        .start()
-        .await
-        .unwrap();
-    for r in ["weu", "neu"] {
-        emu.insert(r, "site-tls", &bundle1);
-    }
+    let emu = common::emulator(&dir, &[("site-tls", &bundle1)]).await;
     let port = free_port();
     let pem = dir.join("tls/site.pem");
     let d = dir.display();
@@ -194,10 +148,7 @@ async fn nginx_serves_the_rotated_certificate_after_its_reload() {
     let client = std::fs::read_to_string(emu.write_client_config().unwrap())
         .unwrap()
         .replace("notify_max_delay = \"30s\"", "notify_max_delay = \"50ms\"");
-    let token = dir.join("agent.token");
-    std::fs::write(&token, TOKEN).unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    write_private(&dir.join("agent.token"), TOKEN);
     let args = ng.args();
     let config = dir.join("agent.toml");
     std::fs::write(
@@ -215,7 +166,7 @@ async fn nginx_serves_the_rotated_certificate_after_its_reload() {
         ),
     )
     .unwrap();
-    let (agent, addr) = agent(&config).await;
+    let agent = common::agent(&config, None).await;
     assert_eq!(std::fs::read_to_string(&pem).unwrap(), bundle1);
     let started = Command::new(&bin).args(ng.args()).status().unwrap();
     assert!(started.success(), "nginx starts on the agent's file");
@@ -227,19 +178,7 @@ async fn nginx_serves_the_rotated_certificate_after_its_reload() {
 
     // The rotation: a new version in the primary, its event posted to the agent.
     emu.insert("weu", "site-tls", &bundle2);
-    let event = r#"[{"id":"1","topic":"/subscriptions/x/resourceGroups/g/providers/Microsoft.KeyVault/vaults/app-weu","subject":"site-tls","eventType":"Microsoft.KeyVault.SecretNewVersionCreated","eventTime":"2026-12-01T10:00:00Z","data":{"VaultName":"app-weu","ObjectType":"Secret","ObjectName":"site-tls","Version":"0123456789abcdef"},"dataVersion":"1","metadataVersion":"1"}]"#;
-    let r = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .unwrap()
-        .post(format!("http://{addr}/v1/events"))
-        .header("X-Agent-Token", TOKEN)
-        .header("content-type", "application/json")
-        .body(event)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 200);
+    post_event(&agent.base, "site-tls").await;
     let rotated = Instant::now();
     let end = rotated + Duration::from_secs(30);
     while !served(port, &ca2).await {

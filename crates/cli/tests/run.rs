@@ -5,18 +5,20 @@
 //! after the grace period) or signals it; a start during a total outage uses the snapshot and,
 //! without it, refuses clearly.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{finished, until_holds, write_private};
 use keyvault_failover_emulator::{Emulator, VaultFault};
 
 const SNAPSHOT_KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
 const VALUE: &str = "s3cr3t-db-value";
 
 fn temp_dir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("kvf-run-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
+    let d = common::temp_dir(&format!("run-{tag}"));
     std::fs::create_dir_all(d.join("state")).unwrap();
     d
 }
@@ -24,13 +26,10 @@ fn temp_dir(tag: &str) -> PathBuf {
 /// The client file with background refresh every second (a rotation is seen within about a
 /// second) and the sealed snapshot in `state/`.
 fn config(emu: &Emulator, dir: &Path) -> PathBuf {
-    use std::os::unix::fs::PermissionsExt;
     let client = std::fs::read_to_string(emu.write_client_config().unwrap())
         .unwrap()
         .replace("refresh_interval = \"5m\"", "refresh_interval = \"1s\"");
-    let key = dir.join("snapshot.key");
-    std::fs::write(&key, SNAPSHOT_KEY).unwrap();
-    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    write_private(&dir.join("snapshot.key"), SNAPSHOT_KEY);
     let path = dir.join("run.toml");
     std::fs::write(
         &path,
@@ -44,18 +43,7 @@ fn config(emu: &Emulator, dir: &Path) -> PathBuf {
 }
 
 async fn emulator(dir: &Path) -> Emulator {
-    let emu = Emulator::builder()
-        .vault("weu")
-        .vault("neu")
-        .cert_dir(dir)
-        .start()
-        .await
-        .unwrap();
-    for r in ["weu", "neu"] {
-        emu.insert(r, "db-password", VALUE);
-        emu.insert(r, "api-key", "k1");
-    }
-    emu
+    common::emulator(dir, &[("db-password", VALUE), ("api-key", "k1")]).await
 }
 
 /// `run --config CONFIG ARGS -- sh -c SCRIPT`, its output captured.
@@ -73,48 +61,12 @@ fn run(config: &Path, args: &[&str], script: &str) -> Child {
         .expect("run starts")
 }
 
-/// Its exit code and standard error, within 60 s.
-async fn finished(child: Child) -> (Option<i32>, String) {
-    let out = tokio::time::timeout(
-        Duration::from_secs(60),
-        tokio::task::spawn_blocking(move || child.wait_with_output()),
-    )
-    .await
-    .expect("run ends within 60 s")
-    .unwrap()
-    .unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 fn signal(child: &Child, sig: &str) {
     assert!(Command::new("kill")
         .args([sig, &child.id().to_string()])
         .status()
         .unwrap()
         .success());
-}
-
-/// Waits (polling, at most 20 s) until the file at `path` holds `needle`.
-async fn until_holds(path: &Path, needle: &str) {
-    let end = Instant::now() + Duration::from_secs(20);
-    loop {
-        if std::fs::read_to_string(path)
-            .unwrap_or_default()
-            .contains(needle)
-        {
-            return;
-        }
-        assert!(
-            Instant::now() < end,
-            "{} never held {needle:?}: {:?}",
-            path.display(),
-            std::fs::read_to_string(path).unwrap_or_default()
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

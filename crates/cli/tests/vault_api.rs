@@ -5,6 +5,8 @@
 //! and a write refused with 403); a wrong token (401). And with a real HTTP client: the
 //! challenge, the freshness headers, Key Vault's error bodies for bad input.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -12,7 +14,7 @@ use std::time::Duration;
 
 use keyvault_failover_emulator::{Emulator, VaultFault};
 
-const TOKEN: &str = "agent-test-token-0123456789";
+use common::{write_private, TOKEN};
 
 struct Agent {
     child: Child,
@@ -28,16 +30,7 @@ impl Drop for Agent {
 }
 
 fn temp_dir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("kvf-vault-api-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn write_private(path: &Path, text: &str) {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::write(path, text).unwrap();
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    common::temp_dir(&format!("vault-api-{tag}"))
 }
 
 /// The agent on the emulator's file, with the Key Vault API on a free port; waits (at most
@@ -181,13 +174,7 @@ fn http(agent: &Agent) -> reqwest::Client {
 
 /// The emulator's two vaults, `weu` (read-write) and `neu`, with their CA in `dir`.
 async fn emulator(dir: &Path) -> Emulator {
-    Emulator::builder()
-        .vault("weu")
-        .vault("neu")
-        .cert_dir(dir)
-        .start()
-        .await
-        .expect("the emulator starts")
+    common::emulator(dir, &[]).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
