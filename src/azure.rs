@@ -489,6 +489,65 @@ impl SecretStore for AzureStore {
     }
 
     /// The replicator's full listing, reduced (a listing's ids carry no version).
+    async fn update_properties(
+        &self,
+        name: &SecretName,
+        version: Option<&str>,
+        update: &crate::PropertiesUpdate,
+    ) -> Result<(String, crate::Metadata), StoreError> {
+        use azure_security_keyvault_secrets::models::{
+            SecretAttributes, SecretClientUpdateSecretPropertiesOptions,
+            UpdateSecretPropertiesParameters,
+        };
+        let time = |t: Option<i64>| {
+            t.map(|s| {
+                azure_core::time::OffsetDateTime::from_unix_timestamp(s)
+                    .map_err(|_| malformed("a time out of range"))
+            })
+            .transpose()
+        };
+        let attributes = (update.enabled_set().is_some()
+            || update.expires_set().is_some()
+            || update.not_before_set().is_some())
+        .then(|| -> Result<SecretAttributes, StoreError> {
+            Ok(SecretAttributes {
+                enabled: update.enabled_set(),
+                expires: time(update.expires_set())?,
+                not_before: time(update.not_before_set())?,
+                ..Default::default()
+            })
+        })
+        .transpose()?;
+        let params = UpdateSecretPropertiesParameters {
+            content_type: update.content_type_set().map(str::to_string),
+            tags: update
+                .tags_set()
+                .map(|t| t.iter().map(|(k, v)| (k.clone(), v.clone())).collect()),
+            secret_attributes: attributes,
+        };
+        let body = params
+            .try_into()
+            .map_err(|_| malformed("cannot encode the request"))?;
+        let options = SecretClientUpdateSecretPropertiesOptions {
+            secret_version: version.map(str::to_string),
+            ..Default::default()
+        };
+        let secret = self
+            .client
+            .update_secret_properties(name.as_str(), body, Some(options))
+            .await
+            .map_err(|e| classify(&e))?
+            .into_model()
+            .map_err(|e| classify(&e))?;
+        let version = secret
+            .resource_id()
+            .ok()
+            .and_then(|id| id.version)
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| malformed("answer without a version id"))?;
+        Ok((version, metadata_of(&secret)))
+    }
+
     async fn versions(&self, name: &SecretName) -> Result<Vec<SecretProperties>, StoreError> {
         use futures::TryStreamExt;
         let mut pager = self

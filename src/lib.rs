@@ -102,7 +102,8 @@ pub use keyvault_failover_core::retry_after::{parse_retry_after, parse_retry_aft
 pub use name::{SecretName, MAX_NAME_LEN};
 pub use router::Mode;
 pub use secret::{
-    Freshness, Metadata, Properties, Secret, SecretProperties, StoredSecret, Written, MAX_VALUE_LEN,
+    Freshness, Metadata, Properties, PropertiesUpdate, Secret, SecretProperties, StoredSecret,
+    Written, MAX_VALUE_LEN,
 };
 pub use store::SecretStore;
 pub use vault::LatencySummary;

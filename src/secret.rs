@@ -101,6 +101,94 @@ impl Properties {
     }
 }
 
+/// A change to a version's editable properties, as Key Vault's `PATCH` takes it: what is
+/// `None` is left as it is.
+///
+/// ```
+/// use keyvault_failover::PropertiesUpdate;
+/// let u = PropertiesUpdate::new().content_type("text/plain").enabled(false);
+/// assert_eq!(u.content_type_set(), Some("text/plain"));
+/// assert!(u.tags_set().is_none());
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PropertiesUpdate {
+    enabled: Option<bool>,
+    expires: Option<i64>,
+    not_before: Option<i64>,
+    content_type: Option<String>,
+    tags: Option<BTreeMap<String, String>>,
+}
+
+impl PropertiesUpdate {
+    /// Nothing changed yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Enable or disable the version.
+    #[must_use]
+    pub fn enabled(mut self, e: bool) -> Self {
+        self.enabled = Some(e);
+        self
+    }
+    /// Its expiry (`exp`, Unix seconds).
+    #[must_use]
+    pub fn expires(mut self, t: i64) -> Self {
+        self.expires = Some(t);
+        self
+    }
+    /// Its activation date (`nbf`, Unix seconds).
+    #[must_use]
+    pub fn not_before(mut self, t: i64) -> Self {
+        self.not_before = Some(t);
+        self
+    }
+    /// Its content type.
+    #[must_use]
+    pub fn content_type(mut self, t: impl Into<String>) -> Self {
+        self.content_type = Some(t.into());
+        self
+    }
+    /// Its tags, all of them (Key Vault replaces the set).
+    #[must_use]
+    pub fn tags(mut self, tags: BTreeMap<String, String>) -> Self {
+        self.tags = Some(tags);
+        self
+    }
+    /// The new enabled state, if it changes.
+    pub fn enabled_set(&self) -> Option<bool> {
+        self.enabled
+    }
+    /// The new expiry, if it changes.
+    pub fn expires_set(&self) -> Option<i64> {
+        self.expires
+    }
+    /// The new activation date, if it changes.
+    pub fn not_before_set(&self) -> Option<i64> {
+        self.not_before
+    }
+    /// The new content type, if it changes.
+    pub fn content_type_set(&self) -> Option<&str> {
+        self.content_type.as_deref()
+    }
+    /// The new tags, if they change.
+    pub fn tags_set(&self) -> Option<&BTreeMap<String, String>> {
+        self.tags.as_ref()
+    }
+    /// `properties` with this change applied.
+    pub fn apply(&self, properties: &Properties) -> Properties {
+        Properties {
+            enabled: self.enabled.unwrap_or(properties.enabled),
+            expires: self.expires.or(properties.expires),
+            not_before: self.not_before.or(properties.not_before),
+            content_type: self
+                .content_type
+                .clone()
+                .or_else(|| properties.content_type.clone()),
+            tags: self.tags.clone().unwrap_or_else(|| properties.tags.clone()),
+        }
+    }
+}
+
 /// What a vault says of a version besides its value: its editable [`Properties`] (enabled,
 /// `exp`, `nbf`, content type, tags) and what only the vault sets (created, updated, the
 /// recovery level, and for a certificate's secret its key id and `managed`). Kept with the

@@ -424,6 +424,41 @@ impl FailoverClient {
         self.inner.set(&name, value).await
     }
 
+    /// Changes the editable properties of `name`'s `version` (the latest when `None`) in the
+    /// writable primary, as Key Vault's `PATCH` (what `update` leaves `None` stays). Same
+    /// rules as [`FailoverClient::set_secret`]: refused at once, nothing sent, when the client
+    /// is read-only. A held value of the version changed carries the new properties at once.
+    ///
+    /// ```
+    /// # keyvault_failover::run_virtual(async {
+    /// use std::sync::Arc;
+    /// use keyvault_failover::{store::MemoryStore, Access, Config, FailoverClient, PropertiesUpdate};
+    /// let weu = Arc::new(MemoryStore::new("weu"));
+    /// weu.insert("db", "hunter2");
+    /// let config = Config::builder()
+    ///     .region("weu", "https://app-weu.vault.azure.net", Access::ReadWrite)
+    ///     .build()?;
+    /// let client = FailoverClient::builder(config).store("weu", weu).build()?;
+    /// client.get_secret("db").await?;
+    /// let (_, meta) = client
+    ///     .update_secret_properties("db", None, &PropertiesUpdate::new().content_type("text/plain"))
+    ///     .await?;
+    /// assert_eq!(meta.properties().content_type(), Some("text/plain"));
+    /// let held = client.get_secret("db").await?;
+    /// assert_eq!(held.metadata().unwrap().properties().content_type(), Some("text/plain"));
+    /// # Ok::<(), keyvault_failover::Error>(())
+    /// # }).unwrap().unwrap();
+    /// ```
+    pub async fn update_secret_properties(
+        &self,
+        name: &str,
+        version: Option<&str>,
+        update: &crate::PropertiesUpdate,
+    ) -> Result<(Written, crate::Metadata), Error> {
+        let name = SecretName::new(name)?;
+        self.inner.update_properties(&name, version, update).await
+    }
+
     /// Deletes `name` from the writable primary and forgets its cached values. Same rules as
     /// [`FailoverClient::set_secret`].
     pub async fn delete_secret(&self, name: &str) -> Result<(), Error> {

@@ -180,6 +180,41 @@ impl Engine {
         Ok(Written::new(region, version))
     }
 
+    /// Changes the editable properties of `name` in the writable primary.
+    pub(crate) async fn update_properties(
+        self: &Arc<Self>,
+        name: &SecretName,
+        version: Option<&str>,
+        update: &crate::PropertiesUpdate,
+    ) -> Result<(Written, crate::Metadata), Error> {
+        let (n, v, u) = (name.clone(), version.map(str::to_string), update.clone());
+        let (idx, (version, meta)) = self
+            .write("update", name, move |s| {
+                Box::pin(async move { s.update_properties(&n, v.as_deref(), &u).await })
+            })
+            .await?;
+        let region = self.vaults[idx].name.clone();
+        // Read-your-writes for the properties: a held value of the version changed carries
+        // them now (the value itself is unchanged by a PATCH).
+        for key in [
+            name.key().to_string(),
+            crate::cache::key(name.key(), Some(&version)),
+        ] {
+            if let Some(old) = self.cache.get(&key).filter(|e| *e.version == *version) {
+                let entry = self.entry(
+                    old.value.clone(),
+                    old.version.clone(),
+                    region.clone(),
+                    false,
+                    (old.created, Some(std::sync::Arc::new(meta.clone()))),
+                    false,
+                );
+                self.cache_insert(&key, entry);
+            }
+        }
+        Ok((Written::new(region, version), meta))
+    }
+
     /// Deletes `name` from the writable primary and forgets its cached values.
     pub(crate) async fn delete(self: &Arc<Self>, name: &SecretName) -> Result<(), Error> {
         let n = name.clone();

@@ -61,6 +61,21 @@ struct Version {
     props: Properties,
 }
 
+impl Version {
+    /// What Key Vault would say of this version besides its value.
+    fn metadata(&self, managed: bool) -> crate::Metadata {
+        let own = self
+            .created
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        crate::Metadata::new(self.props.clone())
+            .with_created(own)
+            .with_updated(own)
+            .with_recovery("Recoverable+Purgeable", Some(90))
+            .with_certificate(None, managed.then_some(true))
+    }
+}
+
 /// One name: its spelling, its versions (latest last), whether a certificate owns it.
 struct Record {
     name: String,
@@ -445,19 +460,9 @@ impl SecretStore for MemoryStore {
             .provenance()
             .and_then(|p| p.trusted_time(Some(v.created), std::time::SystemTime::now()))
             .unwrap_or(v.created);
-        let own = v
-            .created
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64);
         Ok(StoredSecret::new(v.value.clone(), v.id.clone())
             .with_created(created)
-            .with_metadata(
-                crate::Metadata::new(v.props.clone())
-                    .with_created(own)
-                    .with_updated(own)
-                    .with_recovery("Recoverable+Purgeable", Some(90))
-                    .with_certificate(None, r.managed.then_some(true)),
-            ))
+            .with_metadata(v.metadata(r.managed)))
     }
 
     /// A new version with Key Vault's default properties (see the replica write).
@@ -488,6 +493,28 @@ impl SecretStore for MemoryStore {
             .collect();
         out.sort_by(|a, b| a.name().cmp(b.name()));
         Ok(out)
+    }
+
+    /// As Key Vault's PATCH (counted as a write).
+    async fn update_properties(
+        &self,
+        name: &SecretName,
+        version: Option<&str>,
+        update: &crate::PropertiesUpdate,
+    ) -> Result<(String, crate::Metadata), StoreError> {
+        let mut st = self.writable().await?;
+        let r = st
+            .secrets
+            .get_mut(&**name.key())
+            .ok_or_else(|| not_found(name))?;
+        let managed = r.managed;
+        let v = match version {
+            None => r.versions.last_mut(),
+            Some(id) => r.versions.iter_mut().find(|v| v.id == id),
+        }
+        .ok_or_else(|| not_found(name))?;
+        v.props = update.apply(&v.props);
+        Ok((v.id.clone(), v.metadata(managed)))
     }
 
     /// Every version of `name`, oldest first (counted as a listing).

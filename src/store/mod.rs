@@ -13,7 +13,7 @@ use secrecy::SecretString;
 
 use crate::error::StoreError;
 use crate::name::SecretName;
-use crate::secret::{SecretProperties, StoredSecret};
+use crate::secret::{Metadata, PropertiesUpdate, SecretProperties, StoredSecret};
 
 /// One regional vault.
 ///
@@ -44,6 +44,23 @@ pub trait SecretStore: Send + Sync + 'static {
         Err(StoreError::new(
             crate::error::StoreErrorKind::Rejected { status: 501 },
             "this store does not list a secret's versions",
+        ))
+    }
+
+    /// Changes the editable properties of `name`'s `version` (the latest when `None`), as Key
+    /// Vault's `PATCH`: what the update leaves `None` stays. Returns the version changed and
+    /// its metadata after the change. The default says the store does not (a refusal,
+    /// `Rejected` 501).
+    async fn update_properties(
+        &self,
+        name: &SecretName,
+        version: Option<&str>,
+        update: &PropertiesUpdate,
+    ) -> Result<(String, Metadata), StoreError> {
+        let _ = (name, version, update);
+        Err(StoreError::new(
+            crate::error::StoreErrorKind::Rejected { status: 501 },
+            "this store does not update properties",
         ))
     }
 

@@ -9,7 +9,8 @@
 //!   (`maxresults` up to 25, `nextLink` back to the agent).
 //! * `PUT /secrets/{name}` → the client's write path: to the writable primary only; refused
 //!   at once with 403 (which no SDK retries) when the client is read-only.
-//! * Anything else (deleted secrets, PATCH, backup, keys, certificates) answers Key Vault's
+//! * `PATCH /secrets/{name}[/{version}]` → a change of properties, by the same write path.
+//! * Anything else (deleted secrets, backup, keys, certificates) answers Key Vault's
 //!   error body with 501 `NotSupported`, naming what the agent does not serve.
 //! * Authentication as Key Vault does it: a request without a bearer token gets 401 with the
 //!   challenge every SDK understands; the bearer is the agent's own token (compared in
@@ -84,7 +85,7 @@ fn challenge(api: &VaultApi, message: &str) -> Response<Full<Bytes>> {
 
 /// A client error as Key Vault would say it.
 fn error_of(e: &Error, name: &str) -> Response<Full<Bytes>> {
-    let (status, code) = if e.is_invalid_name() || e.is_invalid_value() {
+    let (status, code) = if e.is_invalid_name() || e.is_invalid_value() || e.is_rejected() {
         (StatusCode::BAD_REQUEST, "BadParameter")
     } else if e.is_not_found() {
         (StatusCode::NOT_FOUND, "SecretNotFound")
@@ -230,6 +231,14 @@ pub(crate) async fn handle(
         (&hyper::Method::GET, ["secrets", name, version]) => {
             get(&state, &base, name, Some(version)).await
         }
+        (&hyper::Method::PATCH, ["secrets", name] | ["secrets", name, ""]) => {
+            let name = name.to_string();
+            patch(&state, &base, &name, None, req).await
+        }
+        (&hyper::Method::PATCH, ["secrets", name, version]) => {
+            let (name, version) = (name.to_string(), version.to_string());
+            patch(&state, &base, &name, Some(&version), req).await
+        }
         (&hyper::Method::PUT, ["secrets", name]) => {
             let name = name.to_string();
             put(&state, &base, &name, req).await
@@ -299,7 +308,7 @@ fn bundle(
     base: &str,
     name: &str,
     version: &str,
-    value: &str,
+    value: Option<&str>,
     meta: Option<&keyvault_failover::Metadata>,
 ) -> Vec<u8> {
     let id = format!("{base}/secrets/{name}/{version}");
@@ -344,11 +353,15 @@ fn bundle(
         }
     }
     .to_string();
-    let cap = 16 + json_len(value) + json_len(&id) + rest.len();
+    let cap = 16 + value.map_or(0, json_len) + json_len(&id) + rest.len();
     let mut body = Vec::with_capacity(cap);
-    body.extend_from_slice(b"{\"value\":");
-    push_json_str(&mut body, value);
-    body.extend_from_slice(b",\"id\":");
+    body.push(b'{');
+    if let Some(value) = value {
+        body.extend_from_slice(b"\"value\":");
+        push_json_str(&mut body, value);
+        body.push(b',');
+    }
+    body.extend_from_slice(b"\"id\":");
     push_json_str(&mut body, &id);
     body.push(b',');
     // `rest` is an object: its members follow the id.
@@ -376,7 +389,7 @@ async fn get(
         base,
         name,
         secret.version(),
-        secret.expose(),
+        Some(secret.expose()),
         secret.metadata(),
     );
     let mut resp = bundle_response(body);
@@ -482,6 +495,83 @@ async fn list(
     respond(StatusCode::OK, Bytes::from(body.to_string()), JSON)
 }
 
+/// Key Vault's `SecretUpdateParameters`: each field optional.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PatchBody {
+    content_type: Option<String>,
+    tags: Option<std::collections::BTreeMap<String, String>>,
+    attributes: Option<PatchAttributes>,
+}
+
+#[derive(serde::Deserialize)]
+struct PatchAttributes {
+    enabled: Option<bool>,
+    exp: Option<i64>,
+    nbf: Option<i64>,
+}
+
+/// `PATCH /secrets/{name}[/{version}]`: the client's write path (the writable primary only,
+/// refused at once when read-only); answers the bundle without a value, as Key Vault.
+async fn patch(
+    state: &State,
+    base: &str,
+    name: &str,
+    version: Option<&str>,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            return kv_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "BadParameter",
+                &format!("the request body is larger than {MAX_BODY} bytes"),
+            )
+        }
+    };
+    let Ok(parsed) = serde_json::from_slice::<PatchBody>(&body) else {
+        return kv_error(
+            StatusCode::BAD_REQUEST,
+            "BadParameter",
+            "The request body is not a SecretUpdateParameters object.",
+        );
+    };
+    let mut update = keyvault_failover::PropertiesUpdate::new();
+    if let Some(t) = parsed.content_type {
+        update = update.content_type(t);
+    }
+    if let Some(t) = parsed.tags {
+        update = update.tags(t);
+    }
+    if let Some(a) = parsed.attributes {
+        if let Some(e) = a.enabled {
+            update = update.enabled(e);
+        }
+        if let Some(t) = a.exp {
+            update = update.expires(t);
+        }
+        if let Some(t) = a.nbf {
+            update = update.not_before(t);
+        }
+    }
+    match state
+        .client
+        .update_secret_properties(name, version, &update)
+        .await
+    {
+        Ok((written, meta)) => {
+            let body = bundle(base, name, written.version(), None, Some(&meta));
+            let mut resp = respond(StatusCode::OK, Bytes::from(body), JSON);
+            if let Ok(v) = hyper::header::HeaderValue::from_str(written.region()) {
+                resp.headers_mut().insert("x-keyvault-region", v);
+            }
+            resp
+        }
+        Err(e) => error_of(&e, name),
+    }
+}
+
 #[derive(serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct SetBody {
@@ -550,7 +640,13 @@ async fn put(
         Err(e) => return error_of(&e, name),
     };
     use secrecy::ExposeSecret;
-    let body = bundle(base, name, written.version(), value.expose_secret(), None);
+    let body = bundle(
+        base,
+        name,
+        written.version(),
+        Some(value.expose_secret()),
+        None,
+    );
     let mut resp = bundle_response(body);
     if let Ok(v) = hyper::header::HeaderValue::from_str(written.region()) {
         resp.headers_mut().insert("x-keyvault-region", v);

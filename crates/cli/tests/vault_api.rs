@@ -204,6 +204,11 @@ async fn the_python_sdk_reads_and_writes_through_the_agent_across_outages() {
     let (ok, text) = sdk(&agent, TOKEN, "healthy").await;
     assert!(ok, "{text}");
     assert_eq!(emu.current("weu", "written-by-sdk").unwrap().0, "w-value-2");
+    assert_eq!(
+        emu.current_tags("weu", "api-key").unwrap(),
+        [("rotated-by".to_string(), "ops".to_string())].into(),
+        "the PATCH reached the primary"
+    );
     let (ok, text) = js_sdk(&agent).await;
     assert!(ok, "{text}");
     assert_eq!(emu.current("weu", "written-by-js").unwrap().0, "js-value");

@@ -60,6 +60,14 @@ if mode == "healthy":
     check("get a version", client.get_secret("db-password", s.properties.version).value == "db-value-1")
     names = [p.name for p in client.list_properties_of_secrets(max_page_size=2)]
     check("a paged listing through nextLink", sorted(names) == ["api-key", "db-password", "tls-key", "typed-secret"])
+    client.get_secret("api-key")
+    patched = client.update_secret_properties("api-key", content_type="text/x-key", tags={"rotated-by": "ops"})
+    check("a PATCH of properties", patched.content_type == "text/x-key" and patched.tags == {"rotated-by": "ops"})
+    again = client.get_secret("api-key")
+    check(
+        "the held value carries the new properties",
+        again.value == "k" and again.properties.content_type == "text/x-key",
+    )
     typed = client.get_secret("typed-secret")
     check("the vault's properties: content type, tags, exp, created", typed_ok(typed))
     written = client.set_secret("written-by-sdk", "w-value")
@@ -87,6 +95,11 @@ elif mode in ("all-down", "all-down-typed"):
     check("every vault down: the held value", client.get_secret("db-password").value == "db-value-1")
     if mode == "all-down-typed":
         check("every vault down: the held value keeps its properties", typed_ok(client.get_secret("typed-secret")))
+        try:
+            client.update_secret_properties("api-key", content_type="never-sent")
+            check("a PATCH is refused (403 read-only, or 503)", False)
+        except HttpResponseError as e:
+            check("a PATCH is refused (403 read-only, or 503)", e.status_code in (403, 503))
     try:
         client.set_secret("db-password", "never-sent")
         check("a write is refused (403 read-only, or 503 when the primary could not be reached)", False)
