@@ -646,7 +646,7 @@ enum Api {
 /// requests in flight: each connection gets a slot of the agent's (over the cap it is closed
 /// at once) and 10 s for its TLS handshake.
 async fn vault_loop(
-    v: VaultListener,
+    mut v: VaultListener,
     state: Arc<State>,
     mut stop_rx: watch::Receiver<bool>,
     request_timeout: Duration,
@@ -668,6 +668,20 @@ async fn vault_loop(
         tenant: v.tenant,
         entra: v.entra,
     });
+    // A generated leaf is renewed before it expires (checked hourly).
+    let renew = v.tls.renewer.take().map(|mut r| {
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(3600));
+            loop {
+                tick.tick().await;
+                match r.renew_if_due(std::time::SystemTime::now()) {
+                    Ok(true) => tracing::info!("Key Vault API: the generated TLS leaf was renewed"),
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(error = %e, "Key Vault API: the TLS leaf could not be renewed; the current one is kept"),
+                }
+            }
+        })
+    });
     let acceptor = v.tls.acceptor;
     let mut conns = tokio::task::JoinSet::new();
     loop {
@@ -677,6 +691,9 @@ async fn vault_loop(
                 // Stop accepting; the requests in flight finish (each connection closes after
                 // its own), within the agent's drain bound.
                 drop(v.listener);
+                if let Some(r) = &renew {
+                    r.abort();
+                }
                 while conns.join_next().await.is_some() {}
                 return;
             }

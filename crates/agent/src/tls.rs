@@ -1,11 +1,15 @@
 //! The Key Vault API's certificate: the operator's chain and key, or a local CA kept in a
 //! private directory (created 0700; its key 0600) and a leaf for `localhost`, `127.0.0.1` and
-//! `::1` signed by it at each start. The CA is made once and reused across restarts, so a
-//! client told to trust `ca.pem` keeps trusting the agent; the leaf is new at every start.
+//! `::1` signed by it. The CA is made once and reused across restarts, so a client told to
+//! trust `ca.pem` keeps trusting the agent; the leaf is made at every start, valid for 30
+//! days, and renewed by a running agent ten days before it expires ([`Renewer`]): the
+//! listener's resolver hands new handshakes the new leaf, connections already made keep
+//! theirs.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use tokio_rustls::TlsAcceptor;
 
@@ -16,10 +20,56 @@ use crate::error::{Error, Kind};
 const MAX_PEM: u64 = 256 * 1024;
 const CA_NAME: &str = "keyvault-failover agent local CA";
 
-/// The listener's TLS, and where the CA clients should trust is (for a generated one).
+/// How long a generated leaf is valid, and how long before its end it is renewed.
+const LEAF_VALIDITY: Duration = Duration::from_secs(30 * 24 * 3600);
+const RENEW_BEFORE: Duration = Duration::from_secs(10 * 24 * 3600);
+
+/// The listener's TLS, where the CA clients should trust is, and (for a generated one) what
+/// renews its leaf.
 pub(crate) struct ServerTls {
     pub(crate) acceptor: TlsAcceptor,
     pub(crate) ca_path: Option<PathBuf>,
+    pub(crate) renewer: Option<Renewer>,
+}
+
+/// The certificate every new handshake gets: swapped whole when the leaf is renewed.
+#[derive(Debug)]
+struct Resolver(arc_swap::ArcSwap<rustls::sign::CertifiedKey>);
+
+impl rustls::server::ResolvesServerCert for Resolver {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.0.load_full())
+    }
+}
+
+/// Renews the generated leaf: signs a new one with the kept CA when the current one is
+/// within [`RENEW_BEFORE`] of its end.
+pub(crate) struct Renewer {
+    ca_key: rcgen::KeyPair,
+    resolver: Arc<Resolver>,
+    not_after: SystemTime,
+}
+
+impl Renewer {
+    /// Whether the leaf is due for renewal at `now`.
+    pub(crate) fn due(&self, now: SystemTime) -> bool {
+        now.checked_add(RENEW_BEFORE)
+            .is_none_or(|t| t >= self.not_after)
+    }
+
+    /// Renews the leaf if it is due at `now`; whether it did.
+    pub(crate) fn renew_if_due(&mut self, now: SystemTime) -> Result<bool, Error> {
+        if !self.due(now) {
+            return Ok(false);
+        }
+        let (key, not_after) = leaf(&self.ca_key, now)?;
+        self.resolver.0.store(Arc::new(key));
+        self.not_after = not_after;
+        Ok(true)
+    }
 }
 
 fn tls_error(m: impl std::fmt::Display) -> Error {
@@ -45,6 +95,7 @@ pub(crate) fn server_tls(source: &TlsSource) -> Result<ServerTls, Error> {
             Ok(ServerTls {
                 acceptor: acceptor(certs, key_der)?,
                 ca_path: None,
+                renewer: None,
             })
         }
         TlsSource::Generated { dir } => generated(dir),
@@ -56,19 +107,28 @@ fn read(path: &Path) -> Result<secrecy::zeroize::Zeroizing<Vec<u8>>, Error> {
         .map_err(|e| tls_error(format!("{}: {e}", path.display())))
 }
 
+fn config_builder(
+) -> Result<rustls::ConfigBuilder<rustls::ServerConfig, rustls::WantsVerifier>, Error> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(tls_error)
+}
+
+fn finish(mut config: rustls::ServerConfig) -> TlsAcceptor {
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    TlsAcceptor::from(Arc::new(config))
+}
+
 fn acceptor(
     certs: Vec<rustls::pki_types::CertificateDer<'static>>,
     key: rustls::pki_types::PrivateKeyDer<'static>,
 ) -> Result<TlsAcceptor, Error> {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(tls_error)?
+    let config = config_builder()?
         .with_no_client_auth()
         .with_single_cert(certs, key)
         .map_err(tls_error)?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(config)))
+    Ok(finish(config))
 }
 
 fn ca_params() -> Result<rcgen::CertificateParams, Error> {
@@ -128,7 +188,7 @@ fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), Error> {
 }
 
 fn generated(dir: &Path) -> Result<ServerTls, Error> {
-    use rcgen::{CertificateParams, DnType, Issuer, KeyPair};
+    use rcgen::KeyPair;
     private_dir(dir)?;
     let key_path = dir.join("ca.key");
     let ca_path = dir.join("ca.pem");
@@ -159,6 +219,31 @@ fn generated(dir: &Path) -> Result<ServerTls, Error> {
         let ca = ca_params()?.self_signed(&ca_key).map_err(tls_error)?;
         write_new(&ca_path, ca.pem().as_bytes(), 0o644)?;
     }
+    let (key, not_after) = leaf(&ca_key, SystemTime::now())?;
+    let resolver = Arc::new(Resolver(arc_swap::ArcSwap::from_pointee(key)));
+    let config = config_builder()?
+        .with_no_client_auth()
+        .with_cert_resolver(resolver.clone());
+    // The leaf alone: clients trust the CA kept in `ca.pem` (the same key and name at every
+    // start, so a leaf made later verifies against it).
+    Ok(ServerTls {
+        acceptor: finish(config),
+        ca_path: Some(ca_path),
+        renewer: Some(Renewer {
+            ca_key,
+            resolver,
+            not_after,
+        }),
+    })
+}
+
+/// A leaf for `localhost`, `127.0.0.1` and `::1`, signed by the CA's key, valid from an hour
+/// before `now` (clocks differ a little) for [`LEAF_VALIDITY`]; and its end.
+fn leaf(
+    ca_key: &rcgen::KeyPair,
+    now: SystemTime,
+) -> Result<(rustls::sign::CertifiedKey, SystemTime), Error> {
+    use rcgen::{CertificateParams, DnType, Issuer, KeyPair};
     let names = vec![
         "localhost".to_string(),
         "127.0.0.1".to_string(),
@@ -168,18 +253,49 @@ fn generated(dir: &Path) -> Result<ServerTls, Error> {
     leaf_params
         .distinguished_name
         .push(DnType::CommonName, "keyvault-failover agent");
+    let not_after = now + LEAF_VALIDITY;
+    leaf_params.not_before = time::OffsetDateTime::from(now - Duration::from_secs(3600));
+    leaf_params.not_after = time::OffsetDateTime::from(not_after);
     let leaf_key = KeyPair::generate().map_err(tls_error)?;
-    let issuer = Issuer::new(ca_params()?, ca_key);
+    // The issuer borrows the CA's key: the same key signs every leaf.
+    let ca = ca_params()?;
+    let issuer = Issuer::from_params(&ca, ca_key);
     let leaf = leaf_params
         .signed_by(&leaf_key, &issuer)
         .map_err(tls_error)?;
     let key = rustls::pki_types::PrivateKeyDer::Pkcs8(rustls::pki_types::PrivatePkcs8KeyDer::from(
         leaf_key.serialize_der(),
     ));
-    // The leaf alone: clients trust the CA kept in `ca.pem` (the same key and name at every
-    // start, so a leaf made later verifies against it).
-    Ok(ServerTls {
-        acceptor: acceptor(vec![leaf.der().clone()], key)?,
-        ca_path: Some(ca_path),
-    })
+    let provider = rustls::crypto::aws_lc_rs::default_provider();
+    let certified = rustls::sign::CertifiedKey::from_der(vec![leaf.der().clone()], key, &provider)
+        .map_err(tls_error)?;
+    Ok((certified, not_after))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_generated_leaf_is_renewed_ten_days_before_it_expires() {
+        let dir = std::env::temp_dir().join(format!("kvf-tls-renew-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let tls = generated(&dir).unwrap();
+        let mut r = tls.renewer.expect("a generated leaf has a renewer");
+        let now = SystemTime::now();
+        let day = Duration::from_secs(24 * 3600);
+        assert!(!r.due(now) && !r.due(now + 19 * day));
+        assert!(r.due(now + 21 * day));
+        let before = r.resolver.0.load_full().cert[0].clone();
+        assert!(!r.renew_if_due(now + 5 * day).unwrap(), "not due: kept");
+        assert_eq!(r.resolver.0.load_full().cert[0], before);
+        assert!(r.renew_if_due(now + 21 * day).unwrap());
+        assert_ne!(
+            r.resolver.0.load_full().cert[0],
+            before,
+            "new handshakes get the new leaf"
+        );
+        assert!(!r.due(now + 21 * day) && r.due(now + 41 * day));
+        std::fs::remove_dir_all(&dir).ok();
+    }
 }

@@ -772,3 +772,30 @@ async fn sigterm_lets_key_vault_api_reads_in_flight_finish() {
     assert!(status.success(), "{status:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A peer that opens a connection and never starts its TLS handshake is closed by the agent
+/// (the agent's 10 s bound on handshake and headers applies to this listener too), and the
+/// listener goes on serving meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_tls_peer_is_closed() {
+    use tokio::io::AsyncReadExt;
+    let dir = temp_dir("silent");
+    let emu = emulator(&dir).await;
+    emu.insert("weu", "db-password", "v");
+    let agent = start(&emu, &dir).await;
+    let addr = agent.url.trim_start_matches("https://").to_string();
+    let mut silent = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let r = http(&agent)
+        .get(format!("{}/secrets/db-password?api-version=7.6", agent.url))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200, "served while a peer stays silent");
+    let mut buf = [0u8; 16];
+    let closed = tokio::time::timeout(Duration::from_secs(30), silent.read(&mut buf))
+        .await
+        .expect("the agent closes a silent peer's connection");
+    assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
