@@ -30,8 +30,9 @@ impl Config {
         let text = String::from_utf8(bytes.to_vec())
             .map_err(|_| Error::config(format!("{}: not UTF-8 text", path.display())))?;
         let in_file = |e: Error| Error::config(format!("{}: {e}", path.display()));
-        let (text, extra) = match section {
-            None => (text, None),
+        // Parsed once: the client's part is taken from the same table its section came from.
+        let (config, extra) = match section {
+            None => (Config::from_toml(&text).map_err(in_file)?, None),
             Some(key) => {
                 let mut t: toml::Table = toml::from_str(&text)
                     .map_err(|e| in_file(Error::config(format!("invalid TOML: {e}"))))?;
@@ -42,12 +43,10 @@ impl Config {
                         return Err(in_file(Error::config(format!("[{key}] must be a table"))))
                     }
                 };
-                let rest = toml::to_string(&t)
-                    .map_err(|e| in_file(Error::config(format!("invalid TOML: {e}"))))?;
-                (rest, extra)
+                (Config::from_table(t).map_err(in_file)?, extra)
             }
         };
-        let mut config = Config::from_toml(&text).map_err(in_file)?;
+        let mut config = config;
         if let (Some(ca), Some(dir)) = (&config.ca_bundle, path.parent()) {
             if ca.is_relative() {
                 config.ca_bundle = Some(dir.join(ca));

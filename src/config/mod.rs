@@ -149,6 +149,22 @@ impl Config {
         Ok(config)
     }
 
+    /// A configuration from a TOML table already parsed (a file's, with the tables that are
+    /// not the client's taken out): checked as [`Config::from_toml`], parsed once.
+    ///
+    /// # Errors
+    /// [`Error::is_config`] saying what is wrong.
+    pub fn from_table(table: toml::Table) -> Result<Config, Error> {
+        let config: Config =
+            toml::Value::Table(table)
+                .try_into()
+                .map_err(|e: toml::de::Error| {
+                    Error::config(format!("invalid configuration: {}", e.message()))
+                })?;
+        config.validate()?;
+        Ok(config)
+    }
+
     /// The configuration as TOML (round-trips through [`Config::from_toml`]).
     pub fn to_toml(&self) -> String {
         toml::to_string(self).unwrap_or_default()

@@ -252,9 +252,8 @@ impl AgentConfig {
     /// The client configuration and the `[agent]` table of the file at `path`.
     pub fn from_file(path: &Path) -> Result<(Config, AgentConfig), Error> {
         let (config, table) = Config::from_file_with(path, Some("agent"))?;
-        let text = toml::to_string(&table.unwrap_or_default())
-            .map_err(|e| config_error(format!("{}: [agent]: {e}", path.display())))?;
-        let mut agent = AgentConfig::from_toml(&text)
+        // The table as parsed with the file: no second parse of its text.
+        let mut agent = AgentConfig::from_table(table.unwrap_or_default())
             .map_err(|e| config_error(format!("{}: {e}", path.display())))?;
         agent.base = path
             .parent()
@@ -267,6 +266,19 @@ impl AgentConfig {
     pub fn from_toml(text: &str) -> Result<AgentConfig, Error> {
         let a: AgentConfig =
             toml::from_str(text).map_err(|e| config_error(format!("[agent]: {e}")))?;
+        a.checked()
+    }
+
+    /// The `[agent]` table as the file's parse gave it, checked.
+    pub fn from_table(table: toml::Table) -> Result<AgentConfig, Error> {
+        let a: AgentConfig = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| config_error(format!("[agent]: {}", e.message())))?;
+        a.checked()
+    }
+
+    fn checked(self) -> Result<AgentConfig, Error> {
+        let a = self;
         if a.max_connections == 0 || a.max_connections > 65_536 {
             return Err(config_error(
                 "[agent] max_connections must be in 1..=65536".into(),
@@ -551,5 +563,37 @@ impl AgentConfig {
             }
         };
         Ok(Some((Arc::new(b.build()?), s.interval)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 33, item 3: the `[agent]` table is taken from the file's one parse. Before, it
+    /// was written back to text and parsed again, so an error quoted a line and a snippet of
+    /// that regenerated text, not of the operator's file.
+    #[test]
+    fn the_agent_table_is_parsed_with_the_file() {
+        let dir = std::env::temp_dir().join(format!("kvf-agent-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("agent.toml");
+        let client = "[[regions]]\nname = \"weu\"\nurl = \"https://app-weu.vault.azure.net\"\naccess = \"read-write\"\n";
+        std::fs::write(&path, format!("{client}\n[agent]\nmax_connections = 8\n")).unwrap();
+        let (config, agent) = AgentConfig::from_file(&path).unwrap();
+        assert_eq!(config.regions().len(), 1);
+        assert_eq!(agent.max_connections(), 8);
+        std::fs::write(
+            &path,
+            format!("{client}\n[agent]\n# a comment\npreload = 5\n"),
+        )
+        .unwrap();
+        let e = AgentConfig::from_file(&path).unwrap_err().to_string();
+        assert!(e.contains("[agent]") && e.contains("invalid type"), "{e}");
+        assert!(
+            !e.contains("line"),
+            "no line of a text the operator never wrote: {e}"
+        );
+        std::fs::remove_dir_all(&dir).ok();
     }
 }
