@@ -499,21 +499,14 @@ impl SecretStore for AzureStore {
             SecretAttributes, SecretClientUpdateSecretPropertiesOptions,
             UpdateSecretPropertiesParameters,
         };
-        let time = |t: Option<i64>| {
-            t.map(|s| {
-                azure_core::time::OffsetDateTime::from_unix_timestamp(s)
-                    .map_err(|_| malformed("a time out of range"))
-            })
-            .transpose()
-        };
         let attributes = (update.enabled_set().is_some()
             || update.expires_set().is_some()
             || update.not_before_set().is_some())
         .then(|| -> Result<SecretAttributes, StoreError> {
             Ok(SecretAttributes {
                 enabled: update.enabled_set(),
-                expires: time(update.expires_set())?,
-                not_before: time(update.not_before_set())?,
+                expires: replica::time(update.expires_set())?,
+                not_before: replica::time(update.not_before_set())?,
                 ..Default::default()
             })
         })
@@ -539,13 +532,7 @@ impl SecretStore for AzureStore {
             .map_err(|e| classify(&e))?
             .into_model()
             .map_err(|e| classify(&e))?;
-        let version = secret
-            .resource_id()
-            .ok()
-            .and_then(|id| id.version)
-            .filter(|v| !v.is_empty())
-            .ok_or_else(|| malformed("answer without a version id"))?;
-        Ok((version, metadata_of(&secret)))
+        Ok((replica::version_of(&secret)?, metadata_of(&secret)))
     }
 
     async fn versions(&self, name: &SecretName) -> Result<Vec<SecretProperties>, StoreError> {

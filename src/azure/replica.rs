@@ -21,7 +21,7 @@ pub(super) fn unix(t: Option<OffsetDateTime>) -> Option<i64> {
     t.map(|t| t.unix_timestamp())
 }
 
-fn time(t: Option<i64>) -> Result<Option<OffsetDateTime>, StoreError> {
+pub(super) fn time(t: Option<i64>) -> Result<Option<OffsetDateTime>, StoreError> {
     t.map(|s| OffsetDateTime::from_unix_timestamp(s).map_err(|_| malformed("a time out of range")))
         .transpose()
 }
@@ -61,7 +61,7 @@ fn tags(p: &Properties) -> HashMap<String, String> {
         .collect()
 }
 
-fn version_of(secret: &Secret) -> Result<String, StoreError> {
+pub(super) fn version_of(secret: &Secret) -> Result<String, StoreError> {
     secret
         .resource_id()
         .ok()
