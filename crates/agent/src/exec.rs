@@ -237,7 +237,7 @@ impl ExecBuilder {
 /// The values read for one start, and the versions they came from.
 struct Values {
     pairs: Vec<(String, SecretString)>,
-    versions: Vec<(String, String)>,
+    versions: crate::given::Given,
 }
 
 /// Where the child stands.
@@ -277,7 +277,10 @@ impl Exec {
                 }
             }
         }
-        Ok(Values { pairs, versions })
+        Ok(Values {
+            pairs,
+            versions: crate::given::Given::new(versions),
+        })
     }
 
     fn spawn(&self, values: &Values) -> Result<tokio::process::Child, Error> {
@@ -291,14 +294,6 @@ impl Exec {
                 Kind::Config,
                 format!("{}: cannot start: {e}", self.argv[0].to_string_lossy()),
             )
-        })
-    }
-
-    fn changed(&self, versions: &[(String, String)]) -> bool {
-        versions.iter().any(|(name, version)| {
-            self.client
-                .get_cached(name)
-                .is_some_and(|s| s.version() != version)
         })
     }
 
@@ -400,26 +395,18 @@ impl Exec {
                     };
                 }
                 _ = tick.tick(), if matches!(phase, Phase::Running) => {
-                    if !self.changed(&versions) {
+                    if !versions.rotated(&self.client) {
                         continue;
                     }
                     match self.on_change {
                         OnChange::Nothing => {
                             tracing::info!("a secret rotated; the program keeps the values it started with (--on-change none)");
-                            versions.iter_mut().for_each(|(name, v)| {
-                                if let Some(s) = self.client.get_cached(name) {
-                                    *v = s.version().to_string();
-                                }
-                            });
+                            versions.catch_up(&self.client);
                         }
                         OnChange::Signal(s) => {
                             tracing::info!(signal = s, "a secret rotated: the program signalled");
                             send(&child, s);
-                            versions.iter_mut().for_each(|(name, v)| {
-                                if let Some(s) = self.client.get_cached(name) {
-                                    *v = s.version().to_string();
-                                }
-                            });
+                            versions.catch_up(&self.client);
                         }
                         OnChange::Restart => {
                             tracing::info!("a secret rotated: the program is restarted");

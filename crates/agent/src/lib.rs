@@ -43,6 +43,7 @@ mod entra;
 mod error;
 #[cfg(unix)]
 pub mod exec;
+mod given;
 mod http;
 mod output;
 mod prometheus;

@@ -83,7 +83,7 @@ pub(crate) type Health = Arc<Mutex<Vec<FileHealth>>>;
 struct Tracked {
     spec: FileSpec,
     /// The secrets (lower-cased names) and versions the content was rendered from.
-    deps: Vec<(String, String)>,
+    deps: crate::given::Given,
     /// The content's digest on disk (at start, the existing file's).
     digest: Option<[u8; 32]>,
     state: FileState,
@@ -233,7 +233,7 @@ impl Files {
                 .map(|spec| Tracked {
                     digest: on_disk(&spec.path, &spec.write),
                     spec,
-                    deps: Vec::new(),
+                    deps: Default::default(),
                     state: FileState::Pending,
                     error: None,
                     writes: 0,
@@ -329,7 +329,7 @@ impl Files {
             tracing::info!(path = %t.spec.path.display(), "file written");
             t.command_due = t.spec.command.is_some();
         }
-        t.deps = deps;
+        t.deps = crate::given::Given::new(deps);
         t.state = if stale {
             FileState::Stale
         } else {
@@ -372,15 +372,6 @@ impl Files {
         changed
     }
 
-    /// Whether a secret file `i` was rendered from now has another version held.
-    fn changed(&self, i: usize, client: &FailoverClient) -> bool {
-        self.tracked[i].deps.iter().any(|(name, version)| {
-            client
-                .get_cached(name)
-                .is_some_and(|s| s.version() != version)
-        })
-    }
-
     /// Keeps the files current until the task is stopped.
     pub(crate) async fn run(mut self, client: FailoverClient) {
         let mut tick = tokio::time::interval(self.check_every);
@@ -394,7 +385,8 @@ impl Files {
                 let t = &self.tracked[i];
                 let retry = t.state != FileState::Current
                     && now.saturating_duration_since(t.tried) >= RETRY;
-                if retry || (t.state != FileState::Pending && self.changed(i, &client)) {
+                if retry || (t.state != FileState::Pending && self.tracked[i].deps.rotated(&client))
+                {
                     if let Err(m) = self.pass(i, &client).await {
                         tracing::warn!(path = %self.tracked[i].spec.path.display(), error = %m, "file not rendered; what it holds is kept");
                     }
