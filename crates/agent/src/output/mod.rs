@@ -121,7 +121,7 @@ async fn gather(
             .iter()
             .map(|(k, (v, _, _))| (k.clone(), v.clone()))
             .collect();
-        let missing = match template::render(source, &values) {
+        let missing = match template::render(source, Arc::new(values)) {
             Ok(content) => return Ok((content, read)),
             Err(RenderError::Invalid(m)) => return Err(Gather::Wrong(m)),
             Err(RenderError::Missing(names)) => names,

@@ -104,7 +104,7 @@ impl std::io::Write for Bounded {
 /// The content `source` gives with `values` (by lower-cased name), or what is missing.
 pub(crate) fn render(
     source: &Source,
-    values: &HashMap<String, SecretString>,
+    values: Arc<HashMap<String, SecretString>>,
 ) -> Result<Zeroizing<Vec<u8>>, RenderError> {
     let t = match source {
         Source::Secret(name) => {
@@ -118,7 +118,8 @@ pub(crate) fn render(
     let mut env = environment();
     let missing = Arc::new(Mutex::new(Vec::<String>::new()));
     let invalid = Arc::new(Mutex::new(None::<String>));
-    let held: Arc<HashMap<String, SecretString>> = Arc::new(values.clone());
+    // Shared with the template's `secret` function (which must own what it reads).
+    let held = values;
     {
         let (missing, invalid) = (missing.clone(), invalid.clone());
         env.add_function("secret", move |name: String| {
@@ -166,11 +167,13 @@ pub(crate) fn render(
 mod tests {
     use super::*;
 
-    fn values(pairs: &[(&str, &str)]) -> HashMap<String, SecretString> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), SecretString::from(v.to_string())))
-            .collect()
+    fn values(pairs: &[(&str, &str)]) -> Arc<HashMap<String, SecretString>> {
+        Arc::new(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), SecretString::from(v.to_string())))
+                .collect(),
+        )
     }
 
     fn template(t: &str) -> Source {
@@ -180,15 +183,15 @@ mod tests {
     #[test]
     fn a_secret_or_a_template_renders_raw() {
         let v = values(&[("db-password", "p<&>\"w"), ("user", "app")]);
-        let out = render(&Source::Secret("DB-Password".into()), &v).unwrap();
+        let out = render(&Source::Secret("DB-Password".into()), v.clone()).unwrap();
         assert_eq!(&out[..], b"p<&>\"w");
         let t = template("postgres://{{ secret('user') }}:{{ secret('db-password') }}@db/app\n");
         assert_eq!(
-            &render(&t, &v).unwrap()[..],
+            &render(&t, v.clone()).unwrap()[..],
             b"postgres://app:p<&>\"w@db/app\n"
         );
         let json = template("{\"password\": {{ secret('db-password') | tojson }}}");
-        let out = render(&json, &v).unwrap();
+        let out = render(&json, v.clone()).unwrap();
         let parsed: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(parsed["password"], "p<&>\"w");
     }
@@ -196,7 +199,7 @@ mod tests {
     #[test]
     fn every_missing_secret_is_named_at_once() {
         let t = template("{{ secret('b') }}{{ secret('a') }}{{ secret('user') }}{{ secret('a') }}");
-        let e = render(&t, &values(&[("user", "app")])).unwrap_err();
+        let e = render(&t, values(&[("user", "app")])).unwrap_err();
         assert_eq!(e, RenderError::Missing(vec!["a".into(), "b".into()]));
     }
 
@@ -214,7 +217,7 @@ mod tests {
             ("{% for %}", "syntax"),
             ("{{ 'x' * 5000000 }}", "larger than"),
         ] {
-            let e = match render(&template(t), &v) {
+            let e = match render(&template(t), v.clone()) {
                 Err(RenderError::Invalid(m)) => m,
                 other => panic!("{t}: {other:?}"),
             };
