@@ -129,36 +129,7 @@ fn stderr_file(dir: &std::path::Path) -> std::fs::File {
         .unwrap()
 }
 
-/// Runs the agent on `config`, which must refuse to start: its exit code and standard error
-/// (at most 30 s; an agent that starts instead is killed and the test fails).
-async fn refused_at_start(config: &std::path::Path) -> (Option<i32>, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_keyvault-failover"))
-        .args(["agent", "--config", config.to_str().unwrap()])
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let waited = tokio::time::timeout(
-        Duration::from_secs(30),
-        tokio::task::spawn_blocking(move || {
-            let mut err = String::new();
-            std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
-            (child.wait().unwrap().code(), err)
-        }),
-    )
-    .await;
-    match waited {
-        Ok(r) => r.unwrap(),
-        Err(_) => {
-            let _ = Command::new("kill")
-                .args(["-KILL", &pid.to_string()])
-                .status();
-            panic!("the agent started instead of refusing {}", config.display());
-        }
-    }
-}
+use common::refused_at_start;
 
 /// Two emulated vaults writing their CA into `dir`, each holding `secrets`.
 async fn emulator(dir: &std::path::Path, secrets: &[(&str, &str)]) -> Emulator {

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{agent as start, emulator, finished, post_event, until, write_private, Agent, TOKEN};
+use common::{agent as start, emulator, post_event, until, write_private, Agent, TOKEN};
 use keyvault_failover_emulator::{Emulator, VaultFault};
 
 const SNAPSHOT_KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
@@ -47,14 +47,7 @@ fn config(emu: &Emulator, dir: &Path, extra: &str) -> PathBuf {
 
 /// Runs the agent on `config`, which must refuse to start: its standard error.
 async fn refused(config: &Path) -> String {
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_keyvault-failover"))
-        .args(["agent", "--config", config.to_str().unwrap()])
-        .env_remove("RUST_LOG")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (code, err) = finished(child).await;
+    let (code, err) = common::refused_at_start(config).await;
     assert_ne!(code, Some(0), "{err}");
     err
 }

@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -64,30 +63,7 @@ async fn start_tuned(emu: &Emulator, dir: &Path, extra: &str, tune: &[(&str, &st
         ),
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_keyvault-failover"))
-        .args(["agent", "--config", config.to_str().unwrap()])
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("the agent starts");
-    let stdout = child.stdout.take().unwrap();
-    let lines = tokio::task::spawn_blocking(move || {
-        let mut r = BufReader::new(stdout);
-        let mut lines = Vec::new();
-        for _ in 0..3 {
-            let mut l = String::new();
-            r.read_line(&mut l).unwrap();
-            lines.push(l.trim().to_string());
-        }
-        // Keep reading, so a full pipe never stops the agent.
-        std::thread::spawn(move || for _ in r.lines() {});
-        lines
-    });
-    let lines = tokio::time::timeout(Duration::from_secs(30), lines)
-        .await
-        .expect("the agent prints where it listens within 30 s")
-        .unwrap();
+    let (child, lines) = common::agent_lines(&config, None, 3).await;
     let url = lines[1]
         .strip_prefix("key vault api on ")
         .unwrap_or_else(|| panic!("{lines:?}"))

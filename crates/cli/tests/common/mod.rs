@@ -63,6 +63,20 @@ impl Drop for Agent {
 /// The agent on `config`, through `sh -c '<prefix> exec ...'` when `prefix` is given (a
 /// `ulimit`, a `trap`); waits (at most 30 s) for its "listening on" line.
 pub async fn agent(config: &Path, prefix: Option<&str>) -> Agent {
+    let (child, lines) = agent_lines(config, prefix, 1).await;
+    let addr = lines[0]
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {lines:?}"))
+        .to_string();
+    Agent {
+        child,
+        base: format!("http://{addr}"),
+    }
+}
+
+/// The agent on `config` (as [`agent`]) and the first `n` lines it prints, within 30 s; its
+/// standard output is read on after them, so a full pipe never stops it.
+pub async fn agent_lines(config: &Path, prefix: Option<&str>, n: usize) -> (Child, Vec<String>) {
     let bin = env!("CARGO_BIN_EXE_keyvault-failover");
     let mut c = match prefix {
         None => Command::new(bin),
@@ -80,26 +94,52 @@ pub async fn agent(config: &Path, prefix: Option<&str>) -> Agent {
         .spawn()
         .expect("the agent starts");
     let stdout = child.stdout.take().unwrap();
-    let line = tokio::task::spawn_blocking(move || {
+    let lines = tokio::task::spawn_blocking(move || {
         let mut r = BufReader::new(stdout);
-        let mut l = String::new();
-        r.read_line(&mut l).unwrap();
-        // Keep reading, so a full pipe never stops the agent.
+        let mut lines = Vec::new();
+        for _ in 0..n {
+            let mut l = String::new();
+            r.read_line(&mut l).unwrap();
+            lines.push(l.trim().to_string());
+        }
         std::thread::spawn(move || for _ in r.lines() {});
-        l
+        lines
     });
-    let line = tokio::time::timeout(Duration::from_secs(30), line)
+    let lines = tokio::time::timeout(Duration::from_secs(30), lines)
         .await
-        .expect("the agent listens within 30 s")
+        .expect("the agent prints where it listens within 30 s")
         .unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_string();
-    Agent {
-        child,
-        base: format!("http://{addr}"),
+    (child, lines)
+}
+
+/// Runs the agent on `config`, which must refuse to start: its exit code and standard error
+/// (at most 30 s; an agent that starts instead is killed and the test fails).
+pub async fn refused_at_start(config: &Path) -> (Option<i32>, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_keyvault-failover"))
+        .args(["agent", "--config", config.to_str().unwrap()])
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let waited = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::task::spawn_blocking(move || {
+            let mut err = String::new();
+            std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+            (child.wait().unwrap().code(), err)
+        }),
+    )
+    .await;
+    match waited {
+        Ok(r) => r.unwrap(),
+        Err(_) => {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+            panic!("the agent started instead of refusing {}", config.display());
+        }
     }
 }
 
