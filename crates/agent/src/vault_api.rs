@@ -495,6 +495,19 @@ async fn list(
     respond(StatusCode::OK, Bytes::from(body.to_string()), JSON)
 }
 
+/// A request's body, at most [`MAX_BODY`] bytes (else Key Vault's 413), in a buffer zeroed
+/// when dropped (a `PUT` carries a value).
+async fn body_of(req: Request<Incoming>) -> Result<Zeroizing<Vec<u8>>, Response<Full<Bytes>>> {
+    match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(b) => Ok(Zeroizing::new(b.to_bytes().to_vec())),
+        Err(_) => Err(kv_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "BadParameter",
+            &format!("the request body is larger than {MAX_BODY} bytes"),
+        )),
+    }
+}
+
 /// Key Vault's `SecretUpdateParameters`: each field optional.
 #[derive(serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -520,15 +533,9 @@ async fn patch(
     version: Option<&str>,
     req: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
-    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(_) => {
-            return kv_error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "BadParameter",
-                &format!("the request body is larger than {MAX_BODY} bytes"),
-            )
-        }
+    let body = match body_of(req).await {
+        Ok(b) => b,
+        Err(resp) => return resp,
     };
     let Ok(parsed) = serde_json::from_slice::<PatchBody>(&body) else {
         return kv_error(
@@ -597,15 +604,9 @@ async fn put(
     name: &str,
     req: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
-    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
-        Ok(b) => Zeroizing::new(b.to_bytes().to_vec()),
-        Err(_) => {
-            return kv_error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "BadParameter",
-                &format!("the request body is larger than {MAX_BODY} bytes"),
-            )
-        }
+    let body = match body_of(req).await {
+        Ok(b) => b,
+        Err(resp) => return resp,
     };
     let parsed: SetBody = match serde_json::from_slice(&body) {
         Ok(p) => p,
